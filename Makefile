@@ -1,0 +1,34 @@
+# Two entry points, both self-contained on a fresh machine with only Python and pip:
+#   make demo   -- create .venv, install everything, run the main job on the bundled data
+#   make test   -- same set-up, then the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.exitwise-installed
+
+.PHONY: demo test lint bench install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/install_torch.sh
+	$(PYTHON) -m venv $(VENV)
+	sh scripts/install_torch.sh $(PY)
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m exitwise.demo
+
+test: $(STAMP)
+	$(PY) -m ruff check exitwise tests benchmarks examples
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check exitwise tests benchmarks examples
+
+bench: $(STAMP)
+	$(PY) benchmarks/metrics.py
+	$(PY) benchmarks/evaluator.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,142 @@
+"""Input conversion and validation shared by every public function.
+
+Every check raises a ``TypeError`` (wrong type) or ``ValueError`` (wrong value) whose message
+names the argument, says what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__: list[str] = []
+
+_AXIS_NAMES = ("sample", "exit", "class")
+
+
+def as_tensor(value: Any, name: str, *, device: torch.device | None = None) -> torch.Tensor:
+    """Convert a numpy array, torch tensor or nested sequence to a tensor (no copy if possible)."""
+    if isinstance(value, torch.Tensor):
+        tensor = value
+    elif isinstance(value, np.ndarray):
+        if value.dtype == object:
+            raise TypeError(f"Expected `{name}` to be a numeric array, got an object array.")
+        tensor = torch.from_numpy(np.ascontiguousarray(value))
+    elif isinstance(value, (Sequence, int, float, np.generic)) and not isinstance(value, str):
+        try:
+            tensor = torch.as_tensor(np.asarray(value))
+        except (TypeError, ValueError) as err:
+            raise TypeError(
+                f"Expected `{name}` to be a torch.Tensor or numpy array, got {type(value).__name__}"
+                f" that cannot be converted ({err})."
+            ) from None
+    else:
+        raise TypeError(
+            f"Expected `{name}` to be a torch.Tensor or numpy array, got {type(value).__name__}."
+        )
+    if device is not None and tensor.device != device:
+        tensor = tensor.to(device)
+    return tensor
+
+
+def check_ndim(tensor: torch.Tensor, name: str, allowed: Sequence[int], shape_doc: str) -> None:
+    if tensor.ndim not in allowed:
+        raise ValueError(
+            f"Expected `{name}` to have shape {shape_doc}, got {tensor.ndim} dimensions "
+            f"(shape {tuple(tensor.shape)})."
+        )
+
+
+def check_floating(tensor: torch.Tensor, name: str) -> None:
+    if not tensor.is_floating_point():
+        raise TypeError(
+            f"Expected `{name}` to be a floating-point tensor, got dtype {tensor.dtype}."
+        )
+
+
+def _location(flat_index: int, shape: Sequence[int], axis_names: Sequence[str]) -> str:
+    coords = np.unravel_index(flat_index, tuple(shape))
+    names = list(axis_names)[: len(shape)]
+    names += [f"dim {i}" for i in range(len(names), len(shape))]
+    return ", ".join(f"{n} {int(c)}" for n, c in zip(names, coords, strict=True))
+
+
+def check_finite(tensor: torch.Tensor, name: str, axis_names: Sequence[str] = _AXIS_NAMES) -> None:
+    """Raise naming the count and first location of NaN/inf values."""
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return
+    low, high = torch.aminmax(tensor)  # NaN propagates through min/max: one cheap pass
+    if bool(torch.isfinite(low) & torch.isfinite(high)):
+        return
+    finite = torch.isfinite(tensor)
+    nan = torch.isnan(tensor)
+    n_nan = int(nan.sum())
+    bad = nan if n_nan else ~finite
+    kind = "NaN" if n_nan else "infinite"
+    count = n_nan if n_nan else int(bad.sum())
+    first = int(torch.nonzero(bad.reshape(-1))[0, 0])
+    raise ValueError(
+        f"`{name}` has {count} {kind} value{'s' if count != 1 else ''}, first at "
+        f"{_location(first, tensor.shape, axis_names)}; expected finite values."
+    )
+
+
+def check_labels(labels: torch.Tensor, name: str, n: int, num_classes: int) -> torch.Tensor:
+    """Validate integer class labels ``[N]`` in ``[0, num_classes)``; return them as int64."""
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        if labels.is_floating_point() and labels.numel() and bool((labels == labels.round()).all()):
+            raise TypeError(
+                f"Expected `{name}` to be an integer tensor of class indices, got dtype "
+                f"{labels.dtype}; convert with `.long()` if the values are class indices."
+            )
+        raise TypeError(
+            f"Expected `{name}` to be an integer tensor of class indices, got dtype {labels.dtype}."
+        )
+    if labels.ndim != 1:
+        raise ValueError(f"Expected `{name}` to have shape [N], got shape {tuple(labels.shape)}.")
+    if labels.shape[0] != n:
+        raise ValueError(
+            f"Expected `{name}` to hold one label per sample ({n}), got {labels.shape[0]}."
+        )
+    labels = labels.long()
+    if labels.numel():
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= num_classes:
+            bad = int(torch.nonzero((labels < 0) | (labels >= num_classes))[0, 0])
+            raise ValueError(
+                f"Expected `{name}` in [0, {num_classes - 1}] (there are {num_classes} classes), "
+                f"got {int(labels[bad])} at sample {bad}."
+            )
+    return labels
+
+
+def check_int(value: Any, name: str, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"Expected argument `{name}` to be an integer, got {value!r}.")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"Expected argument `{name}` to be an integer >= {minimum}, got {value}.")
+    return int(value)
+
+
+def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        options = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"Expected argument `{name}` to be one of {options}, got {value!r}.")
+    return value
+
+
+def check_open_unit(value: Any, name: str) -> float:
+    """A float strictly between 0 and 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"Expected argument `{name}` to be a number in (0, 1), got {value!r}.")
+    if not 0.0 < float(value) < 1.0:
+        raise ValueError(f"Expected argument `{name}` to be in (0, 1), got {value}.")
+    return float(value)
+
+
+def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """float64 stays float64; every other float dtype is computed in float32."""
+    return torch.float64 if tensor.dtype == torch.float64 else torch.float32

@@ -1,0 +1,429 @@
+"""`ExitOutputs`: the layer-wise logits of an early-exit model, with labels and per-exit costs.
+
+This is the one data structure every other module reads: logits ``[N, E, C]`` (samples, exits
+ordered shallow to deep, classes), optional integer labels ``[N]`` and cumulative per-exit costs
+``[E]``.  Files are ``.safetensors`` or ``.npz`` (never pickle).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from exitwise._checks import (
+    as_tensor,
+    check_choice,
+    check_finite,
+    check_floating,
+    check_labels,
+    check_ndim,
+    check_open_unit,
+    compute_dtype,
+)
+
+__all__ = ["ExitOutputs", "load"]
+
+_FORMAT = "exitwise.ExitOutputs/1"
+
+
+class ExitOutputs:
+    """Per-exit logits of an early-exit model on N samples.
+
+    Parameters
+    ----------
+    logits : array-like of shape (N, E, C)
+        Logits of every exit (ordered shallow to deep; the last exit is the full model).
+        numpy or torch, any floating dtype. float16/bfloat16 are stored as given and upcast to
+        float32 for arithmetic.
+    labels : array-like of shape (N,), optional
+        Integer class labels in ``[0, C)``. ``None`` when the data is unlabelled; then use
+        ``correct(reference="final")``.
+    costs : array-like of shape (E,), optional
+        Cumulative cost of reaching and evaluating exit ``e`` (FLOPs, milliseconds, layers...):
+        positive and non-decreasing. Default ``(e + 1) / E``, so the full model costs 1.
+    exit_names : sequence of str, optional
+        One unique name per exit. Default ``exit_0 ... exit_{E-1}``.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not an array, or logits are not floating point, or labels not integer.
+    ValueError
+        On wrong shapes, NaN/inf logits (with the first location), labels out of range,
+        non-positive or decreasing costs, or an empty input.
+
+    Examples
+    --------
+    >>> import torch
+    >>> out = ExitOutputs(torch.tensor([[[2.0, 0.0], [0.0, 3.0]]]), labels=torch.tensor([1]))
+    >>> out.num_samples, out.num_exits, out.num_classes
+    (1, 2, 2)
+    >>> out.correct()
+    tensor([[False,  True]])
+    >>> out.costs
+    tensor([0.5000, 1.0000], dtype=torch.float64)
+    """
+
+    def __init__(
+        self,
+        logits: Any,
+        labels: Any = None,
+        costs: Any = None,
+        exit_names: Sequence[str] | None = None,
+    ) -> None:
+        logits_t = as_tensor(logits, "logits")
+        check_floating(logits_t, "logits")
+        check_ndim(logits_t, "logits", (3,), "[N, E, C] (samples, exits, classes)")
+        n, e, c = logits_t.shape
+        if n == 0:
+            raise ValueError("Expected `logits` to hold at least one sample, got N = 0.")
+        if e == 0:
+            raise ValueError("Expected `logits` to hold at least one exit, got E = 0.")
+        if c < 2:
+            raise ValueError(f"Expected `logits` to hold at least 2 classes, got C = {c}.")
+        check_finite(logits_t, "logits")
+        device = logits_t.device
+
+        labels_t: torch.Tensor | None = None
+        if labels is not None:
+            labels_t = check_labels(as_tensor(labels, "labels", device=device), "labels", n, c)
+
+        if costs is None:
+            costs_t = torch.arange(1, e + 1, dtype=torch.float64, device=device) / e
+        else:
+            costs_t = as_tensor(costs, "costs", device=device)
+            if costs_t.dtype == torch.bool or costs_t.is_complex():
+                raise TypeError(f"Expected `costs` to be real numbers, got dtype {costs_t.dtype}.")
+            costs_t = costs_t.to(torch.float64)
+            if costs_t.ndim != 1 or costs_t.shape[0] != e:
+                raise ValueError(
+                    f"Expected `costs` to have shape [E] = [{e}] (one cumulative cost per exit), "
+                    f"got shape {tuple(costs_t.shape)}."
+                )
+            check_finite(costs_t, "costs", ("exit",))
+            if bool((costs_t <= 0).any()):
+                bad = int(torch.nonzero(costs_t <= 0)[0, 0])
+                raise ValueError(
+                    f"Expected `costs` to be positive, got {float(costs_t[bad])} at exit {bad}."
+                )
+            if e > 1 and bool((costs_t[1:] < costs_t[:-1]).any()):
+                bad = int(torch.nonzero(costs_t[1:] < costs_t[:-1])[0, 0]) + 1
+                raise ValueError(
+                    "Expected `costs` to be cumulative (non-decreasing over exits), got "
+                    f"{float(costs_t[bad])} at exit {bad} after {float(costs_t[bad - 1])} at "
+                    f"exit {bad - 1}."
+                )
+
+        if exit_names is None:
+            names = [f"exit_{i}" for i in range(e)]
+        else:
+            if isinstance(exit_names, str) or not isinstance(exit_names, (Sequence, np.ndarray)):
+                raise TypeError(
+                    f"Expected `exit_names` to be a sequence of strings, got "
+                    f"{type(exit_names).__name__}."
+                )
+            names = [str(x) for x in exit_names]
+            if len(names) != e:
+                raise ValueError(
+                    f"Expected `exit_names` to hold one name per exit ({e}), got {len(names)}."
+                )
+            if len(set(names)) != e:
+                raise ValueError(f"Expected `exit_names` to be unique, got {names}.")
+
+        self._logits = logits_t
+        self._labels = labels_t
+        self._costs = costs_t
+        self._exit_names = names
+
+    # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def _trusted(
+        cls,
+        logits: torch.Tensor,
+        labels: torch.Tensor | None,
+        costs: torch.Tensor,
+        exit_names: list[str],
+    ) -> ExitOutputs:
+        """Build without validation from parts that were already validated."""
+        obj = cls.__new__(cls)
+        obj._logits, obj._labels, obj._costs, obj._exit_names = logits, labels, costs, exit_names
+        return obj
+
+    def with_logits(self, logits: Any) -> ExitOutputs:
+        """Return a copy with new logits ``[N, E, C]`` (same labels, costs and names).
+
+        Calibrators use this to return calibrated log-probabilities as logits.
+
+        Examples
+        --------
+        >>> out = ExitOutputs(torch.zeros(4, 2, 3))
+        >>> out.with_logits(torch.ones(4, 2, 3)).logits.sum().item()
+        24.0
+        """
+        new = as_tensor(logits, "logits")
+        if tuple(new.shape) != tuple(self._logits.shape):
+            raise ValueError(
+                f"Expected `logits` to have shape {tuple(self._logits.shape)}, got "
+                f"{tuple(new.shape)}."
+            )
+        return ExitOutputs(new, self._labels, self._costs, self._exit_names)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def logits(self) -> torch.Tensor:
+        """Logits ``[N, E, C]`` as stored (the given floating dtype)."""
+        return self._logits
+
+    @property
+    def labels(self) -> torch.Tensor | None:
+        """Labels ``[N]`` (int64) or ``None``."""
+        return self._labels
+
+    @property
+    def costs(self) -> torch.Tensor:
+        """Cumulative per-exit costs ``[E]`` (float64)."""
+        return self._costs
+
+    @property
+    def exit_names(self) -> list[str]:
+        """One name per exit."""
+        return list(self._exit_names)
+
+    @property
+    def num_samples(self) -> int:
+        return int(self._logits.shape[0])
+
+    @property
+    def num_exits(self) -> int:
+        return int(self._logits.shape[1])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self._logits.shape[2])
+
+    @property
+    def device(self) -> torch.device:
+        return self._logits.device
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __repr__(self) -> str:
+        labelled = "labelled" if self._labels is not None else "unlabelled"
+        return (
+            f"ExitOutputs(num_samples={self.num_samples}, num_exits={self.num_exits}, "
+            f"num_classes={self.num_classes}, {labelled}, dtype={self._logits.dtype}, "
+            f"device={self.device}, exit_names={self._exit_names})"
+        )
+
+    # ------------------------------------------------------------------ derived quantities
+    def log_probs(self) -> torch.Tensor:
+        """Log-softmax of the logits, ``[N, E, C]``, in float32 (float64 if stored in float64)."""
+        return torch.log_softmax(self._logits.to(compute_dtype(self._logits)), dim=-1)
+
+    def probs(self) -> torch.Tensor:
+        """Softmax probabilities ``[N, E, C]``, in float32 (float64 if stored in float64)."""
+        return torch.softmax(self._logits.to(compute_dtype(self._logits)), dim=-1)
+
+    def predictions(self) -> torch.Tensor:
+        """Predicted class per sample and exit, ``[N, E]`` (int64, ties to the lowest index)."""
+        return self._logits.argmax(dim=-1)
+
+    def correct(self, reference: Literal["labels", "final"] = "labels") -> torch.Tensor:
+        """Whether each exit's prediction is right, ``[N, E]`` bool.
+
+        Parameters
+        ----------
+        reference : {"labels", "final"}, default="labels"
+            ``"labels"``: prediction equals the label. ``"final"``: prediction equals the last
+            exit's prediction (consistency; needs no labels).
+        """
+        check_choice(reference, "reference", ("labels", "final"))
+        pred = self.predictions()
+        if reference == "final":
+            return pred == pred[:, -1:]
+        if self._labels is None:
+            raise ValueError(
+                "`reference='labels'` needs labels, but these ExitOutputs have none; "
+                "pass labels or use reference='final'."
+            )
+        return pred == self._labels[:, None]
+
+    # ------------------------------------------------------------------ indexing and devices
+    def __getitem__(self, index: Any) -> ExitOutputs:
+        """Select samples with a slice, an integer, integer indices or a boolean mask."""
+        if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+            index = slice(int(index), int(index) + 1 if int(index) != -1 else None)
+        elif not isinstance(index, slice):
+            index = as_tensor(index, "index", device=self.device)
+            if index.dtype == torch.bool:
+                if index.shape != (self.num_samples,):
+                    raise ValueError(
+                        f"Expected a boolean `index` of shape [{self.num_samples}], got "
+                        f"{tuple(index.shape)}."
+                    )
+            elif index.is_floating_point() or index.ndim != 1:
+                raise TypeError(
+                    "Expected `index` to be a slice, an int, a 1-D integer index or a boolean "
+                    f"mask, got dtype {index.dtype} with shape {tuple(index.shape)}."
+                )
+        logits = self._logits[index]
+        if logits.shape[0] == 0:
+            raise ValueError("`index` selects no samples; ExitOutputs cannot be empty.")
+        labels = None if self._labels is None else self._labels[index]
+        return ExitOutputs._trusted(logits, labels, self._costs, list(self._exit_names))
+
+    def to(self, device: str | torch.device) -> ExitOutputs:
+        """Move logits, labels and costs to ``device`` (returns a new object)."""
+        device = torch.device(device)
+        labels = None if self._labels is None else self._labels.to(device)
+        return ExitOutputs._trusted(
+            self._logits.to(device), labels, self._costs.to(device), list(self._exit_names)
+        )
+
+    def split(self, fraction: float, seed: int = 0) -> tuple[ExitOutputs, ExitOutputs]:
+        """Random split into ``(first, rest)``; ``first`` holds ``fraction`` of the samples.
+
+        Stratified by label when labels exist: each class is split in the same proportion
+        (largest-remainder rounding so ``first`` has exactly ``round(fraction * N)`` samples).
+
+        Parameters
+        ----------
+        fraction : float in (0, 1)
+            Share of samples in the first part.
+        seed : int, default=0
+            Seed of the permutation (a CPU ``torch.Generator``; the split is the same on any
+            device).
+
+        Examples
+        --------
+        >>> out = ExitOutputs(torch.zeros(10, 1, 2), labels=torch.tensor([0] * 5 + [1] * 5))
+        >>> first, rest = out.split(0.4, seed=0)
+        >>> len(first), len(rest), int(first.labels.sum())
+        (4, 6, 2)
+        """
+        fraction = check_open_unit(fraction, "fraction")
+        n = self.num_samples
+        n_first = round(fraction * n)
+        if n_first == 0 or n_first == n:
+            raise ValueError(
+                f"Expected `fraction` to leave both parts non-empty, got {fraction} of {n} samples "
+                f"({n_first} in the first part)."
+            )
+        gen = torch.Generator().manual_seed(int(seed))
+        perm = torch.randperm(n, generator=gen)
+        if self._labels is None:
+            first_idx, rest_idx = perm[:n_first], perm[n_first:]
+        else:
+            labels = self._labels.cpu()[perm]
+            order = torch.argsort(labels, stable=True)
+            perm = perm[order]
+            counts = torch.bincount(labels, minlength=self.num_classes).double()
+            exact = counts * n_first / n
+            take = torch.floor(exact).long()
+            remainder = n_first - int(take.sum())
+            if remainder > 0:
+                frac_part = exact - take
+                extra = torch.argsort(-frac_part, stable=True)[:remainder]
+                take[extra] += 1
+            starts = torch.cumsum(counts.long(), 0) - counts.long()
+            position = torch.arange(n) - torch.repeat_interleave(starts, counts.long())
+            in_first = position < torch.repeat_interleave(take, counts.long())
+            first_idx, rest_idx = perm[in_first], perm[~in_first]
+        first_idx = first_idx.sort().values.to(self.device)
+        rest_idx = rest_idx.sort().values.to(self.device)
+        return self[first_idx], self[rest_idx]
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | Path) -> None:
+        """Write to ``.safetensors`` or ``.npz`` (chosen by the suffix; no pickle).
+
+        Arrays ``logits``, ``labels`` (if any) and ``costs``; exit names in the safetensors
+        metadata, or as a unicode array ``exit_names`` in npz. bfloat16 logits are written as
+        float32 to npz (numpy has no bfloat16).
+        """
+        path = Path(path)
+        suffix = path.suffix.lower()
+        check_choice(suffix, "path suffix", (".safetensors", ".npz"))
+        logits = self._logits.detach().cpu().contiguous()
+        tensors = {"logits": logits, "costs": self._costs.detach().cpu().contiguous()}
+        if self._labels is not None:
+            tensors["labels"] = self._labels.detach().cpu().contiguous()
+        if suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            meta = {"format": _FORMAT, "exit_names": json.dumps(self._exit_names)}
+            save_file(tensors, str(path), metadata=meta)
+        else:
+            arrays = {
+                k: (v.float() if v.dtype == torch.bfloat16 else v).numpy()
+                for k, v in tensors.items()
+            }
+            arrays["exit_names"] = np.array(self._exit_names, dtype=str)
+            with open(path, "wb") as fh:
+                np.savez_compressed(fh, **arrays)
+
+
+def load(path: str | Path) -> ExitOutputs:
+    """Read an :class:`ExitOutputs` from ``.safetensors`` or ``.npz`` (validated, no pickle).
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> out = ExitOutputs(torch.randn(5, 2, 3), labels=torch.tensor([0, 1, 2, 0, 1]))
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     out.save(os.path.join(d, "x.npz"))
+    ...     back = load(os.path.join(d, "x.npz"))
+    >>> torch.equal(back.logits, out.logits)
+    True
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    check_choice(suffix, "path suffix", (".safetensors", ".npz"))
+    if not path.is_file():
+        raise FileNotFoundError(f"No such file: '{path}'.")
+    names: list[str] | None = None
+    if suffix == ".safetensors":
+        from safetensors import safe_open
+
+        arrays: dict[str, Any] = {}
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                for key in fh.keys():
+                    arrays[key] = fh.get_tensor(key)
+        except Exception as err:  # safetensors raises its own error types
+            raise ValueError(f"'{path}' is not a readable safetensors file: {err}") from None
+        if "exit_names" in meta:
+            try:
+                names = [str(x) for x in json.loads(meta["exit_names"])]
+            except json.JSONDecodeError as err:
+                raise ValueError(
+                    f"'{path}': metadata `exit_names` is not a JSON list: {err}"
+                ) from None
+    else:
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except ValueError as err:
+            raise ValueError(
+                f"'{path}' holds object arrays, which need pickle; exitwise never unpickles "
+                f"files ({err})."
+            ) from None
+        except OSError as err:
+            raise ValueError(f"'{path}' is not a readable npz file: {err}") from None
+        if "exit_names" in arrays:
+            names = [str(x) for x in np.asarray(arrays.pop("exit_names")).tolist()]
+    if "logits" not in arrays:
+        raise ValueError(
+            f"'{path}' has no array named 'logits' (found {sorted(arrays)}); expected arrays "
+            "'logits' [N, E, C], optional 'labels' [N] and 'costs' [E]."
+        )
+    return ExitOutputs(
+        arrays["logits"], labels=arrays.get("labels"), costs=arrays.get("costs"), exit_names=names
+    )

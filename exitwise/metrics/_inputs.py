@@ -1,0 +1,102 @@
+"""Shared input handling of the metrics: probabilities or logits, batched over exits."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from exitwise._checks import (
+    as_tensor,
+    check_choice,
+    check_finite,
+    check_floating,
+    check_labels,
+    check_ndim,
+    compute_dtype,
+)
+
+INPUT_KINDS = ("probs", "logits")
+
+
+def batched_scores(scores: Any, name: str, *, allow_2d: bool = True) -> tuple[torch.Tensor, bool]:
+    """``[N, C]`` or ``[N, E, C]`` as ``[N, E, C]``; the flag says whether to squeeze E."""
+    tensor = as_tensor(scores, name)
+    check_floating(tensor, name)
+    allowed = (2, 3) if allow_2d else (3,)
+    check_ndim(tensor, name, allowed, "[N, C] or [N, E, C]")
+    squeeze = tensor.ndim == 2
+    if squeeze:
+        tensor = tensor.unsqueeze(1)
+    if tensor.shape[0] == 0:
+        raise ValueError(f"Expected `{name}` to hold at least one sample, got N = 0.")
+    if tensor.shape[2] < 2:
+        raise ValueError(
+            f"Expected `{name}` to hold at least 2 classes, got C = {tensor.shape[2]}."
+        )
+    return tensor, squeeze
+
+
+def check_probabilities(probs: torch.Tensor, name: str = "probs") -> None:
+    """Values in [0, 1] and rows summing to 1 (tolerance scaled with the dtype)."""
+    check_finite(probs, name)
+    low, high = (float(v) for v in torch.aminmax(probs))
+    if low < 0.0 or high > 1.0:
+        raise ValueError(
+            f"Expected `{name}` to be probabilities in [0, 1], got values in [{low:.4g}, "
+            f"{high:.4g}]; pass input='logits' if these are logits."
+        )
+    n_classes = probs.shape[-1]
+    eps = torch.finfo(probs.dtype).eps
+    tol = max(1e-4, 8.0 * math.sqrt(n_classes) * eps)
+    sums = probs.sum(dim=-1).to(torch.float64)  # float32 sums: error << tol
+    worst = float((sums - 1.0).abs().max())
+    if worst > tol:
+        flat = int((sums - 1.0).abs().reshape(-1).argmax())
+        raise ValueError(
+            f"Expected each row of `{name}` to sum to 1 (tolerance {tol:.1e}), got a row summing "
+            f"to {float(sums.reshape(-1)[flat]):.6g} (flat row {flat}); pass input='logits' if "
+            "these are logits."
+        )
+
+
+def _validated(
+    scores: Any, labels: Any, input: str, name: str
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    check_choice(input, "input", INPUT_KINDS)
+    tensor, squeeze = batched_scores(scores, name)
+    if input == "logits":
+        check_finite(tensor, name)
+    else:
+        check_probabilities(tensor, name)
+    labels_t = check_labels(
+        as_tensor(labels, "labels", device=tensor.device),
+        "labels",
+        tensor.shape[0],
+        tensor.shape[2],
+    )
+    return tensor.to(compute_dtype(tensor)), labels_t, squeeze
+
+
+def probabilities(
+    scores: Any, labels: Any, input: str, name: str = "probs"
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Validated probabilities ``[N, E, C]`` (compute dtype), labels ``[N]`` and squeeze flag."""
+    tensor, labels_t, squeeze = _validated(scores, labels, input, name)
+    probs = torch.softmax(tensor, dim=-1) if input == "logits" else tensor
+    return probs, labels_t, squeeze
+
+
+def log_probabilities(
+    scores: Any, labels: Any, input: str, name: str = "probs"
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Validated log-probabilities ``[N, E, C]``: exact ``log_softmax`` for logits."""
+    tensor, labels_t, squeeze = _validated(scores, labels, input, name)
+    log_p = torch.log_softmax(tensor, dim=-1) if input == "logits" else tensor.log()
+    return log_p, labels_t, squeeze
+
+
+def finish(result: torch.Tensor, squeeze: bool) -> torch.Tensor:
+    """``[E]`` results become a scalar for ``[N, C]`` inputs."""
+    return result[0] if squeeze else result
