@@ -64,23 +64,31 @@ def _location(flat_index: int, shape: Sequence[int], axis_names: Sequence[str]) 
     return ", ".join(f"{n} {int(c)}" for n, c in zip(names, coords, strict=True))
 
 
-def check_finite(tensor: torch.Tensor, name: str, axis_names: Sequence[str] = _AXIS_NAMES) -> None:
-    """Raise naming the count and first location of NaN/inf values."""
+def check_finite(
+    tensor: torch.Tensor,
+    name: str,
+    axis_names: Sequence[str] = _AXIS_NAMES,
+    *,
+    allow_inf: bool = False,
+) -> None:
+    """Raise naming the count and first location of NaN (and, unless allowed, inf) values."""
     if not tensor.is_floating_point() or tensor.numel() == 0:
         return
     low, high = torch.aminmax(tensor)  # NaN propagates through min/max: one cheap pass
     if bool(torch.isfinite(low) & torch.isfinite(high)):
         return
-    finite = torch.isfinite(tensor)
+    if allow_inf and not bool(torch.isnan(low) | torch.isnan(high)):
+        return
     nan = torch.isnan(tensor)
     n_nan = int(nan.sum())
-    bad = nan if n_nan else ~finite
+    bad = nan if n_nan else ~torch.isfinite(tensor)
     kind = "NaN" if n_nan else "infinite"
     count = n_nan if n_nan else int(bad.sum())
     first = int(torch.nonzero(bad.reshape(-1))[0, 0])
+    expected = "no NaN values" if allow_inf else "finite values"
     raise ValueError(
         f"`{name}` has {count} {kind} value{'s' if count != 1 else ''}, first at "
-        f"{_location(first, tensor.shape, axis_names)}; expected finite values."
+        f"{_location(first, tensor.shape, axis_names)}; expected {expected}."
     )
 
 
