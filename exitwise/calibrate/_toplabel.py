@@ -1,0 +1,104 @@
+r"""Shared machinery of calibrators that remap the top-label confidence of each exit.
+
+Such a calibrator learns a monotone map :math:`q = g(p_{\max})` per exit from (confidence,
+correct) pairs. Applying it sets the top class to :math:`q` and rescales the other classes by
+:math:`(1 - q) / (1 - p_{\max})`, so rows still sum to 1. To keep the argmax, :math:`q` is
+raised where needed to :math:`p_{(2)} / (1 - p_{\max} + p_{(2)})` (the value at which the
+rescaled runner-up would tie), and it is kept at most :math:`1 - 10^{-12}` so every
+log-probability stays finite. Everything is computed from log-probabilities in float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from exitwise.calibrate.base import Calibrator
+
+_MAX_CONFIDENCE = 1.0 - 1e-12
+
+
+def top_label_pairs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Top-label confidence and hit per sample and exit, float64 numpy ``[N, E]``."""
+    lp = torch.log_softmax(logits.to(torch.float64), dim=-1)
+    top, pred = lp.max(dim=-1)
+    hit = (pred == labels[:, None]).to(torch.float64)
+    return top.exp().cpu().numpy(), hit.cpu().numpy()
+
+
+def apply_top_label(logits: torch.Tensor, new_confidence) -> torch.Tensor:
+    """Log-probabilities ``[N, E, C]`` with the top class set to ``new_confidence(p_max)``.
+
+    ``new_confidence`` maps a float64 tensor ``[N, E]`` of top-label confidences to the
+    calibrated ones.
+    """
+    lp = torch.log_softmax(logits.to(torch.float64), dim=-1)
+    top2 = lp.topk(2, dim=-1)
+    lp_top, lp_second = top2.values[..., 0], top2.values[..., 1]
+    is_top = torch.zeros_like(lp, dtype=torch.bool).scatter_(-1, top2.indices[..., :1], True)
+    log_rest = torch.logsumexp(lp.masked_fill(is_top, -torch.inf), dim=-1)  # log(1 - p_max)
+    q = new_confidence(lp_top.exp()).to(torch.float64)
+    lower = torch.exp(lp_second - torch.logaddexp(log_rest, lp_second)) * (1 + 1e-9)
+    q = torch.minimum(torch.maximum(q, lower), torch.full_like(q, _MAX_CONFIDENCE))
+    shift = torch.log1p(-q) - log_rest
+    out = lp + shift.unsqueeze(-1)
+    return torch.where(is_top, q.log().unsqueeze(-1), out)
+
+
+def interpolate(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
+    """``np.interp`` in torch: piecewise-linear through ``(xp, fp)``, constant outside."""
+    xp = xp.to(device=x.device, dtype=torch.float64)
+    fp = fp.to(device=x.device, dtype=torch.float64)
+    if xp.numel() == 1:
+        return fp.expand_as(x).clone()
+    idx = torch.searchsorted(xp, x.contiguous(), right=True).clamp(1, xp.numel() - 1)
+    x0, x1 = xp[idx - 1], xp[idx]
+    y0, y1 = fp[idx - 1], fp[idx]
+    width = x1 - x0
+    frac = torch.where(width > 0, (x - x0) / torch.where(width > 0, width, 1.0), 0.0)
+    out = y0 + frac.clamp(0.0, 1.0) * (y1 - y0)
+    out = torch.where(x <= xp[0], fp[0], out)
+    return torch.where(x >= xp[-1], fp[-1], out)
+
+
+class TopLabelCalibrator(Calibrator):
+    """Fits ``_fit_exit(confidence, hit) -> state`` per exit; applies ``_map_exit``."""
+
+    def _fit_exit(self, confidence: np.ndarray, hit: np.ndarray) -> dict[str, torch.Tensor]:
+        raise NotImplementedError  # pragma: no cover
+
+    def _map_exit(self, e: int, confidence: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError  # pragma: no cover
+
+    def _fit(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        conf, hit = top_label_pairs(logits, labels)
+        self.exit_maps_ = [self._fit_exit(conf[:, e], hit[:, e]) for e in range(conf.shape[1])]
+
+    def _transform(self, logits: torch.Tensor) -> torch.Tensor:
+        def new_confidence(conf: torch.Tensor) -> torch.Tensor:
+            return torch.stack([self._map_exit(e, conf[:, e]) for e in range(conf.shape[1])], dim=1)
+
+        return apply_top_label(logits, new_confidence)
+
+    def confidence_map(self, confidence, exit: int = 0) -> torch.Tensor:
+        """The fitted map of exit ``exit`` evaluated at ``confidence`` values."""
+        self._check_fitted()
+        x = torch.as_tensor(confidence, dtype=torch.float64)
+        return self._map_exit(exit, x)
+
+    # state: a list of dicts of tensors, stored as flat tensors per exit
+    def _state(self) -> dict:
+        state = {"num_exits_": self.num_exits_, "num_classes_": self.num_classes_}
+        keys = sorted(self.exit_maps_[0]) if self.exit_maps_ else []
+        state["map_keys_"] = keys
+        for key in keys:
+            state[f"map_{key}_"] = [m[key] for m in self.exit_maps_]
+        return state
+
+    def _set_state(self, state: dict) -> None:
+        self.num_exits_ = state["num_exits_"]
+        self.num_classes_ = state["num_classes_"]
+        keys = state["map_keys_"]
+        self.exit_maps_ = [
+            {key: state[f"map_{key}_"][e] for key in keys} for e in range(self.num_exits_)
+        ]
