@@ -28,6 +28,17 @@ from exitwise.exceptions import ConvergenceWarning
 
 __all__ = ["HaltingNetwork", "halting_features"]
 
+# fitted attributes stored as they are (the weights and isotonic maps are handled apart)
+_PLAIN_STATE = (
+    "num_exits_",
+    "num_classes_",
+    "num_features_",
+    "feature_mean_",
+    "feature_std_",
+    "epochs_",
+    "validation_loss_",
+)
+
 FEATURE_NAMES = (
     "max_probability",
     "margin",
@@ -260,18 +271,7 @@ class HaltingNetwork(Calibrator):
         return _norm_of_gaps(counts, _gaps(counts, s_conf, s_hit), q.shape[0], "l1")
 
     def _state(self) -> dict[str, Any]:
-        state = {
-            k: getattr(self, k)
-            for k in (
-                "num_exits_",
-                "num_classes_",
-                "num_features_",
-                "feature_mean_",
-                "feature_std_",
-                "epochs_",
-                "validation_loss_",
-            )
-        }
+        state = {key: getattr(self, key) for key in _PLAIN_STATE}
         names = sorted(self.state_dict_)
         state["weight_names_"] = names
         state["weights_"] = [self.state_dict_[k] for k in names]
@@ -280,15 +280,7 @@ class HaltingNetwork(Calibrator):
         return state
 
     def _set_state(self, state: dict[str, Any]) -> None:
-        for key in (
-            "num_exits_",
-            "num_classes_",
-            "num_features_",
-            "feature_mean_",
-            "feature_std_",
-            "epochs_",
-            "validation_loss_",
-        ):
+        for key in _PLAIN_STATE:
             setattr(self, key, state[key])
         self.state_dict_ = dict(zip(state["weight_names_"], state["weights_"], strict=True))
         xs = state.get("isotonic_x_") or []
