@@ -8,6 +8,12 @@ from exitwise.policies.evaluate import (
     evaluate_thresholds_streaming,
     first_exit,
 )
+from exitwise.policies.risk import (
+    RiskControlResult,
+    binomial_p_value,
+    hoeffding_bentkus_p_value,
+    risk_controlled_threshold,
+)
 from exitwise.policies.sweep import SharedThresholdSweep, sweep_shared_threshold
 from exitwise.policies.threshold import (
     FixedExitPolicy,
@@ -15,20 +21,44 @@ from exitwise.policies.threshold import (
     PatiencePolicy,
     ThresholdPolicy,
 )
+from exitwise.policies.tune import (
+    AccuracyAtLeast,
+    CostAtMost,
+    CostQuantileAtMost,
+    TunedPolicy,
+    pareto_frontier,
+    tune,
+    tune_for_accuracy,
+    tune_for_budget,
+    tune_for_latency,
+)
 
 __all__ = [
+    "AccuracyAtLeast",
+    "CostAtMost",
+    "CostQuantileAtMost",
     "ExitPolicy",
     "FixedExitPolicy",
     "OracleExit",
     "PatiencePolicy",
+    "RiskControlResult",
     "SharedThresholdSweep",
     "ThresholdEvaluation",
     "ThresholdPolicy",
+    "TunedPolicy",
+    "binomial_p_value",
     "evaluate",
     "evaluate_thresholds",
     "evaluate_thresholds_streaming",
     "first_exit",
+    "hoeffding_bentkus_p_value",
     "load_policy",
+    "pareto_frontier",
     "policy_from_dict",
+    "risk_controlled_threshold",
     "sweep_shared_threshold",
+    "tune",
+    "tune_for_accuracy",
+    "tune_for_budget",
+    "tune_for_latency",
 ]

@@ -1,0 +1,177 @@
+"""Tuners (accuracy, budget, latency, frontier) and Learn-then-Test risk control."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import binom
+
+from exitwise.policies import (
+    CostQuantileAtMost,
+    evaluate,
+    evaluate_thresholds,
+    hoeffding_bentkus_p_value,
+    pareto_frontier,
+    risk_controlled_threshold,
+    sweep_shared_threshold,
+    tune,
+    tune_for_accuracy,
+    tune_for_budget,
+    tune_for_latency,
+)
+from exitwise.policies.risk import _losses
+from exitwise.signals import compute_signal
+
+
+@pytest.fixture(scope="module")
+def split(real_outputs):
+    cal, test = real_outputs.split(0.5, seed=0)
+    return cal[:2500], test
+
+
+def best_shared(cal, feasible, key):
+    scores = compute_signal(cal, "max_probability")
+    sw = sweep_shared_threshold(scores, cal.correct(), cal.costs)
+    ok = feasible(sw)
+    return key(sw, ok)
+
+
+def test_accuracy_target_holds_and_per_exit_beats_shared(split):
+    cal, test = split
+    final = float(cal.correct()[:, -1].double().mean())
+    tuned = tune_for_accuracy(cal, "max_probability", 0.99, relative=True)
+    assert tuned.feasible and tuned.achieved["accuracy"] >= 0.99 * final - 1e-12
+    shared_cost = best_shared(
+        cal,
+        lambda sw: sw.accuracy >= 0.99 * final - 1e-12,
+        lambda sw, ok: float(sw.mean_cost[ok].min()),
+    )
+    assert tuned.achieved["mean_cost"] <= shared_cost + 1e-9
+    # the achieved figures are what evaluate() reports for the policy on the tuning split
+    again = evaluate(tuned.policy, cal)
+    assert float(again.accuracy[0]) == pytest.approx(tuned.achieved["accuracy"])
+    held_out = tuned.report(test)
+    assert set(held_out) >= {"accuracy", "mean_cost", "speed_up", "exit_fractions"}
+
+
+def test_budget_holds_and_per_exit_beats_shared(split):
+    cal, _ = split
+    full = float(cal.costs[-1])
+    for budget in (0.3, 0.5):
+        tuned = tune_for_budget(cal, "max_probability", budget)
+        assert tuned.achieved["mean_cost"] <= budget * full * (1 + 1e-12)
+        shared_acc = best_shared(
+            cal,
+            lambda sw, b=budget: sw.mean_cost <= b * full,
+            lambda sw, ok: float(sw.accuracy[ok].max()),
+        )
+        assert tuned.achieved["accuracy"] >= shared_acc - 1e-12
+
+
+def test_latency_percentile_constraint(split):
+    cal, _ = split
+    latencies = [2.0, 5.0, 9.0, 14.0]  # ms, cumulative
+    tuned = tune_for_latency(cal, "max_probability", latencies, percentile=90, limit=9.0)
+    assert tuned.feasible
+    assert tuned.achieved["cost_quantiles"][0.9] <= 9.0
+    scores = compute_signal(cal, "max_probability")
+    r = evaluate_thresholds(
+        scores, cal.correct(), latencies, tuned.policy.threshold_vector(4)[None], quantiles=[0.9]
+    )
+    assert float(r.cost_quantiles[0, 0]) <= 9.0
+
+
+def test_infeasible_target_is_a_result(split):
+    cal, _ = split
+    tuned = tune_for_accuracy(cal, "max_probability", 0.999)
+    assert not tuned.feasible and tuned.policy is None
+    with pytest.raises(ValueError, match="no feasible policy"):
+        tuned.report(cal)
+    quantile = tune(cal, "max_probability", "accuracy", [CostQuantileAtMost(0.5, 0.0)])
+    assert not quantile.feasible
+
+
+def test_pareto_frontier_is_non_dominated(split):
+    cal, _ = split
+    front = pareto_frontier(cal[:1500], "max_probability", budgets=[0.4, 0.6])
+    cost, acc = front["mean_cost"], front["accuracy"]
+    assert bool((cost[1:] >= cost[:-1]).all()) and bool((acc[1:] > acc[:-1]).all())
+    ev = evaluate_thresholds(
+        compute_signal(cal[:1500], "max_probability"),
+        cal[:1500].correct(),
+        cal.costs,
+        front["thresholds"],
+    )
+    assert torch.allclose(ev.accuracy, acc) and torch.allclose(ev.mean_cost, cost)
+
+
+# ----------------------------------------------------------------------------- risk control
+def test_p_values_against_scipy_and_hand_values():
+    from exitwise.policies import binomial_p_value
+
+    assert binomial_p_value(3, 200, 0.05) == pytest.approx(binom.cdf(3, 200, 0.05))
+    assert binomial_p_value(0, 100, 0.05) == pytest.approx(0.95**100)
+    # Hoeffding-Bentkus at zero empirical risk: min(exp(-n h1(0, d)), e (1-d)^n)
+    n, d = 100, 0.05
+    expected = min(math.exp(n * math.log(1 - d)), math.e * (1 - d) ** n)
+    assert hoeffding_bentkus_p_value(0.0, n, d) == pytest.approx(expected)
+    assert hoeffding_bentkus_p_value(0.2, n, d) == pytest.approx(1.0)
+
+
+def test_fixed_sequence_returns_the_last_rejected_threshold(split):
+    cal, _ = split
+    res = risk_controlled_threshold(cal, "max_probability", delta=0.05, epsilon=0.1)
+    assert res.certified and res.grid[0] == math.inf
+    tested = ~torch.isnan(res.p_values)
+    last = int(torch.nonzero(tested).max())
+    assert float(res.p_values[last]) > 0.1 or last == len(res.grid) - 1
+    assert bool((res.p_values[:last] <= 0.1).all())
+    assert res.threshold == float(res.grid[last - 1]) if float(res.p_values[last]) > 0.1 else True
+
+
+def test_risk_validation(split):
+    cal, _ = split
+    with pytest.raises(ValueError, match="pass a `grid`"):
+        risk_controlled_threshold(cal, "negative_entropy", delta=0.1, epsilon=0.1)
+    with pytest.raises(ValueError, match=r"`delta` to be in \(0, 1\)"):
+        risk_controlled_threshold(cal, "max_probability", delta=1.5, epsilon=0.1)
+    res = risk_controlled_threshold(
+        cal, "negative_entropy", delta=0.1, epsilon=0.1, grid=np.linspace(-2.3, 0, 50)
+    )
+    assert res.grid.numel() == 51
+    impossible = risk_controlled_threshold(
+        cal[:20], "max_probability", risk="error", delta=0.01, epsilon=0.01
+    )
+    assert not impossible.certified and impossible.policy is None
+
+
+@pytest.mark.slow
+def test_learn_then_test_validity_over_500_splits(real_outputs):
+    """Violation rate <= epsilon (plus binomial noise); the naive rule must fail this test."""
+    delta, epsilon, n_cal, trials = 0.05, 0.1, 1000, 500
+    grid = risk_controlled_threshold(
+        real_outputs[:n_cal], "max_probability", delta=delta, epsilon=epsilon
+    ).grid  # the fixed default sequence
+    scores = compute_signal(real_outputs, "max_probability")
+    all_losses = _losses(real_outputs, scores, grid, "disagreement")  # [G, N]
+    gen = torch.Generator().manual_seed(0)
+    ours, naive = 0, 0
+    for _ in range(trials):
+        perm = torch.randperm(real_outputs.num_samples, generator=gen)
+        cal_idx, test_idx = perm[:n_cal], perm[n_cal:]
+        res = risk_controlled_threshold(
+            real_outputs[cal_idx], "max_probability", delta=delta, epsilon=epsilon
+        )
+        g = int(torch.nonzero(grid == res.threshold)[0, 0]) if res.certified else 0
+        ours += float(all_losses[g, test_idx].mean()) > delta
+        # naive: walk the same sequence while the empirical risk is <= delta
+        emp = all_losses[:, cal_idx].mean(dim=1)
+        bad = torch.nonzero(emp > delta)
+        stop = int(bad[0, 0]) if bad.numel() else len(grid)
+        naive += float(all_losses[max(stop - 1, 0), test_idx].mean()) > delta
+    allowed = epsilon + 3 * math.sqrt(epsilon * (1 - epsilon) / trials)
+    assert ours / trials <= allowed, ours / trials
+    assert naive / trials > allowed, naive / trials
