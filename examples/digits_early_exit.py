@@ -54,22 +54,25 @@ class DigitsEarlyExit(nn.Module):
         return outs
 
 
-def main() -> None:
-    start = time.perf_counter()
-    torch.manual_seed(0)
-    torch.set_num_threads(2)
+def load_digits_split() -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+    """Images ``[N, 1, 8, 8]``, labels, and a stratified 50/50 train / held-out split."""
     digits = load_digits()
     x = torch.tensor(digits.images / 16.0, dtype=torch.float32)[:, None]
     y = torch.tensor(digits.target, dtype=torch.int64)
     idx_train, idx_rest = train_test_split(
         np.arange(len(y)), test_size=0.5, random_state=0, stratify=digits.target
     )
+    return x, y, idx_train, idx_rest
+
+
+def train_model(x_train: torch.Tensor, y_train: torch.Tensor, epochs: int = 30) -> nn.Module:
+    """Joint multi-exit loss (sum over exits, as in SDN / MSDNet), Adam, seed 0."""
+    torch.manual_seed(0)
     model = DigitsEarlyExit()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     loss_fn = nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(0)
-    x_train, y_train = x[idx_train], y[idx_train]
-    for _epoch in range(30):  # joint multi-exit loss, as in SDN / MSDNet
+    for _epoch in range(epochs):
         perm = torch.randperm(len(y_train), generator=gen)
         for i in range(0, len(perm), 64):
             rows = perm[i : i + 64]
@@ -77,6 +80,14 @@ def main() -> None:
             opt.zero_grad()
             loss.backward()
             opt.step()
+    return model.eval()
+
+
+def main() -> None:
+    start = time.perf_counter()
+    torch.set_num_threads(2)
+    x, y, idx_train, idx_rest = load_digits_split()
+    model = train_model(x[idx_train], y[idx_train])
 
     held_out = [
         (x[idx_rest][i : i + 128], y[idx_rest][i : i + 128]) for i in range(0, len(idx_rest), 128)

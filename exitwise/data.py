@@ -291,6 +291,7 @@ class ExitOutputs:
 
         Stratified by label when labels exist: each class is split in the same proportion
         (largest-remainder rounding so ``first`` has exactly ``round(fraction * N)`` samples).
+        :meth:`split_indices` gives the sample indices of both parts.
 
         Parameters
         ----------
@@ -306,6 +307,18 @@ class ExitOutputs:
         >>> first, rest = out.split(0.4, seed=0)
         >>> len(first), len(rest), int(first.labels.sum())
         (4, 6, 2)
+        """
+        first_idx, rest_idx = self.split_indices(fraction, seed)
+        return self[first_idx], self[rest_idx]
+
+    def split_indices(self, fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sorted sample indices of ``split(fraction, seed)``'s two parts (on the device).
+
+        Examples
+        --------
+        >>> out = ExitOutputs(torch.zeros(4, 1, 2))
+        >>> [len(i) for i in out.split_indices(0.5, seed=1)]
+        [2, 2]
         """
         fraction = check_open_unit(fraction, "fraction")
         n = self.num_samples
@@ -337,7 +350,7 @@ class ExitOutputs:
             first_idx, rest_idx = perm[in_first], perm[~in_first]
         first_idx = first_idx.sort().values.to(self.device)
         rest_idx = rest_idx.sort().values.to(self.device)
-        return self[first_idx], self[rest_idx]
+        return first_idx, rest_idx
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> None:

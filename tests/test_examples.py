@@ -14,3 +14,22 @@ def test_digits_example_runs(capsys):
     assert "after temperature scaling" in out
     assert "policy: exit when max-probability >=" in out
     assert out.count("block") >= 6
+
+
+def test_runtime_controller_example_matches_prediction(capsys):
+    runpy.run_path(str(EXAMPLES / "runtime_controller.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    for line in out.splitlines():
+        if "accuracy served" in line:
+            served, predicted = line.split("served")[1].split(", predicted")
+            assert float(served) == float(predicted)
+        if "FLOP speed-up measured" in line:
+            parts = line.split()
+            assert parts[3] == parts[6]  # measured == predicted per-sample speed-up
+    assert out.count("FLOP speed-up measured") == 2
+
+
+def test_sla_table_example_runs(capsys):
+    runpy.run_path(str(EXAMPLES / "sla_table.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert out.count("per-exit") == 4 and "Learn-then-Test" in out

@@ -1,6 +1,7 @@
 """Exit policies (a signal per exit plus a threshold per exit) and the evaluator."""
 
 from exitwise.policies.base import ExitPolicy, load_policy, policy_from_dict
+from exitwise.policies.batching import BatchingResult, simulate_batching
 from exitwise.policies.evaluate import (
     ThresholdEvaluation,
     evaluate,
@@ -14,6 +15,7 @@ from exitwise.policies.risk import (
     hoeffding_bentkus_p_value,
     risk_controlled_threshold,
 )
+from exitwise.policies.runtime import ExitController
 from exitwise.policies.sweep import SharedThresholdSweep, sweep_shared_threshold
 from exitwise.policies.threshold import (
     FixedExitPolicy,
@@ -26,6 +28,7 @@ from exitwise.policies.tune import (
     CostAtMost,
     CostQuantileAtMost,
     TunedPolicy,
+    geometric_budget_policy,
     pareto_frontier,
     tune,
     tune_for_accuracy,
@@ -35,8 +38,10 @@ from exitwise.policies.tune import (
 
 __all__ = [
     "AccuracyAtLeast",
+    "BatchingResult",
     "CostAtMost",
     "CostQuantileAtMost",
+    "ExitController",
     "ExitPolicy",
     "FixedExitPolicy",
     "OracleExit",
@@ -51,11 +56,13 @@ __all__ = [
     "evaluate_thresholds",
     "evaluate_thresholds_streaming",
     "first_exit",
+    "geometric_budget_policy",
     "hoeffding_bentkus_p_value",
     "load_policy",
     "pareto_frontier",
     "policy_from_dict",
     "risk_controlled_threshold",
+    "simulate_batching",
     "sweep_shared_threshold",
     "tune",
     "tune_for_accuracy",

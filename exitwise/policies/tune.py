@@ -31,6 +31,7 @@ __all__ = [
     "CostAtMost",
     "CostQuantileAtMost",
     "TunedPolicy",
+    "geometric_budget_policy",
     "pareto_frontier",
     "tune",
     "tune_for_accuracy",
@@ -385,3 +386,70 @@ def pareto_frontier(
         "thresholds": thr[keep],
         "per_exit": kind[keep],
     }
+
+
+def geometric_budget_policy(
+    outputs: ExitOutputs,
+    signal: str,
+    budget: float,
+    *,
+    relative: bool = True,
+    reference: Literal["labels", "final"] = "labels",
+) -> TunedPolicy:
+    r"""MSDNet's budgeted-batch rule, a baseline for :func:`tune_for_budget`.
+
+    Huang et al. (2018) let a share :math:`p_e \propto q^e` of the samples leave at exit
+    :math:`e`, with :math:`q` solved (here by bisection) so that the expected cost
+    :math:`\sum_e p_e c_e` equals the budget. Thresholds are then set on the tuning split
+    so that, exit by exit, the most confident :math:`p_e N` of the remaining samples leave
+    (ties may let a few more leave).
+
+    Examples
+    --------
+    >>> from exitwise.datasets import load_default
+    >>> cal, _ = load_default().split(0.5, seed=0)
+    >>> base = geometric_budget_policy(cal, "max_probability", 0.5)
+    >>> abs(base.achieved["speed_up"] - 2.0) < 0.1
+    True
+    """
+    costs = outputs.costs.cpu().to(torch.float64)
+    e = costs.numel()
+    limit = budget * float(costs[-1]) if relative else float(budget)
+    if not float(costs[0]) <= limit <= float(costs[-1]):
+        raise ValueError(
+            f"Expected a budget between the first and last exits' costs ({float(costs[0]):.4g}"
+            f" and {float(costs[-1]):.4g}), got {limit:.4g}."
+        )
+    powers = torch.arange(e, dtype=torch.float64)
+
+    def shares(log_q: float) -> torch.Tensor:
+        w = torch.softmax(powers * log_q, dim=0)
+        return w
+
+    lo, hi = -50.0, 50.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if float((shares(mid) * costs).sum()) > limit:
+            hi = mid
+        else:
+            lo = mid
+    p = shares(lo)
+    scores = compute_signal(outputs, signal).double().cpu()
+    n = scores.shape[0]
+    remaining = torch.ones(n, dtype=torch.bool)
+    thresholds = torch.full((e,), -math.inf, dtype=torch.float64)
+    for j in range(e - 1):
+        take = round(float(p[j]) * n)
+        left = int(remaining.sum())
+        if take <= 0 or left == 0:
+            thresholds[j] = math.inf
+            continue
+        values = scores[remaining, j].sort(descending=True).values
+        thresholds[j] = values[min(take, left) - 1]
+        remaining &= ~(scores[:, j] >= thresholds[j])
+    policy = ThresholdPolicy(signal, thresholds.tolist())
+    from exitwise.policies.evaluate import evaluate
+
+    achieved = _summary(evaluate(policy, outputs, reference=reference))
+    achieved["geometric_shares"] = p.tolist()
+    return TunedPolicy(policy, True, achieved, math.inf, ())

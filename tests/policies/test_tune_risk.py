@@ -175,3 +175,16 @@ def test_learn_then_test_validity_over_500_splits(real_outputs):
     allowed = epsilon + 3 * math.sqrt(epsilon * (1 - epsilon) / trials)
     assert ours / trials <= allowed, ours / trials
     assert naive / trials > allowed, naive / trials
+
+
+def test_geometric_budget_baseline_meets_the_budget(split):
+    from exitwise.policies import geometric_budget_policy
+
+    cal, _ = split
+    for budget in (0.3, 0.5, 0.8):
+        base = geometric_budget_policy(cal, "max_probability", budget)
+        shares = torch.tensor(base.achieved["geometric_shares"], dtype=torch.float64)
+        assert float((shares * cal.costs / cal.costs[-1]).sum()) == pytest.approx(budget)
+        assert base.achieved["mean_cost"] / float(cal.costs[-1]) == pytest.approx(budget, abs=0.02)
+    with pytest.raises(ValueError, match="between the first and last exits' costs"):
+        geometric_budget_policy(cal, "max_probability", 0.01)

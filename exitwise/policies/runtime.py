@@ -1,0 +1,166 @@
+"""``ExitController``: the tuned policy inside an inference loop.
+
+Built from a threshold policy (and optionally the temperatures of a fitted
+:class:`~exitwise.calibrate.TemperatureScaling`), the controller decides, after each exit's
+head has run on a batch, which samples may stop. It is a ``torch.nn.Module`` without
+Python loops over samples, scriptable with TorchScript, and its policy file (JSON) round-trips
+exactly.
+
+A typical loop (compacting the batch as samples leave)::
+
+    controller = ExitController.from_policy(tuned.policy, calibrator)
+    state = controller.initial_state(batch_size, device)
+    for e, (block, head) in enumerate(zip(blocks, heads)):
+        x = block(x)
+        logits = head(x)
+        done, state = controller.decide(e, logits, state)
+        ...  # emit logits[done], keep x[~done] and the state rows of the samples still running
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from exitwise.policies.base import load_policy
+from exitwise.policies.threshold import ThresholdPolicy
+
+__all__ = ["ExitController"]
+
+_SIGNAL_CODES = {
+    "max_probability": 0,
+    "log_max_probability": 1,
+    "margin": 2,
+    "negative_entropy": 3,
+    "normalized_entropy_confidence": 4,
+    "patience": 5,
+    "agreement_with_previous": 6,
+}
+
+
+class ExitController(nn.Module):
+    """Per-batch exit decisions of a threshold policy (with optional temperatures).
+
+    Parameters
+    ----------
+    signal : str
+        One of the built-in signal names.
+    thresholds : sequence of float
+        One per exit (the last exit always answers).
+    temperatures : sequence of float, optional
+        Per-exit temperatures applied to the logits before the signal.
+
+    Examples
+    --------
+    >>> import torch
+    >>> controller = ExitController("max_probability", [0.9, float("inf")])
+    >>> state = controller.initial_state(2)
+    >>> done, state = controller.decide(0, torch.tensor([[5.0, 0.0], [0.1, 0.0]]), state)
+    >>> done
+    tensor([ True, False])
+    """
+
+    def __init__(self, signal: str, thresholds, temperatures=None) -> None:
+        super().__init__()
+        if signal not in _SIGNAL_CODES:
+            raise ValueError(
+                f"ExitController supports the signals {sorted(_SIGNAL_CODES)}, got {signal!r}."
+            )
+        thr = torch.as_tensor([float(t) for t in thresholds], dtype=torch.float64)
+        if thr.ndim != 1 or thr.numel() == 0 or bool(torch.isnan(thr).any()):
+            raise ValueError("Expected `thresholds`: one number per exit, no NaN.")
+        temps = (
+            torch.ones_like(thr)
+            if temperatures is None
+            else torch.as_tensor([float(t) for t in temperatures], dtype=torch.float64)
+        )
+        if temps.shape != thr.shape or bool((temps <= 0).any()):
+            raise ValueError("Expected one positive temperature per exit.")
+        self.signal = signal
+        self.signal_code = _SIGNAL_CODES[signal]
+        self.num_exits = int(thr.numel())
+        self.register_buffer("thresholds", thr)
+        self.register_buffer("temperatures", temps)
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_policy(cls, policy: ThresholdPolicy, calibrator=None, num_exits: int | None = None):
+        """From a :class:`ThresholdPolicy` (shared thresholds need ``num_exits``) and an
+        optional fitted ``TemperatureScaling``."""
+        if not isinstance(policy, ThresholdPolicy) or policy.fallback != "last":
+            raise TypeError("Expected a ThresholdPolicy with fallback='last'.")
+        temps = None
+        if calibrator is not None:
+            if not hasattr(calibrator, "temperatures_"):
+                raise TypeError(
+                    "ExitController applies temperature scaling only; pass a fitted "
+                    "TemperatureScaling (or calibrate offline)."
+                )
+            temps = calibrator.temperatures_.tolist()
+            num_exits = len(temps)
+        if isinstance(policy.thresholds, float):
+            if num_exits is None:
+                raise ValueError("A shared threshold needs `num_exits`.")
+            thresholds = [policy.thresholds] * num_exits
+        else:
+            thresholds = list(policy.thresholds)
+        return cls(policy.signal, thresholds, temps)
+
+    @classmethod
+    def from_policy_file(cls, path: str | Path, calibrator=None, num_exits: int | None = None):
+        return cls.from_policy(load_policy(path), calibrator, num_exits)
+
+    def policy(self) -> ThresholdPolicy:
+        """The policy this controller applies (for ``save``)."""
+        return ThresholdPolicy(self.signal, self.thresholds.tolist())
+
+    # -- decisions ------------------------------------------------------------------------
+    def initial_state(self, batch_size: int, device: torch.device | str = "cpu"):
+        """``(previous prediction, agreement run length)``, both ``[B]`` int64."""
+        return (
+            torch.full((batch_size,), -1, dtype=torch.int64, device=device),
+            torch.zeros(batch_size, dtype=torch.int64, device=device),
+        )
+
+    def forward(
+        self,
+        exit_index: int,
+        logits: torch.Tensor,
+        previous: torch.Tensor,
+        run: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(exit_mask [B], prediction [B], run length [B])`` after exit ``exit_index``."""
+        z = logits.to(torch.float64) / self.temperatures[exit_index]
+        log_p = torch.log_softmax(z, dim=-1)
+        pred = torch.argmax(log_p, dim=-1)
+        agree = (pred == previous) & (previous >= 0)
+        new_run = torch.where(agree, run + 1, torch.zeros_like(run))
+        code = self.signal_code
+        if code == 0 or code == 1:
+            score = log_p.max(dim=-1).values
+            if code == 0:
+                score = score.exp()
+        elif code == 2:
+            top2 = log_p.topk(2, dim=-1).values.exp()
+            score = top2[:, 0] - top2[:, 1]
+        elif code == 3 or code == 4:
+            score = (log_p.exp() * log_p).sum(dim=-1)
+            if code == 4:
+                score = 1.0 + score / math.log(logits.shape[-1])
+        elif code == 5:
+            score = new_run.to(torch.float64)
+        else:
+            score = agree.to(torch.float64)
+        if exit_index >= self.num_exits - 1:
+            done = torch.ones_like(pred, dtype=torch.bool)
+        else:
+            done = score >= self.thresholds[exit_index]
+        return done, pred, new_run
+
+    def decide(self, exit_index: int, logits: torch.Tensor, state):
+        """``(exit_mask [B], new_state)`` for the batch's logits at exit ``exit_index``."""
+        done, pred, run = self(exit_index, logits, state[0], state[1])
+        return done, (pred, run)

@@ -1,0 +1,156 @@
+"""Batched-serving simulation against a naive loop; the runtime controller."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from exitwise import ExitOutputs
+from exitwise.calibrate import TemperatureScaling
+from exitwise.policies import (
+    ExitController,
+    ThresholdPolicy,
+    load_policy,
+    simulate_batching,
+)
+
+
+def naive_simulation(exits, costs, batch_size, mode, layer_cost, seed):
+    n, e = len(exits), len(costs)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    total = full = 0.0
+    for start in range(0, n, batch_size):
+        batch = [int(exits[i]) for i in order[start : start + batch_size]]
+        for j in range(e):
+            if mode == "per_sample":
+                total += sum(layer_cost(1, j) for x in batch if x >= j)
+                full += len(batch) * layer_cost(1, j)
+            elif mode == "wait_all":
+                if max(batch) >= j:
+                    total += layer_cost(len(batch), j)
+                full += layer_cost(len(batch), j)
+            else:
+                running = sum(1 for x in batch if x >= j)
+                if running:
+                    total += layer_cost(running, j)
+                full += layer_cost(len(batch), j)
+    return total, full
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    exits=st.lists(st.integers(0, 3), min_size=1, max_size=40),
+    batch_size=st.integers(1, 9),
+    mode=st.sampled_from(["per_sample", "wait_all", "compact"]),
+    fixed=st.floats(0.0, 2.0),
+    seed=st.integers(0, 100),
+)
+def test_simulation_matches_naive_loop(exits, batch_size, mode, fixed, seed):
+    costs = [1.0, 2.5, 3.0, 6.0]
+    out = ExitOutputs(torch.zeros(len(exits), 4, 2), costs=costs)
+    seg = np.diff([0.0, *costs])
+
+    def layer_cost(b, j):
+        return fixed + b * seg[j]  # a latency model: fixed overhead + per-sample work
+
+    res = simulate_batching(torch.tensor(exits), out, batch_size, mode, layer_cost, seed)
+    total, full = naive_simulation(exits, costs, batch_size, mode, layer_cost, seed)
+    assert res.total_cost == pytest.approx(total) and res.full_cost == pytest.approx(full)
+    default = simulate_batching(torch.tensor(exits), out, batch_size, mode, seed=seed)
+    t0, f0 = naive_simulation(exits, costs, batch_size, mode, lambda b, j: b * seg[j], seed)
+    assert default.total_cost == pytest.approx(t0) and default.full_cost == pytest.approx(f0)
+
+
+def test_batching_breaks_the_ideal_speed_up(real_outputs):
+    policy = ThresholdPolicy("max_probability", 0.9)
+    modes = {
+        m: simulate_batching(policy, real_outputs, 32, m)
+        for m in ("per_sample", "wait_all", "compact")
+    }
+    assert modes["per_sample"].speed_up > modes["compact"].speed_up - 1e-9
+    assert modes["compact"].speed_up >= modes["wait_all"].speed_up
+    assert modes["wait_all"].speed_up < 1.2  # with 32 samples someone always runs deep
+    assert simulate_batching(policy, real_outputs, 1, "wait_all").speed_up == pytest.approx(
+        modes["per_sample"].speed_up
+    )
+
+
+def run_controller(controller, logits):
+    """An inference loop with compaction: samples leave the batch when they exit."""
+    n, e, _ = logits.shape
+    alive = torch.arange(n)
+    state = controller.initial_state(n)
+    exits = torch.full((n,), -1)
+    for j in range(e):
+        done, state = controller.decide(j, logits[alive, j], state)
+        exits[alive[done]] = j
+        alive = alive[~done]
+        state = (state[0][~done], state[1][~done])
+        if alive.numel() == 0:
+            break
+    return exits
+
+
+@pytest.mark.parametrize(
+    "signal",
+    [
+        "max_probability",
+        "margin",
+        "negative_entropy",
+        "normalized_entropy_confidence",
+        "patience",
+        "agreement_with_previous",
+        "log_max_probability",
+    ],
+)
+def test_controller_equals_offline_policy(signal, real_outputs):
+    out = ExitOutputs(
+        real_outputs.logits[:3000].double(),
+        labels=real_outputs.labels[:3000],
+        costs=real_outputs.costs,
+    )
+    thresholds = {
+        "max_probability": [0.95, 0.9, 0.8, 0.0],
+        "margin": [0.9, 0.8, 0.6, 0.0],
+        "negative_entropy": [-0.1, -0.3, -0.5, 0.0],
+        "normalized_entropy_confidence": [0.9, 0.85, 0.8, 0.0],
+        "patience": [1.0, 1.0, 2.0, 0.0],
+        "agreement_with_previous": [1.0] * 4,
+        "log_max_probability": [-0.05, -0.1, -0.2, 0.0],
+    }[signal]
+    policy = ThresholdPolicy(signal, thresholds)
+    controller = ExitController.from_policy(policy)
+    assert torch.equal(run_controller(controller, out.logits), policy.exit_indices(out))
+
+
+def test_controller_with_temperatures_script_and_policy_file(real_outputs, tmp_path):
+    cal = ExitOutputs(real_outputs.logits[:4000].double(), labels=real_outputs.labels[:4000])
+    ts = TemperatureScaling().fit(cal)
+    calibrated = ts.transform(cal)
+    policy = ThresholdPolicy("max_probability", [0.9, 0.85, 0.8, float("inf")])
+    controller = ExitController.from_policy(policy, ts)
+    assert torch.equal(run_controller(controller, cal.logits), policy.exit_indices(calibrated))
+    scripted = torch.jit.script(controller)
+    done, pred, _run = scripted(0, cal.logits[:50, 0], *controller.initial_state(50))
+    ref_done, ref_state = controller.decide(0, cal.logits[:50, 0], controller.initial_state(50))
+    assert torch.equal(done, ref_done) and torch.equal(pred, ref_state[0])
+    controller.policy().save(tmp_path / "policy.json")
+    again = ExitController.from_policy_file(tmp_path / "policy.json", ts)
+    assert torch.equal(again.thresholds, controller.thresholds)
+    assert load_policy(tmp_path / "policy.json") == controller.policy()
+
+
+def test_controller_validation():
+    with pytest.raises(ValueError, match="supports the signals"):
+        ExitController("halting", [0.5])
+    with pytest.raises(ValueError, match="needs `num_exits`"):
+        ExitController.from_policy(ThresholdPolicy("margin", 0.5))
+    with pytest.raises(TypeError, match="temperature scaling only"):
+        ExitController.from_policy(ThresholdPolicy("margin", [0.5, 0.5]), object())
+    with pytest.raises(ValueError, match=r"`mode` to be one of"):
+        simulate_batching(
+            torch.zeros(2, dtype=torch.long), ExitOutputs(torch.zeros(2, 2, 2)), 2, "greedy"
+        )
