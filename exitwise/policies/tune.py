@@ -30,6 +30,7 @@ __all__ = [
     "AccuracyAtLeast",
     "CostAtMost",
     "CostQuantileAtMost",
+    "RiskAtMost",
     "TunedPolicy",
     "geometric_budget_policy",
     "pareto_frontier",
@@ -80,6 +81,21 @@ class CostQuantileAtMost:
         return ev.quantile(self.q) <= limit + 1e-12 * max(1.0, abs(limit))
 
 
+@dataclass(frozen=True)
+class RiskAtMost:
+    """Error rate (``risk="error"``) or disagreement with the final exit
+    (``risk="disagreement"``) <= ``value`` on the tuning split (an empirical bound; for a
+    statistical guarantee use :func:`~exitwise.policies.risk_controlled_threshold`)."""
+
+    value: float
+    risk: Literal["error", "disagreement"] = "error"
+
+    def ok(self, ev: _Stats, final_accuracy: float, full_cost: float) -> torch.Tensor:
+        check_choice(self.risk, "risk", ("error", "disagreement"))
+        rate = 1.0 - ev.accuracy if self.risk == "error" else ev.disagreement
+        return rate <= self.value + 1e-12
+
+
 @dataclass
 class _Stats:
     """Accuracy, mean cost and exit counts of candidates (from the sweep or the evaluator)."""
@@ -88,6 +104,7 @@ class _Stats:
     mean_cost: torch.Tensor
     counts: torch.Tensor  # [K, E]
     costs: torch.Tensor  # [E]
+    disagreement: torch.Tensor | None = None
 
     def quantile(self, q: float) -> torch.Tensor:
         n = self.counts[0].sum()
@@ -173,7 +190,9 @@ def _search(
     constraints: list[Any],
     objective: str,
     rounds: int,
+    agree: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, float, _Stats | None]:
+    """``agree`` [N, E] (agreement with the final exit) is needed by disagreement bounds."""
     e = scores.shape[1]
     final_accuracy = float(correct[:, -1].double().mean())
     full_cost = float(costs[-1])
@@ -185,7 +204,10 @@ def _search(
         return ok
 
     sweep = sweep_shared_threshold(scores, correct, costs, return_exit_counts=True)
-    shared = _Stats(sweep.accuracy, sweep.mean_cost, sweep.exit_counts, costs)
+    disagree = None
+    if agree is not None:  # same scores, so the same breakpoints
+        disagree = 1.0 - sweep_shared_threshold(scores, agree, costs).accuracy
+    shared = _Stats(sweep.accuracy, sweep.mean_cost, sweep.exit_counts, costs, disagree)
     best = _pick(shared, feasible(shared), objective)
     if best is None:
         return None, math.inf, None
@@ -201,7 +223,11 @@ def _search(
             cand = current.repeat(grid.shape[0], 1)
             cand[:, j] = grid
             ev = evaluate_thresholds(scores, correct, costs, cand, distributed=False)
-            stats = _Stats(ev.accuracy, ev.mean_cost, ev.exit_counts, costs)
+            disagree = None
+            if agree is not None:
+                disagree = evaluate_thresholds(scores, agree, costs, cand, distributed=False)
+                disagree = disagree.mean_loss
+            stats = _Stats(ev.accuracy, ev.mean_cost, ev.exit_counts, costs, disagree)
             pick = _pick(stats, feasible(stats), objective)
             if pick is None:
                 continue
@@ -239,7 +265,8 @@ def tune(
     signal : str
         Signal name (see :mod:`exitwise.signals`).
     constraints : list
-        :class:`AccuracyAtLeast`, :class:`CostAtMost`, :class:`CostQuantileAtMost`.
+        :class:`AccuracyAtLeast`, :class:`CostAtMost`, :class:`CostQuantileAtMost`,
+        :class:`RiskAtMost`.
     per_exit : bool, default=True
         Improve per-exit thresholds after the shared one (``rounds`` coordinate passes).
 
@@ -256,8 +283,12 @@ def tune(
     scores = compute_signal(outputs, signal).double().cpu()
     correct = outputs.correct(reference).cpu()
     costs = outputs.costs.cpu()
+    needs_agreement = any(
+        isinstance(c, RiskAtMost) and c.risk == "disagreement" for c in constraints
+    )
+    agree = outputs.correct("final").cpu() if needs_agreement else None
     thresholds, shared_tau, _ = _search(
-        scores, correct, costs, list(constraints), objective, rounds if per_exit else 0
+        scores, correct, costs, list(constraints), objective, rounds if per_exit else 0, agree
     )
     if thresholds is None:
         return TunedPolicy(None, False, {}, math.inf, tuple(quantiles))

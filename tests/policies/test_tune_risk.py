@@ -188,3 +188,16 @@ def test_geometric_budget_baseline_meets_the_budget(split):
         assert base.achieved["mean_cost"] / float(cal.costs[-1]) == pytest.approx(budget, abs=0.02)
     with pytest.raises(ValueError, match="between the first and last exits' costs"):
         geometric_budget_policy(cal, "max_probability", 0.01)
+
+
+def test_risk_constraints(split):
+    from exitwise.policies import RiskAtMost
+
+    cal, _ = split
+    tuned = tune(cal, "max_probability", "cost", [RiskAtMost(0.03, "disagreement")])
+    assert tuned.feasible
+    agree = evaluate(tuned.policy, cal, reference="final")
+    assert float(agree.mean_loss[0]) <= 0.03 + 1e-12
+    err = tune(cal, "max_probability", "cost", [RiskAtMost(0.13, "error")])
+    assert err.achieved["accuracy"] >= 0.87 - 1e-12
+    assert not tune(cal, "max_probability", "cost", [RiskAtMost(0.01, "error")]).feasible
