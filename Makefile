@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.exitwise-installed
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench install clean docs
 
 install: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml scripts/install_torch.sh
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m exitwise.demo
+	$(VENV)/bin/exitwise report --out report
 
 test: $(STAMP)
 	$(PY) -m ruff check exitwise tests benchmarks examples
@@ -29,6 +29,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/metrics.py
 	$(PY) benchmarks/evaluator.py
+	$(PY) benchmarks/calibrators.py
+
+docs: $(STAMP)
+	$(PY) -m pip install -q -e ".[docs]"
+	$(PY) -m mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) build *.egg-info

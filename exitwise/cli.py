@@ -1,0 +1,235 @@
+"""The ``exitwise`` command line: report, calibrate, tune, evaluate, info.
+
+Every command reads an ExitOutputs file (``.safetensors`` or ``.npz``); ``report`` and
+``info`` default to the bundled Fashion-MNIST exits. Errors print one line and exit with
+status 2; ``--json`` prints machine-readable output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _load(path: str | None):
+    if path is None:
+        from exitwise.datasets import load_default
+
+        return load_default()
+    from exitwise.data import load
+
+    return load(path)
+
+
+def _print(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
+    if args.json:
+        print(json.dumps(payload, indent=2, default=float))
+    else:
+        print(text)
+
+
+def _info(args: argparse.Namespace) -> None:
+    from exitwise import metrics
+
+    out = _load(args.file)
+    payload: dict[str, Any] = {
+        "num_samples": out.num_samples,
+        "num_exits": out.num_exits,
+        "num_classes": out.num_classes,
+        "exit_names": out.exit_names,
+        "costs": out.costs.tolist(),
+        "labelled": out.labels is not None,
+    }
+    lines = [f"{out.num_samples} samples, {out.num_exits} exits, {out.num_classes} classes"]
+    if out.labels is not None:
+        acc = metrics.per_exit_accuracy(out.logits, out.labels).tolist()
+        ece = metrics.expected_calibration_error(out.probs(), out.labels).tolist()
+        payload["accuracy"], payload["ece"] = acc, ece
+        lines.append(f"{'exit':<12} {'cost':>12} {'accuracy':>9} {'ECE':>7}")
+        for e, name in enumerate(out.exit_names):
+            lines.append(f"{name:<12} {out.costs[e]:>12.4g} {acc[e]:>9.4f} {ece[e]:>7.4f}")
+    _print(args, payload, "\n".join(lines))
+
+
+def _report(args: argparse.Namespace) -> None:
+    from exitwise.report import build_report, summary_table
+
+    out = _load(args.file)
+    summary = build_report(
+        out,
+        args.out,
+        calibrators=args.calibrators,
+        signal=args.signal,
+        target_accuracy=args.target_accuracy,
+        relative=not args.absolute,
+        n_resamples=args.resamples,
+        seed=args.seed,
+    )
+    _print(args, summary, summary_table(summary) + f"\n\nreport written to {args.out}/report.html")
+
+
+def _calibrate(args: argparse.Namespace) -> None:
+    from exitwise.calibrate import compare_calibrators, make_calibrator
+
+    out = _load(args.file)
+    cal, test = out.split(args.split, seed=args.seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = compare_calibrators(cal, test, [args.method])
+        calibrator = make_calibrator(args.method).fit(out if args.fit_all else cal)
+    if args.out:
+        calibrator.save(args.out)
+    text = table.to_text() + (f"\n\ncalibrator written to {args.out}" if args.out else "")
+    _print(args, {"table": table.rows, "out": args.out}, text)
+
+
+def _tune(args: argparse.Namespace) -> None:
+    from exitwise.calibrate import load_calibrator
+    from exitwise.policies import (
+        risk_controlled_threshold,
+        tune_for_accuracy,
+        tune_for_budget,
+    )
+
+    out = _load(args.file)
+    if args.calibrator:
+        out = load_calibrator(args.calibrator).transform(out)
+    cal, test = out.split(args.split, seed=args.seed)
+    if args.target_accuracy is not None:
+        tuned = tune_for_accuracy(cal, args.signal, args.target_accuracy, relative=args.relative)
+        policy, feasible = tuned.policy, tuned.feasible
+        achieved = tuned.achieved
+    elif args.budget is not None:
+        tuned = tune_for_budget(cal, args.signal, args.budget)
+        policy, feasible, achieved = tuned.policy, tuned.feasible, tuned.achieved
+    else:
+        res = risk_controlled_threshold(
+            cal, args.signal, risk="disagreement", delta=args.risk, epsilon=args.epsilon
+        )
+        policy, feasible = res.policy, res.certified
+        achieved = {"certified_threshold": res.threshold}
+    payload: dict[str, Any] = {"feasible": feasible, "tune": achieved}
+    if not feasible:
+        _print(args, payload, "no policy meets the target on the tuning split")
+        sys.exit(1)
+    from exitwise.policies import evaluate
+
+    ev = evaluate(policy, test, reference="labels" if test.labels is not None else "final")
+    payload["test"] = {"accuracy": float(ev.accuracy[0]), "speed_up": float(ev.speed_up[0])}
+    payload["policy"] = policy.to_dict()
+    if args.out:
+        policy.save(args.out)
+    text = (
+        f"policy: {policy!r}\ntune: {achieved}\ntest: accuracy "
+        f"{payload['test']['accuracy']:.4f}, speed-up {payload['test']['speed_up']:.2f}x"
+        + (f"\npolicy written to {args.out}" if args.out else "")
+    )
+    _print(args, payload, text)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from exitwise.calibrate import load_calibrator
+    from exitwise.policies import evaluate, load_policy
+
+    out = _load(args.file)
+    if args.calibrator:
+        out = load_calibrator(args.calibrator).transform(out)
+    policy = load_policy(args.policy)
+    ev = evaluate(policy, out, reference="labels" if out.labels is not None else "final")
+    payload = {
+        "accuracy": float(ev.accuracy[0]),
+        "mean_cost": float(ev.mean_cost[0]),
+        "speed_up": float(ev.speed_up[0]),
+        "exit_counts": ev.exit_counts[0].tolist(),
+    }
+    text = "\n".join(f"{k}: {v}" for k, v in payload.items())
+    _print(args, payload, text)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="exitwise", description="Calibrate early exits, tune exit policies, report."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_text: str, file_required: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if file_required:
+            p.add_argument("file", help="ExitOutputs file (.safetensors or .npz)")
+        else:
+            p.add_argument(
+                "file",
+                nargs="?",
+                default=None,
+                help="ExitOutputs file (default: the bundled Fashion-MNIST exits)",
+            )
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.add_argument("--seed", type=int, default=0, help="seed of the split")
+        return p
+
+    p = add("report", "write report.html, PNGs and summary.json", file_required=False)
+    p.add_argument("--out", default="report", help="output folder (default: report)")
+    p.add_argument("--calibrators", nargs="+", default=["temperature", "isotonic"])
+    p.add_argument("--signal", default="max_probability")
+    p.add_argument("--target-accuracy", type=float, default=0.99)
+    p.add_argument(
+        "--absolute",
+        action="store_true",
+        help="the target is an absolute accuracy, not relative to the final exit",
+    )
+    p.add_argument("--resamples", type=int, default=200, help="bootstrap resamples")
+    p.set_defaults(run=_report)
+
+    p = add("calibrate", "fit a calibrator and compare it on a held-out split")
+    p.add_argument("--method", default="temperature")
+    p.add_argument("--split", type=float, default=0.5, help="calibration share")
+    p.add_argument("--fit-all", action="store_true", help="refit the saved one on all data")
+    p.add_argument("--out", help="calibrator file (.json)")
+    p.set_defaults(run=_calibrate)
+
+    p = add("tune", "tune an exit policy for an SLA")
+    p.add_argument("--signal", default="max_probability")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--target-accuracy", type=float)
+    group.add_argument("--budget", type=float, help="mean cost as a fraction of the full model")
+    group.add_argument("--risk", type=float, help="disagreement tolerance (Learn-then-Test)")
+    p.add_argument(
+        "--relative",
+        action="store_true",
+        help="--target-accuracy is a fraction of the final exit's accuracy",
+    )
+    p.add_argument("--epsilon", type=float, default=0.05, help="failure probability for --risk")
+    p.add_argument("--calibrator", help="calibrator file to apply first")
+    p.add_argument("--split", type=float, default=0.5, help="tuning share")
+    p.add_argument("--out", help="policy file (.json)")
+    p.set_defaults(run=_tune)
+
+    p = add("evaluate", "evaluate a policy file on an ExitOutputs file")
+    p.add_argument("--policy", required=True)
+    p.add_argument("--calibrator", help="calibrator file to apply first")
+    p.set_defaults(run=_evaluate)
+
+    p = add("info", "summarise an ExitOutputs file", file_required=False)
+    p.set_defaults(run=_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``exitwise`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, TypeError, FileNotFoundError, OSError, KeyError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"exitwise {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

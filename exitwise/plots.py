@@ -1,0 +1,294 @@
+"""matplotlib figures of exits, calibration and policies.
+
+Every function takes ``ax=None`` (or ``fig=None`` for multi-panel figures), draws, and returns
+what it drew; nothing calls ``plt.show()``. matplotlib is imported lazily.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from exitwise import metrics
+from exitwise.data import ExitOutputs
+
+__all__ = [
+    "confidence_histogram",
+    "exit_distribution",
+    "pareto_plot",
+    "reliability_diagram",
+    "reliability_grid",
+    "risk_coverage_plot",
+    "threshold_sweep_plot",
+]
+
+
+def _axes(ax: Any = None):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 4))
+    return ax
+
+
+def reliability_diagram(
+    probs: Any,
+    labels: Any,
+    n_bins: int = 15,
+    *,
+    ax: Any = None,
+    label: str | None = None,
+    color: str = "C0",
+    show_counts: bool = True,
+    outline: bool = False,
+    input: str = "probs",
+):
+    """Accuracy per confidence bin as bars, the gap to the diagonal shaded, bin counts as a
+    histogram underneath, the ECE in the legend. ``probs`` is ``[N, C]`` (one exit).
+    ``outline=True`` draws unfilled bars without the gap (for overlaying a "before").
+
+    Returns the Axes.
+
+    Examples
+    --------
+    >>> from exitwise.datasets import load_default
+    >>> out = load_default()
+    >>> ax = reliability_diagram(out.probs()[:, 0], out.labels)
+    >>> len(ax.patches) >= 15
+    True
+    """
+    ax = _axes(ax)
+    bins = metrics.reliability_bins(probs, labels, n_bins, input=input)
+    ece = float(metrics.expected_calibration_error(probs, labels, n_bins, input=input))
+    edges = bins.edges.cpu().numpy()
+    width = edges[1] - edges[0]
+    centers = edges[:-1] + width / 2
+    acc = torch.nan_to_num(bins.accuracy, nan=0.0).cpu().numpy()
+    conf = torch.nan_to_num(bins.confidence, nan=0.0).cpu().numpy()
+    count = bins.count.cpu().numpy()
+    filled = count > 0
+    text = f"{label + ': ' if label else ''}ECE {ece:.4f}"
+    if outline:
+        ax.bar(
+            centers, acc, width=width * 0.95, fill=False, edgecolor=color, linewidth=1.2, label=text
+        )
+    else:
+        ax.bar(
+            centers,
+            acc,
+            width=width * 0.95,
+            color=color,
+            alpha=0.75,
+            edgecolor="black",
+            linewidth=0.5,
+            label=text,
+        )
+        ax.bar(
+            centers[filled],
+            (conf - acc)[filled],
+            bottom=acc[filled],
+            width=width * 0.95,
+            color="red",
+            alpha=0.25,
+            hatch="//",
+            edgecolor="red",
+            linewidth=0.0,
+            label="gap to the diagonal",
+        )
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+    if show_counts:
+        share = count / max(count.sum(), 1)
+        ax.bar(
+            centers,
+            share * 0.25,
+            width=width * 0.95,
+            color="gray",
+            alpha=0.5,
+            label="share of samples (x0.25)",
+        )
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.legend(loc="upper left", fontsize=8)
+    return ax
+
+
+def reliability_grid(
+    before: ExitOutputs, after: ExitOutputs | None = None, n_bins: int = 15, *, fig: Any = None
+):
+    """One reliability panel per exit; with ``after``, before (gray) and after (blue)
+    calibration overlaid. Returns the Figure.
+
+    Examples
+    --------
+    >>> from exitwise.datasets import load_default
+    >>> fig = reliability_grid(load_default())
+    >>> len(fig.axes)
+    4
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    e = before.num_exits
+    if fig is None:
+        fig = plt.figure(figsize=(3.2 * e, 3.4))
+    axes = fig.subplots(1, e, squeeze=False)[0]
+    for j, ax in enumerate(axes):
+        if after is not None:
+            reliability_diagram(
+                after.probs()[:, j],
+                after.labels,
+                n_bins,
+                ax=ax,
+                label="after",
+                color="C0",
+                show_counts=False,
+            )
+        reliability_diagram(
+            before.probs()[:, j],
+            before.labels,
+            n_bins,
+            ax=ax,
+            label="before",
+            color="0.25",
+            outline=after is not None,
+        )
+        ax.set_title(before.exit_names[j])
+    fig.tight_layout()
+    return fig
+
+
+def confidence_histogram(outputs: ExitOutputs, exit: int = -1, bins: int = 30, *, ax: Any = None):
+    """Histogram of top-label confidence at one exit, correct and wrong answers apart."""
+    ax = _axes(ax)
+    conf = outputs.probs()[:, exit].max(dim=-1).values.double().cpu().numpy()
+    correct = outputs.correct()[:, exit].cpu().numpy()
+    ax.hist(
+        [conf[correct], conf[~correct]],
+        bins=bins,
+        range=(0, 1),
+        stacked=True,
+        color=["C2", "C3"],
+        label=["correct", "wrong"],
+    )
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("samples")
+    ax.set_title(f"exit {outputs.exit_names[exit]}")
+    ax.legend()
+    return ax
+
+
+def pareto_plot(
+    frontier: dict[str, torch.Tensor],
+    *,
+    sweep: Any = None,
+    fixed: dict[str, Sequence[float]] | None = None,
+    oracle: tuple[float, float] | None = None,
+    chosen: tuple[float, float] | None = None,
+    full_cost: float = 1.0,
+    ax: Any = None,
+):
+    """Accuracy vs relative mean cost: the shared-threshold curve (``sweep``), the frontier
+    (per-exit points marked), fixed-exit baselines, the oracle and the chosen SLA point."""
+    ax = _axes(ax)
+    if sweep is not None:
+        ax.plot(
+            (sweep.mean_cost / full_cost).cpu(),
+            sweep.accuracy.cpu(),
+            color="0.6",
+            linewidth=1,
+            label="shared threshold (all breakpoints)",
+        )
+    cost = (frontier["mean_cost"] / full_cost).cpu()
+    acc = frontier["accuracy"].cpu()
+    ax.step(cost, acc, where="post", color="C0", label="Pareto frontier")
+    per_exit = frontier["per_exit"].cpu()
+    if bool(per_exit.any()):
+        ax.scatter(cost[per_exit], acc[per_exit], color="C1", zorder=3, label="per-exit search")
+    if fixed is not None:
+        ax.scatter(
+            [c / full_cost for c in fixed["cost"]],
+            fixed["accuracy"],
+            marker="s",
+            color="C2",
+            zorder=3,
+            label="fixed exit",
+        )
+    if oracle is not None:
+        ax.scatter(
+            [oracle[0] / full_cost],
+            [oracle[1]],
+            marker="*",
+            s=120,
+            color="C4",
+            zorder=3,
+            label="oracle exit",
+        )
+    if chosen is not None:
+        ax.scatter(
+            [chosen[0] / full_cost],
+            [chosen[1]],
+            marker="o",
+            s=90,
+            facecolor="none",
+            edgecolor="red",
+            linewidth=2,
+            zorder=4,
+            label="chosen policy",
+        )
+    ax.set_xlabel("mean cost (fraction of the full model)")
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=8, loc="lower right")
+    return ax
+
+
+def exit_distribution(fractions: Sequence[float], exit_names: Sequence[str], *, ax: Any = None):
+    """Share of samples leaving at each exit (bars)."""
+    ax = _axes(ax)
+    values = [float(f) for f in fractions]
+    ax.bar(range(len(values)), values, color="C0")
+    ax.set_xticks(range(len(values)), list(exit_names))
+    ax.set_ylabel("share of samples")
+    ax.set_ylim(0, 1)
+    for i, v in enumerate(values):
+        ax.text(i, v + 0.01, f"{v:.0%}", ha="center", fontsize=8)
+    return ax
+
+
+def risk_coverage_plot(outputs: ExitOutputs, signal: str = "max_probability", *, ax: Any = None):
+    """Risk (error rate) against coverage for each exit's confidence, AURC in the legend."""
+    from exitwise.signals import compute_signal
+
+    ax = _axes(ax)
+    scores = compute_signal(outputs, signal)
+    correct = outputs.correct()
+    aurc = metrics.aurc(scores, correct)
+    for j, name in enumerate(outputs.exit_names):
+        cov, risk, _ = metrics.risk_coverage_curve(scores[:, j], correct[:, j])
+        ax.plot(cov.cpu(), risk.cpu(), label=f"{name} (AURC {float(aurc[j]):.4f})")
+    ax.set_xlabel("coverage")
+    ax.set_ylabel("risk (error rate)")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def threshold_sweep_plot(sweep: Any, *, full_cost: float = 1.0, ax: Any = None):
+    """Accuracy and relative cost against the shared threshold (two y axes)."""
+    ax = _axes(ax)
+    finite = torch.isfinite(sweep.thresholds)
+    thr = sweep.thresholds[finite].cpu()
+    ax.plot(thr, sweep.accuracy[finite].cpu(), color="C0", label="accuracy")
+    ax.set_xlabel("shared threshold")
+    ax.set_ylabel("accuracy", color="C0")
+    twin = ax.twinx()
+    twin.plot(thr, (sweep.mean_cost[finite] / full_cost).cpu(), color="C1", label="cost")
+    twin.set_ylabel("mean cost (fraction of full)", color="C1")
+    return ax

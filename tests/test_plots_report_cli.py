@@ -1,0 +1,151 @@
+"""Plots (structure and drawn values), the report files, and the command line."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib
+import pytest
+import torch
+
+matplotlib.use("Agg")
+
+from exitwise import metrics, plots
+from exitwise.cli import main
+from exitwise.policies import pareto_frontier, sweep_shared_threshold
+from exitwise.report import build_report
+from exitwise.signals import compute_signal
+
+
+def test_reliability_diagram_draws_the_metric_values(real_outputs):
+    probs = real_outputs.probs()[:, 1]
+    ax = plots.reliability_diagram(probs, real_outputs.labels, n_bins=10, show_counts=False)
+    bars = ax.patches[:10]
+    bins = metrics.reliability_bins(probs, real_outputs.labels, 10)
+    heights = torch.tensor([b.get_height() for b in bars], dtype=torch.float64)
+    assert torch.allclose(heights, torch.nan_to_num(bins.accuracy, nan=0.0), atol=1e-12)
+    ece = float(metrics.expected_calibration_error(probs, real_outputs.labels, 10))
+    assert f"ECE {ece:.4f}" in ax.get_legend().get_texts()[0].get_text()
+    assert ax.get_xlabel() == "confidence" and ax.get_ylabel() == "accuracy"
+
+
+def test_grid_and_other_plots(real_outputs):
+    fig = plots.reliability_grid(real_outputs, real_outputs)
+    assert [ax.get_title() for ax in fig.axes] == real_outputs.exit_names
+    ax = plots.exit_distribution([0.5, 0.25, 0.125, 0.125], real_outputs.exit_names)
+    assert [round(p.get_height(), 3) for p in ax.patches] == [0.5, 0.25, 0.125, 0.125]
+    ax = plots.risk_coverage_plot(real_outputs)
+    assert len(ax.lines) == 4 and ax.get_xlabel() == "coverage"
+    ax = plots.confidence_histogram(real_outputs, exit=0)
+    assert ax.get_xlabel() == "confidence"
+    scores = compute_signal(real_outputs[:2000], "max_probability")
+    sweep = sweep_shared_threshold(scores, real_outputs[:2000].correct(), real_outputs.costs)
+    front = pareto_frontier(real_outputs[:2000], "max_probability", budgets=[0.5])
+    ax = plots.pareto_plot(
+        front,
+        sweep=sweep,
+        oracle=(1.0, 0.9),
+        chosen=(2.0, 0.8),
+        full_cost=float(real_outputs.costs[-1]),
+    )
+    assert "Pareto frontier" in [t.get_text() for t in ax.get_legend().get_texts()]
+    ax = plots.threshold_sweep_plot(sweep, full_cost=float(real_outputs.costs[-1]))
+    assert ax.get_xlabel() == "shared threshold"
+
+
+def test_report_files_and_numbers(real_outputs, tmp_path):
+    summary = build_report(
+        real_outputs[:3000], tmp_path, calibrators=["temperature"], n_resamples=30
+    )
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [
+        "exits.png",
+        "pareto.png",
+        "reliability.png",
+        "report.html",
+        "risk_coverage.png",
+        "summary.json",
+    ]
+    for png in tmp_path.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["policy"]["feasible"] is True
+    rows = {(r["method"], r["exit"]): r for r in on_disk["calibration"]}
+    test = real_outputs[:3000].split(0.5, seed=0)[1]
+    ece = metrics.expected_calibration_error(test.probs(), test.labels)
+    assert rows[("uncalibrated", "block1")]["ece"] == pytest.approx(float(ece[0]))
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4
+    assert summary["policy"]["test"]["speed_up"] > 1.0
+
+
+def test_cli_commands(tmp_path, capsys):
+    data = tmp_path / "data.npz"
+    from exitwise.datasets import load_default
+
+    load_default()[:3000].save(data)
+    assert main(["info", str(data), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["num_exits"] == 4 and len(info["accuracy"]) == 4
+    assert (
+        main(
+            ["calibrate", str(data), "--method", "temperature", "--out", str(tmp_path / "cal.json")]
+        )
+        == 0
+    )
+    assert "temperature" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "tune",
+                str(data),
+                "--calibrator",
+                str(tmp_path / "cal.json"),
+                "--target-accuracy",
+                "0.99",
+                "--relative",
+                "--out",
+                str(tmp_path / "policy.json"),
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "evaluate",
+                str(data),
+                "--calibrator",
+                str(tmp_path / "cal.json"),
+                "--policy",
+                str(tmp_path / "policy.json"),
+                "--json",
+            ]
+        )
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert result["speed_up"] > 1.0
+    assert main(["tune", str(data), "--budget", "0.5"]) == 0
+    assert main(["tune", str(data), "--risk", "0.05", "--epsilon", "0.1"]) == 0
+    assert main(["report", str(data), "--out", str(tmp_path / "rep"), "--resamples", "20"]) == 0
+    assert "report written to" in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "missing.npz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("exitwise info: error:") and "\n" not in err
+    (tmp_path / "bad.npz").write_bytes(b"junk")
+    assert main(["info", str(tmp_path / "bad.npz")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert main(["calibrate", str(tmp_path / "bad.npz"), "--method", "magic"]) == 2
+
+
+@pytest.mark.parametrize("command", ["report", "calibrate", "tune", "evaluate", "info"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: exitwise" in capsys.readouterr().out
