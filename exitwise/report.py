@@ -111,8 +111,11 @@ def build_report(
     split: float = 0.5,
     n_resamples: int = 200,
     seed: int = 0,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Write the report files to ``out_dir`` and return the summary (as in summary.json).
+
+    ``progress=True`` shows a progress bar over the steps (on stderr).
 
     The SLA is "accuracy >= ``target_accuracy`` (x the final exit's accuracy if
     ``relative``) at the least mean cost", tuned on the calibration half after the first
@@ -152,8 +155,16 @@ def build_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     cal, test = outputs.split(split, seed=seed)
     full = float(outputs.costs[-1])
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(calibrators) + 4, desc="report", unit=" step", disable=not progress)
+
+    def step(name: str) -> None:
+        bar.set_postfix_str(name)
+        bar.update(1)
 
     rows = _metric_rows(test, "uncalibrated", n_resamples, seed)
+    step("metrics")
     calibrated = {}
     for method in calibrators:
         with warnings.catch_warnings():
@@ -161,6 +172,7 @@ def build_report(
             fitted = make_calibrator(method).fit(cal)
         calibrated[method] = (fitted.transform(cal), fitted.transform(test))
         rows += _metric_rows(calibrated[method][1], method, n_resamples, seed)
+        step(method)
     main_method = calibrators[0]
     cal_c, test_c = calibrated[main_method]
 
@@ -178,11 +190,13 @@ def build_report(
         for name, rep in (("tune", tuned.achieved), ("test", test_rep)):
             policy_summary[name] = {**rep, "relative_cost": rep["mean_cost"] / full}
 
+    step("tune")
     scores = compute_signal(test_c, signal)
     sweep = sweep_shared_threshold(scores, test_c.correct(), test_c.costs)
     frontier = pareto_frontier(test_c, signal, budgets=[0.3, 0.5, 0.7])
     fixed = evaluate([FixedExitPolicy(e) for e in range(outputs.num_exits)], test_c)
     oracle = evaluate(OracleExit(), test_c)
+    step("frontier")
 
     images = {}
     images["reliability"] = _png(plots.reliability_grid(test, test_c), out_dir / "reliability.png")
@@ -233,6 +247,8 @@ def build_report(
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out_dir / "report.html").write_text(_html(summary, images))
+    step("figures")
+    bar.close()
     return summary
 
 
