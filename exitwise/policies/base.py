@@ -58,7 +58,11 @@ class ExitPolicy(ABC):
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and self.to_dict() == other.to_dict()  # type: ignore[union-attr]
+        return (
+            isinstance(other, ExitPolicy)
+            and type(other) is type(self)
+            and (self.to_dict() == other.to_dict())
+        )
 
     def __hash__(self) -> int:
         return hash(json.dumps(self.to_dict(), sort_keys=True))

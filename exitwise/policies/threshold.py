@@ -115,6 +115,9 @@ class ThresholdPolicy(ExitPolicy):
             index = torch.where(none, scores.argmax(dim=1), index)
         return index
 
+    def __repr__(self) -> str:
+        return f"ThresholdPolicy({self.signal!r}, {self.thresholds!r}, fallback={self.fallback!r})"
+
     def params(self) -> dict[str, Any]:
         thr = self.thresholds
         encoded = (
