@@ -116,6 +116,8 @@ class ThresholdPolicy(ExitPolicy):
         return index
 
     def __repr__(self) -> str:
+        if type(self) is not ThresholdPolicy:
+            return super().__repr__()
         return f"ThresholdPolicy({self.signal!r}, {self.thresholds!r}, fallback={self.fallback!r})"
 
     def params(self) -> dict[str, Any]:
