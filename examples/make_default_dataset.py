@@ -11,10 +11,13 @@ Recipe
   flatten, linear to 10 classes).
 * Training: the 60,000 training images, joint multi-exit loss (sum of the four cross
   entropies, as in SDN/MSDNet), Adam (lr 1e-3), batch 128, 2 epochs, seed 0, 2 CPU threads.
-* Output: the logits of every exit on the 10,000 test images, their labels, and per-exit
-  cumulative costs in FLOPs (backbone up to the block plus every head so far, counted with
-  ``torch.utils.flop_counter.FlopCounterMode`` for one image), written to
+* Output: the logits of every exit on the 10,000 test images, gathered with
+  ``exitwise.collect.collect`` (the model returns its exits), their labels, and per-exit
+  cumulative costs in FLOPs from ``exitwise.collect.measure_costs`` (everything run until
+  each exit head has answered: the blocks so far and every head on the way), written to
   ``exitwise/datasets/fashion_mnist_cnn.npz`` with a JSON card beside it.
+* Then, as every example does: temperature scaling on half of the test images, a policy
+  tuned for 99 % of the final exit's accuracy, and the per-exit table on the other half.
 
 Usage::
 
@@ -32,9 +35,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
-import exitwise
+from exitwise.calibrate import TemperatureScaling
+from exitwise.collect import collect, measure_costs
+from exitwise.demo import per_exit_table
+from exitwise.policies import tune_for_accuracy
 
 DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = [
@@ -99,14 +104,6 @@ class EarlyExitCNN(nn.Module):
             outs.append(head(x))
         return outs
 
-    def forward_to_exit(self, x: torch.Tensor, exit_index: int) -> torch.Tensor:
-        """Run the backbone to block ``exit_index`` and every head on the way (for costs)."""
-        out = x
-        for block, head in list(zip(self.blocks, self.heads, strict=True))[: exit_index + 1]:
-            x = block(x)
-            out = head(x)
-        return out
-
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int) -> None:
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -127,35 +124,6 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int) -> No
         print(f"epoch {epoch + 1}: joint loss {total / len(x):.4f} ({time.time() - start:.0f} s)")
 
 
-@torch.inference_mode()
-def exit_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    model.eval()
-    chunks = [torch.stack(model(x[i : i + 1000]), dim=1) for i in range(0, len(x), 1000)]
-    return torch.cat(chunks)
-
-
-def exit_flops(model: EarlyExitCNN, example: torch.Tensor) -> list[float]:
-    model.eval()
-    costs = []
-    for e in range(len(model.blocks)):
-        counter = FlopCounterMode(display=False)
-        with counter, torch.inference_mode():
-            model.forward_to_exit(example, e)
-        costs.append(float(counter.get_total_flops()))
-    # heads already evaluated on the way count too: add the earlier heads' flops
-    head_flops = []
-    for e, head in enumerate(model.heads):
-        counter = FlopCounterMode(display=False)
-        feats = example
-        with torch.inference_mode():
-            for block in model.blocks[: e + 1]:
-                feats = block(feats)
-        with counter, torch.inference_mode():
-            head(feats)
-        head_flops.append(float(counter.get_total_flops()))
-    return [costs[e] + sum(head_flops[:e]) for e in range(len(costs))]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=2)
@@ -168,10 +136,12 @@ def main() -> None:
     x_test, y_test = load_split("test")
     model = EarlyExitCNN()
     train(model, x_train, y_train, args.epochs)
-    logits = exit_logits(model, x_test)
-    costs = exit_flops(model, x_test[:1])
-    names = [f"block{i + 1}" for i in range(logits.shape[1])]
-    out = exitwise.ExitOutputs(logits, labels=y_test, costs=costs, exit_names=names)
+    model.eval()
+    batches = [(x_test[i : i + 1000], y_test[i : i + 1000]) for i in range(0, len(x_test), 1000)]
+    heads = [f"heads.{i}" for i in range(len(model.heads))]
+    costs = measure_costs(model, batches[0], exits=heads).tolist()
+    names = [f"block{i + 1}" for i in range(len(heads))]
+    out = collect(model, batches, costs=costs, exit_names=names, progress=False)
     acc = out.correct().double().mean(0).tolist()
     args.out.mkdir(parents=True, exist_ok=True)
     out.save(args.out / "fashion_mnist_cnn.npz")
@@ -190,6 +160,18 @@ def main() -> None:
     (args.out / "fashion_mnist_cnn.json").write_text(json.dumps(card, indent=2) + "\n")
     print("per-exit accuracy:", ", ".join(f"{a:.4f}" for a in acc))
     print("cumulative FLOPs per image:", ", ".join(f"{c:.3g}" for c in costs))
+
+    cal, test = out.split(0.5, seed=0)
+    ts = TemperatureScaling().fit(cal)
+    tuned = tune_for_accuracy(ts.transform(cal), "max_probability", 0.99, relative=True)
+    print("\nafter temperature scaling (test half):")
+    print(per_exit_table(ts.transform(test)))
+    report = tuned.report(ts.transform(test))
+    print(
+        f"\npolicy for 99 % of the final exit's accuracy: thresholds "
+        f"{[round(t, 4) for t in tuned.policy.thresholds]}; test accuracy "
+        f"{report['accuracy']:.4f}, speed-up {report['speed_up']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

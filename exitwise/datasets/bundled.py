@@ -51,7 +51,7 @@ def load_default() -> ExitOutputs:
       Adam (lr 1e-3), batch 128, 2 epochs, seed 0, on a 2-core CPU;
     * per-exit test accuracy: 0.705 / 0.800 / 0.865 / 0.881;
     * costs: cumulative FLOPs per image up to each exit, heads on the way included
-      (0.227 / 2.04 / 3.85 / 5.19 MFLOPs), measured with ``torch.utils.flop_counter``.
+      (0.227 / 2.04 / 3.85 / 5.18 MFLOPs), measured with ``torch.utils.flop_counter``.
 
     Split it into calibration and test parts with :meth:`ExitOutputs.split`.
 
