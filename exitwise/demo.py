@@ -15,7 +15,8 @@ __all__ = ["main", "per_exit_table"]
 
 
 def per_exit_table(outputs: ExitOutputs, n_resamples: int = 200, seed: int = 0) -> str:
-    """An aligned text table: cost, accuracy, ECE (with a 95 % bootstrap interval), NLL, Brier.
+    """An aligned text table: cost, accuracy, ECE (95 % bias-corrected bootstrap interval),
+    NLL, Brier, AUROC.
 
     Examples
     --------
@@ -28,7 +29,12 @@ def per_exit_table(outputs: ExitOutputs, n_resamples: int = 200, seed: int = 0) 
     probs, labels = outputs.probs(), outputs.labels
     acc = metrics.per_exit_accuracy(probs, labels)
     ece = metrics.bootstrap(
-        metrics.expected_calibration_error, probs, labels, n_resamples=n_resamples, seed=seed
+        metrics.expected_calibration_error,
+        probs,
+        labels,
+        n_resamples=n_resamples,
+        seed=seed,
+        method="bc",
     )
     nll = metrics.negative_log_likelihood(outputs.logits, labels, input="logits")
     brier = metrics.brier_score(probs, labels)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from exitwise._checks import as_tensor, check_int, check_open_unit
+from exitwise._checks import as_tensor, check_choice, check_int, check_open_unit
 
 __all__ = ["BootstrapResult", "bootstrap"]
 
@@ -48,9 +48,10 @@ def bootstrap(
     n_resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    method: str = "percentile",
     **kwargs: Any,
 ) -> BootstrapResult:
-    """Percentile bootstrap interval of ``metric(*args, **kwargs)``.
+    r"""Bootstrap interval of ``metric(*args, **kwargs)``: percentile or bias-corrected.
 
     Every positional argument is resampled along its first (sample) axis with the *same*
     indices (so probabilities and labels stay paired); keyword arguments are passed unchanged.
@@ -66,6 +67,13 @@ def bootstrap(
     n_resamples : int, default=1000
     confidence : float in (0, 1), default=0.95
     seed : int, default=0
+    method : {"percentile", "bc"}, default="percentile"
+        ``"percentile"``: the :math:`\alpha/2` and :math:`1-\alpha/2` quantiles of the
+        resampled values. ``"bc"`` (Efron's bias-corrected percentile): with
+        :math:`z_0 = \Phi^{-1}(\text{share of resamples below the estimate})`, the
+        quantiles at :math:`\Phi(2 z_0 \pm z_{1-\alpha/2})`. Metrics biased under
+        resampling (ECE grows when samples repeat) can fall outside their percentile
+        interval; the bias-corrected one moves with the bias.
     **kwargs
         Passed to ``metric`` as they are (``n_bins=...``).
 
@@ -89,6 +97,7 @@ def bootstrap(
     if not args:
         raise ValueError("Expected at least one per-sample array after `metric`, got none.")
     n_resamples = check_int(n_resamples, "n_resamples", minimum=1)
+    check_choice(method, "method", ("percentile", "bc"))
     confidence = check_open_unit(confidence, "confidence")
     tensors = [as_tensor(a, f"args[{i}]") for i, a in enumerate(args)]
     n = tensors[0].shape[0] if tensors[0].ndim else 0
@@ -109,6 +118,25 @@ def bootstrap(
         ]
     ).to(torch.float64)
     alpha = (1.0 - confidence) / 2.0
-    q = torch.tensor([alpha, 1.0 - alpha], dtype=torch.float64, device=samples.device)
-    low, high = torch.nanquantile(samples, q, dim=0)
+    if method == "percentile":
+        q = torch.tensor([alpha, 1.0 - alpha], dtype=torch.float64, device=samples.device)
+        low, high = torch.nanquantile(samples, q, dim=0)
+        return BootstrapResult(estimate, low, high, confidence, samples)
+    normal = torch.distributions.Normal(0.0, 1.0)
+    est = estimate.to(device=samples.device, dtype=torch.float64)
+    below = (
+        (samples < est)
+        .to(torch.float64)
+        .mean(dim=0)
+        .clamp(1.0 / (2 * n_resamples), 1.0 - 1.0 / (2 * n_resamples))
+    )
+    z0 = normal.icdf(below)
+    z = normal.icdf(torch.tensor(1.0 - alpha, dtype=torch.float64))
+    q_low = normal.cdf(2 * z0 - z)
+    q_high = normal.cdf(2 * z0 + z)
+    flat = samples.reshape(n_resamples, -1)
+    lows = [torch.nanquantile(flat[:, i], q_low.reshape(-1)[i]) for i in range(flat.shape[1])]
+    highs = [torch.nanquantile(flat[:, i], q_high.reshape(-1)[i]) for i in range(flat.shape[1])]
+    low = torch.stack(lows).reshape(samples.shape[1:])
+    high = torch.stack(highs).reshape(samples.shape[1:])
     return BootstrapResult(estimate, low, high, confidence, samples)
