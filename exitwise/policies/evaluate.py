@@ -331,7 +331,14 @@ def _chunk_totals(
     return _dense_totals(scores, outcome, costs, thresholds, memory_budget, keep_sample_costs)
 
 
-def _all_reduce(totals: _Totals, distributed: bool | None) -> None:
+def _full_cost_sum(costs: torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
+    """Total cost of running ``n`` samples to the last exit (a fresh float64 scalar)."""
+    full = costs[:, -1].sum() if costs.ndim == 2 else costs[-1] * n
+    return torch.as_tensor(full, dtype=torch.float64).to(device).clone()
+
+
+def _all_reduce(totals: _Totals, full: torch.Tensor, distributed: bool | None) -> None:
+    """Sum the statistics (and the full-model cost ``full``) over the process group."""
     import torch.distributed as dist
 
     active = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -346,8 +353,30 @@ def _all_reduce(totals: _Totals, distributed: bool | None) -> None:
             "Cost quantiles of per-sample costs [N, E] cannot be combined across processes "
             "exactly; pass per-exit costs [E] or no quantiles when running distributed."
         )
-    for tensor in (totals.counts, totals.outcome_sum, totals.cost_sum, totals.num_samples):
+    for tensor in (totals.counts, totals.outcome_sum, totals.cost_sum, totals.num_samples, full):
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+
+
+def _order_statistic(quantiles: Sequence[float], n: int, device: torch.device) -> torch.Tensor:
+    """1-based rank of the inverted-CDF quantile: the smallest r with r / n >= q."""
+    q = torch.tensor(list(quantiles), dtype=torch.float64, device=device)
+    return torch.clamp(torch.ceil(q * n), min=1).to(torch.int64)
+
+
+def quantiles_from_counts(
+    counts: torch.Tensor, costs: torch.Tensor, quantiles: Sequence[float]
+) -> torch.Tensor:
+    """Cost quantiles ``[K, Q]`` from exit counts ``[K, E]`` and non-decreasing costs ``[E]``.
+
+    With per-exit costs the cost distribution of a candidate is its exit histogram, so the
+    inverted-CDF quantile is the cost of the first exit whose cumulative count reaches the
+    quantile's order statistic.
+    """
+    n = int(counts[0].sum())
+    rank = _order_statistic(quantiles, n, counts.device)
+    cum = counts.cumsum(dim=1)
+    idx = torch.searchsorted(cum, rank.expand(cum.shape[0], -1).contiguous())
+    return costs.to(counts.device)[idx.clamp(max=counts.shape[1] - 1)]
 
 
 def _finish(
@@ -373,15 +402,11 @@ def _finish(
         mean_loss = totals.outcome_sum.to(torch.float64) / n
     cost_q = None
     if quantiles:
-        q = torch.tensor(quantiles, dtype=torch.float64, device=counts.device)
-        rank = torch.clamp(torch.ceil(q * n), min=1).to(torch.int64)  # 1-based order statistic
         if costs is not None and costs.ndim == 1:
-            cum = counts.cumsum(dim=1)  # [K, E]
-            idx = torch.searchsorted(cum, rank.expand(cum.shape[0], -1).contiguous())
-            cost_q = costs.to(counts.device)[idx.clamp(max=counts.shape[1] - 1)]
+            cost_q = quantiles_from_counts(counts, costs, quantiles)
         else:
             values = torch.cat(totals.sample_costs, dim=1).sort(dim=1).values
-            cost_q = values[:, rank - 1]
+            cost_q = values[:, _order_statistic(quantiles, n, counts.device) - 1]
     return ThresholdEvaluation(
         thresholds=thresholds,
         exit_counts=counts,
@@ -469,19 +494,9 @@ def evaluate_thresholds(
     qs = _quantiles(quantiles)
     keep = bool(qs) and c.ndim == 2
     totals = _chunk_totals(s, o, c, t, backend, memory_budget, keep)
-    full = c[..., -1].sum() if c.ndim == 2 else c[-1] * shape[0]
-    full = torch.as_tensor(full, dtype=torch.float64, device=totals.counts.device).clone()
-    _all_reduce_with_full(totals, full, distributed)
+    full = _full_cost_sum(c, shape[0], totals.counts.device)
+    _all_reduce(totals, full, distributed)
     return _finish(totals, t.to(totals.counts.device), c, qs, o.dtype == torch.bool, full)
-
-
-def _all_reduce_with_full(totals: _Totals, full: torch.Tensor, distributed: bool | None) -> None:
-    import torch.distributed as dist
-
-    _all_reduce(totals, distributed)
-    active = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    if distributed is not False and active:
-        dist.all_reduce(full, op=dist.ReduceOp.SUM)
 
 
 def evaluate_thresholds_streaming(
@@ -553,18 +568,15 @@ def evaluate_thresholds_streaming(
         part = _chunk_totals(s, o, c, t, backend, memory_budget, keep_sample_costs=False)
         if c.ndim == 1:
             part.cost_sum = part.counts.to(torch.float64) @ c.to(part.counts.device)
-            chunk_full = c[-1] * shape[0]
-        else:
-            chunk_full = c[:, -1].sum()
-        chunk_full = torch.as_tensor(chunk_full, dtype=torch.float64).to(part.counts.device)
+        chunk_full = _full_cost_sum(c, shape[0], part.counts.device)
         if totals is None:
-            totals, full = part, chunk_full.clone()
+            totals, full = part, chunk_full
         else:
             totals.add(part)
             full = full + chunk_full
     if totals is None or t is None or full is None:
         raise ValueError("Expected at least one chunk in `chunks`, got none.")
-    _all_reduce_with_full(totals, full, distributed)
+    _all_reduce(totals, full, distributed)
     costs_for_quantiles = first_costs if qs else None
     return _finish(totals, t.to(totals.counts.device), costs_for_quantiles, qs, bool_outcome, full)
 
@@ -633,5 +645,5 @@ def evaluate(
     for i, policy in enumerate(items):
         if isinstance(policy, ThresholdPolicy):
             thresholds[i] = policy.threshold_vector(e, exits.device)
-    full = outputs.costs[-1] * outputs.num_samples
+    full = _full_cost_sum(outputs.costs, outputs.num_samples, exits.device)
     return _finish(totals, thresholds, outputs.costs, qs, True, full)

@@ -21,7 +21,12 @@ import torch
 
 from exitwise._checks import check_choice, check_int, check_open_unit
 from exitwise.data import ExitOutputs
-from exitwise.policies.evaluate import ThresholdEvaluation, evaluate_thresholds
+from exitwise.policies.evaluate import (
+    ThresholdEvaluation,
+    evaluate,
+    evaluate_thresholds,
+    quantiles_from_counts,
+)
 from exitwise.policies.sweep import sweep_shared_threshold
 from exitwise.policies.threshold import ThresholdPolicy
 from exitwise.signals import compute_signal
@@ -107,11 +112,7 @@ class _Stats:
     disagreement: torch.Tensor | None = None
 
     def quantile(self, q: float) -> torch.Tensor:
-        n = self.counts[0].sum()
-        rank = max(1, math.ceil(q * float(n)))
-        cum = self.counts.cumsum(dim=1)
-        idx = (cum < rank).sum(dim=1).clamp(max=self.counts.shape[1] - 1)
-        return self.costs[idx]
+        return quantiles_from_counts(self.counts, self.costs, [q])[:, 0]
 
 
 @dataclass
@@ -140,8 +141,6 @@ class TunedPolicy:
         """The policy's accuracy, mean cost, speed-up and exit fractions on ``outputs``."""
         if self.policy is None:
             raise ValueError("This tuning found no feasible policy; there is nothing to report.")
-        from exitwise.policies.evaluate import evaluate
-
         return _summary(evaluate(self.policy, outputs, quantiles=self.quantiles or None))
 
 
@@ -293,8 +292,6 @@ def tune(
     if thresholds is None:
         return TunedPolicy(None, False, {}, math.inf, tuple(quantiles))
     policy = ThresholdPolicy(signal, thresholds.tolist())
-    from exitwise.policies.evaluate import evaluate
-
     achieved = _summary(
         evaluate(policy, outputs, reference=reference, quantiles=tuple(quantiles) or None)
     )
@@ -479,8 +476,6 @@ def geometric_budget_policy(
         thresholds[j] = values[min(take, left) - 1]
         remaining &= ~(scores[:, j] >= thresholds[j])
     policy = ThresholdPolicy(signal, thresholds.tolist())
-    from exitwise.policies.evaluate import evaluate
-
     achieved = _summary(evaluate(policy, outputs, reference=reference))
     achieved["geometric_shares"] = p.tolist()
     return TunedPolicy(policy, True, achieved, math.inf, ())
