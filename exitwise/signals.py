@@ -149,9 +149,7 @@ def patience(outputs: ExitOutputs | Any) -> torch.Tensor:
     >>> patience(ExitOutputs(logits))
     tensor([[0., 1., 0., 1., 2.]], dtype=torch.float64)
     """
-    pred = _logits(outputs).argmax(dim=-1)
-    same = torch.zeros(pred.shape, dtype=torch.float64, device=pred.device)
-    same[:, 1:] = (pred[:, 1:] == pred[:, :-1]).to(torch.float64)
+    same = agreement_with_previous(outputs)
     # run length of ones ending at each exit: cumsum minus the cumsum at the last zero
     csum = same.cumsum(dim=1)
     reset = torch.where(same == 0, csum, torch.zeros_like(csum)).cummax(dim=1).values
@@ -232,9 +230,5 @@ def compute_signal(outputs: ExitOutputs, signal: SignalLike) -> torch.Tensor:
         raise ValueError(
             f"Expected signal scores of shape [N, E] = {list(shape)}, got {list(scores.shape)}."
         )
-    check_finite(
-        scores.to(torch.float64) if not scores.is_floating_point() else scores,
-        "signal scores",
-        ("sample", "exit"),
-    )
+    check_finite(scores, "signal scores", ("sample", "exit"))  # integer scores pass
     return scores

@@ -25,6 +25,7 @@ from exitwise.calibrate._toplabel import interpolate
 from exitwise.calibrate.base import Calibrator, _as_batched
 from exitwise.calibrate.binning import _fit_isotonic
 from exitwise.exceptions import ConvergenceWarning
+from exitwise.signals import agreement_with_previous, patience
 
 __all__ = ["HaltingNetwork", "halting_features"]
 
@@ -55,12 +56,9 @@ def halting_features(logits: torch.Tensor) -> torch.Tensor:
     p = lp.exp()
     top2 = p.topk(2, dim=-1).values
     entropy = -(p * lp).sum(-1) / math.log(logits.shape[-1])
-    pred = lp.argmax(-1)
-    n, e = pred.shape
-    agree = torch.zeros(n, e, dtype=torch.float64, device=logits.device)
-    agree[:, 1:] = (pred[:, 1:] == pred[:, :-1]).to(torch.float64)
-    csum = agree.cumsum(1)
-    run = csum - torch.where(agree == 0, csum, torch.zeros_like(csum)).cummax(1).values
+    n, e = lp.shape[:2]
+    agree = agreement_with_previous(logits)
+    run = patience(logits)
     depth = torch.linspace(0.0, 1.0, e, dtype=torch.float64, device=logits.device)
     feats = [
         top2[..., 0],
