@@ -26,6 +26,21 @@ def _load(path: str | None):
     return load(path)
 
 
+def _load_calibrated(args: argparse.Namespace):
+    """The file's outputs, transformed by ``--calibrator`` when one is given."""
+    out = _load(args.file)
+    if args.calibrator:
+        from exitwise.calibrate import load_calibrator
+
+        out = load_calibrator(args.calibrator).transform(out)
+    return out
+
+
+def _reference(out) -> str:
+    """Score against labels when there are any, else against the final exit."""
+    return "labels" if out.labels is not None else "final"
+
+
 def _print(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
     if args.json:
         print(json.dumps(payload, indent=2, default=float))
@@ -89,16 +104,13 @@ def _calibrate(args: argparse.Namespace) -> None:
 
 
 def _tune(args: argparse.Namespace) -> None:
-    from exitwise.calibrate import load_calibrator
     from exitwise.policies import (
         risk_controlled_threshold,
         tune_for_accuracy,
         tune_for_budget,
     )
 
-    out = _load(args.file)
-    if args.calibrator:
-        out = load_calibrator(args.calibrator).transform(out)
+    out = _load_calibrated(args)
     cal, test = out.split(args.split, seed=args.seed)
     if args.target_accuracy is not None:
         tuned = tune_for_accuracy(cal, args.signal, args.target_accuracy, relative=args.relative)
@@ -119,7 +131,7 @@ def _tune(args: argparse.Namespace) -> None:
         sys.exit(1)
     from exitwise.policies import evaluate
 
-    ev = evaluate(policy, test, reference="labels" if test.labels is not None else "final")
+    ev = evaluate(policy, test, reference=_reference(test))
     payload["test"] = {"accuracy": float(ev.accuracy[0]), "speed_up": float(ev.speed_up[0])}
     payload["policy"] = policy.to_dict()
     if args.out:
@@ -133,14 +145,11 @@ def _tune(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from exitwise.calibrate import load_calibrator
     from exitwise.policies import evaluate, load_policy
 
-    out = _load(args.file)
-    if args.calibrator:
-        out = load_calibrator(args.calibrator).transform(out)
+    out = _load_calibrated(args)
     policy = load_policy(args.policy)
-    ev = evaluate(policy, out, reference="labels" if out.labels is not None else "final")
+    ev = evaluate(policy, out, reference=_reference(out))
     payload = {
         "accuracy": float(ev.accuracy[0]),
         "mean_cost": float(ev.mean_cost[0]),
