@@ -124,18 +124,20 @@ class HistogramBinning(TopLabelCalibrator):
         return super().fit(outputs, labels)
 
     def _fit_exit(self, confidence: np.ndarray, hit: np.ndarray) -> dict[str, torch.Tensor]:
-        n = confidence.shape[0]
+        from exitwise.metrics.binning import bin_indices, bin_totals, uniform_bin_edges
+
+        conf = torch.as_tensor(confidence, dtype=torch.float64)
+        counts, _, sum_hit = bin_totals(
+            conf[:, None], torch.as_tensor(hit)[:, None], self.n_bins, self.binning
+        )
+        used = torch.nonzero(counts[0] > 0).flatten()
+        value = (sum_hit[0, used] / counts[0, used]).numpy()
         if self.binning == "uniform":
-            inner = np.linspace(0.0, 1.0, self.n_bins + 1)[1:-1]
-            ids = np.searchsorted(inner, confidence, side="right")
-        else:
-            below = np.searchsorted(np.sort(confidence), confidence, side="left")
-            ids = below * self.n_bins // n
-        used = np.unique(ids)
-        value = np.array([hit[ids == b].mean() for b in used])
-        lower = np.array([confidence[ids == b].min() for b in used])
-        if self.binning == "uniform":
-            lower = np.linspace(0.0, 1.0, self.n_bins + 1)[used]
+            lower = uniform_bin_edges(self.n_bins)[used].numpy()
+        else:  # the smallest confidence of each used bin
+            ids = bin_indices(conf, self.n_bins, "quantile")
+            lower = torch.full((self.n_bins,), torch.inf, dtype=torch.float64)
+            lower = lower.scatter_reduce(0, ids, conf, "amin")[used].numpy()
         # a test confidence x falls in the last bin whose lower edge is <= x
         return {
             "edges": torch.as_tensor(lower[1:], dtype=torch.float64),

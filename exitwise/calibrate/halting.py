@@ -259,14 +259,13 @@ class HaltingNetwork(Calibrator):
 
     def calibration_error(self, outputs: Any, labels: Any = None, n_bins: int = 15) -> torch.Tensor:
         """ECE ``[E]`` of ``predict_proba`` against the target on (held-out) data."""
-        from exitwise.metrics.calibration import _bin_totals, _gaps, _norm_of_gaps
+        from exitwise.metrics.binning import calibration_error_from_confidence
 
         logits, y, _, _ = _as_batched(outputs, labels, need_labels=self.target == "correct")
         q = self.predict_proba(logits)
         pred = logits.argmax(-1)
         goal = (pred == y[:, None]) if self.target == "correct" else (pred == pred[:, -1:])
-        counts, s_conf, s_hit = _bin_totals(q, goal.double(), n_bins, "uniform")
-        return _norm_of_gaps(counts, _gaps(counts, s_conf, s_hit), q.shape[0], "l1")
+        return calibration_error_from_confidence(q, goal, n_bins)
 
     def _state(self) -> dict[str, Any]:
         state = {key: getattr(self, key) for key in _PLAIN_STATE}

@@ -1,5 +1,11 @@
 """Functional, torch-native metrics, batched over exits (``[N, E, C]`` -> ``[E]``)."""
 
+from exitwise.metrics.binning import (
+    bin_indices,
+    bin_totals,
+    calibration_error_from_confidence,
+    uniform_bin_edges,
+)
 from exitwise.metrics.bootstrap import BootstrapResult, bootstrap
 from exitwise.metrics.calibration import (
     ReliabilityBins,
@@ -10,7 +16,6 @@ from exitwise.metrics.calibration import (
     maximum_calibration_error,
     negative_log_likelihood,
     reliability_bins,
-    smooth_calibration_error,
 )
 from exitwise.metrics.exits import (
     consistency,
@@ -20,6 +25,7 @@ from exitwise.metrics.exits import (
     speed_up,
 )
 from exitwise.metrics.selective import aurc, auroc, risk_coverage_curve
+from exitwise.metrics.smooth import smooth_calibration_error
 
 __all__ = [
     "BootstrapResult",
@@ -27,8 +33,11 @@ __all__ = [
     "adaptive_calibration_error",
     "aurc",
     "auroc",
+    "bin_indices",
+    "bin_totals",
     "bootstrap",
     "brier_score",
+    "calibration_error_from_confidence",
     "consistency",
     "debiased_calibration_error",
     "expected_calibration_error",
@@ -41,4 +50,5 @@ __all__ = [
     "risk_coverage_curve",
     "smooth_calibration_error",
     "speed_up",
+    "uniform_bin_edges",
 ]

@@ -16,8 +16,10 @@ from exitwise._checks import (
     check_ndim,
     compute_dtype,
 )
+from exitwise._chunks import rows_per_chunk
 
 INPUT_KINDS = ("probs", "logits")
+_CHUNK_BYTES = 1 << 23  # 8 MiB: several passes over a chunk stay in cache
 
 
 def batched_scores(scores: Any, name: str, *, allow_2d: bool = True) -> tuple[torch.Tensor, bool]:
@@ -38,6 +40,11 @@ def batched_scores(scores: Any, name: str, *, allow_2d: bool = True) -> tuple[to
     return tensor, squeeze
 
 
+def _sum_tolerance(probs: torch.Tensor) -> float:
+    """How far a row sum of ``probs`` may be from 1 (scaled with C and the dtype)."""
+    return max(1e-4, 8.0 * math.sqrt(probs.shape[-1]) * torch.finfo(probs.dtype).eps)
+
+
 def check_probabilities(probs: torch.Tensor, name: str = "probs") -> None:
     """Values in [0, 1] and rows summing to 1 (tolerance scaled with the dtype)."""
     check_finite(probs, name)
@@ -47,9 +54,7 @@ def check_probabilities(probs: torch.Tensor, name: str = "probs") -> None:
             f"Expected `{name}` to be probabilities in [0, 1], got values in [{low:.4g}, "
             f"{high:.4g}]; pass input='logits' if these are logits."
         )
-    n_classes = probs.shape[-1]
-    eps = torch.finfo(probs.dtype).eps
-    tol = max(1e-4, 8.0 * math.sqrt(n_classes) * eps)
+    tol = _sum_tolerance(probs)
     sums = probs.sum(dim=-1).to(torch.float64)  # float32 sums: error << tol
     worst = float((sums - 1.0).abs().max())
     if worst > tol:
@@ -100,3 +105,54 @@ def log_probabilities(
 def finish(result: torch.Tensor, squeeze: bool) -> torch.Tensor:
     """``[E]`` results become a scalar for ``[N, C]`` inputs."""
     return result[0] if squeeze else result
+
+
+def top_label(
+    scores: Any, labels: Any, input: str, name: str = "probs"
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Top-label confidence ``[N, E]`` (float64) and hit ``[N, E]`` (bool) in one pass.
+
+    Works in row chunks of about 8 MiB, so memory stays near the input's size whatever C is
+    (no float64 or softmax copy of the whole tensor). The checks ride on the reductions the
+    pass makes anyway: a NaN or inf turns a row's maximum or sum non-finite, a negative value
+    the chunk's minimum; only when one fails does the detailed validator run (to name the
+    first bad location). Logits give the confidence ``1 / sum_c exp(z_c - max z)``.
+    """
+    check_choice(input, "input", INPUT_KINDS)
+    tensor, squeeze = batched_scores(scores, name)
+    n, e, c = tensor.shape
+    labels_t = check_labels(as_tensor(labels, "labels", device=tensor.device), "labels", n, c)
+    dtype = compute_dtype(tensor)
+    device = tensor.device
+    conf = torch.empty(n, e, dtype=torch.float64, device=device)
+    pred = torch.empty(n, e, dtype=torch.int64, device=device)
+    bad = torch.zeros((), dtype=torch.bool, device=device)
+    worst_sum = torch.zeros((), dtype=torch.float64, device=device)
+    step = rows_per_chunk(e * c * 4, _CHUNK_BYTES)
+    work = (
+        torch.empty((min(step, n), e, c), dtype=dtype, device=device) if input == "logits" else None
+    )
+    for start in range(0, n, step):
+        rows = slice(start, min(n, start + step))
+        x = tensor[rows].to(dtype)
+        top, arg = x.max(dim=-1)
+        pred[rows] = arg
+        low = x.amin()
+        if work is not None:  # logits: confidence = 1 / sum_c exp(z_c - max z)
+            w = work[: x.shape[0]]
+            torch.sub(x, top[..., None], out=w)
+            total = w.exp_().sum(dim=-1)
+            conf[rows] = total.reciprocal()
+            bad |= ~torch.isfinite(low) | ~torch.isfinite(total).all()
+        else:
+            conf[rows] = top
+            sums = x.sum(dim=-1)  # float32 row sums: error far below the tolerance
+            bad |= ~(low >= 0) | ~(top <= 1).all()
+            worst_sum = torch.maximum(worst_sum, (sums - 1.0).abs().amax().double())
+    if input == "probs":
+        bad |= ~(worst_sum <= _sum_tolerance(tensor))
+    if bool(bad):  # name the first bad location
+        check_finite(tensor, name)
+        if input == "probs":
+            check_probabilities(tensor, name)
+    return conf, pred == labels_t[:, None], squeeze

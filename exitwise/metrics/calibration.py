@@ -10,24 +10,11 @@ The metric spec
 label. *Classwise* treats every class ``c`` as a binary problem with confidence ``p_c`` and
 ``hit = [label == c]`` and averages the per-class errors (Kull et al. 2019).
 
-*Uniform bins*: ``n_bins`` equal-width bins ``[a, b)`` over ``[0, 1]``; the last bin is closed,
-``[a, 1]``, so a confidence of exactly 1.0 lands in it. This equals netcal's ``ECE(bins=n)``
-and ``np.histogram``; torchmetrics puts exactly 1.0 into a hidden extra bin (its results differ
-only when some confidence is exactly 1.0). The ``uncertainty-calibration`` package uses
-``(a, b]`` bins, which differ from ours only for confidences exactly on an edge.
-
-*Quantile (equal-mass) bins*: a sample with confidence ``x`` goes to bin
-``floor(n_bins * r / N)``, where ``r`` is the number of samples with confidence strictly below
-``x``. Tied confidences always share a bin (so the result does not depend on sample order), and
-heavy ties simply leave some bins empty instead of failing.
-
-With :math:`B_b` the samples of bin :math:`b`, :math:`\mathrm{acc}_b` their mean hit and
-:math:`\mathrm{conf}_b` their mean confidence, the gap is
-:math:`g_b = \mathrm{acc}_b - \mathrm{conf}_b` and
-
-* ``norm="l1"``  (ECE): :math:`\sum_b \frac{|B_b|}{N} |g_b|`
-* ``norm="l2"``:        :math:`\sqrt{\sum_b \frac{|B_b|}{N} g_b^2}`
-* ``norm="max"`` (MCE): :math:`\max_{b: |B_b| > 0} |g_b|`
+Bins, gaps and norms follow :mod:`exitwise.metrics.binning` (uniform bins ``[a, b)`` with exact
+edges ``k / n_bins``, the last bin closed so a confidence of exactly 1.0 lands in it; this
+equals netcal's ``ECE(bins=n)`` and ``np.histogram``; torchmetrics puts exactly 1.0 into a
+hidden extra bin, and ``uncertainty-calibration`` uses ``(a, b]`` bins, which differ only for
+confidences exactly on an edge; quantile bins keep ties together).
 """
 
 from __future__ import annotations
@@ -38,7 +25,9 @@ from typing import Any, Literal
 import torch
 
 from exitwise._checks import check_choice, check_int
-from exitwise.metrics._inputs import finish, log_probabilities, probabilities
+from exitwise.metrics._inputs import finish, log_probabilities, probabilities, top_label
+from exitwise.metrics.binning import bin_totals, gaps, norm_of_gaps, uniform_bin_edges
+from exitwise.metrics.smooth import smooth_calibration_error
 
 __all__ = [
     "ReliabilityBins",
@@ -58,14 +47,7 @@ Mode = Literal["top_label", "classwise"]
 Input = Literal["probs", "logits"]
 
 
-# --------------------------------------------------------------------------- binning core
-def _top_label(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-label confidence and hit, ``[N, E]`` float64."""
-    conf, pred = probs.max(dim=-1)
-    hit = (pred == labels[:, None]).to(torch.float64)
-    return conf.to(torch.float64), hit
-
-
+# --------------------------------------------------------------------------- helpers
 def _at_label(values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``values[n, e, labels[n]]`` as ``[N, E]``."""
     index = labels[:, None, None].expand(-1, values.shape[1], 1)
@@ -80,49 +62,7 @@ def _classwise(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
     return conf, hit[:, None, :].expand(n, e, c).reshape(n, e * c)
 
 
-def _bin_indices(conf: torch.Tensor, n_bins: int, binning: str) -> torch.Tensor:
-    """Bin index of every entry of ``conf`` ``[N, K]`` (binning per column)."""
-    if binning == "uniform":
-        inner = torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64, device=conf.device)
-        return torch.bucketize(conf, inner[1:-1].contiguous(), right=True)
-    n = conf.shape[0]
-    columns = conf.T.contiguous()
-    below = torch.searchsorted(columns.sort(dim=1).values, columns, right=False)
-    return (below * n_bins // n).T
-
-
-def _bin_totals(
-    conf: torch.Tensor, hit: torch.Tensor, n_bins: int, binning: str
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-column, per-bin count, confidence sum and hit sum, each ``[K, n_bins]`` float64."""
-    k = conf.shape[1]
-    index = _bin_indices(conf, n_bins, binning)
-    flat = (index + torch.arange(k, device=conf.device)[None, :] * n_bins).reshape(-1)
-    size = k * n_bins
-    zeros = torch.zeros(size, dtype=torch.float64, device=conf.device)
-    counts = zeros.scatter_add(0, flat, torch.ones_like(conf).reshape(-1))
-    sum_conf = zeros.scatter_add(0, flat, conf.reshape(-1))
-    sum_hit = zeros.scatter_add(0, flat, hit.reshape(-1))
-    shape = (k, n_bins)
-    return counts.reshape(shape), sum_conf.reshape(shape), sum_hit.reshape(shape)
-
-
-def _gaps(counts: torch.Tensor, sum_conf: torch.Tensor, sum_hit: torch.Tensor) -> torch.Tensor:
-    """``acc_b - conf_b`` per bin (0 for empty bins)."""
-    safe = counts.clamp(min=1.0)
-    return (sum_hit - sum_conf) / safe
-
-
-def _norm_of_gaps(counts: torch.Tensor, gaps: torch.Tensor, n: int, norm: str) -> torch.Tensor:
-    weights = counts / n
-    if norm == "l1":
-        return (weights * gaps.abs()).sum(dim=-1)
-    if norm == "l2":
-        return (weights * gaps.square()).sum(dim=-1).sqrt()
-    return torch.where(counts > 0, gaps.abs(), torch.zeros_like(gaps)).amax(dim=-1)
-
-
-def _check_binning_args(n_bins: int, binning: str, n: int | None = None) -> int:
+def _check_binning_args(n_bins: int, binning: str) -> int:
     n_bins = check_int(n_bins, "n_bins", minimum=1)
     check_choice(binning, "binning", ("uniform", "quantile"))
     return n_bins
@@ -191,11 +131,15 @@ def expected_calibration_error(
     check_choice(norm, "norm", ("l1", "l2", "max"))
     check_choice(mode, "mode", ("top_label", "classwise"))
     n_bins = _check_binning_args(n_bins, binning)
-    p, y, squeeze = probabilities(probs, labels, input)
-    n, e, c = p.shape
-    conf, hit = _top_label(p, y) if mode == "top_label" else _classwise(p, y)
-    counts, sum_conf, sum_hit = _bin_totals(conf, hit, n_bins, binning)
-    result = _norm_of_gaps(counts, _gaps(counts, sum_conf, sum_hit), n, norm)
+    if mode == "top_label":
+        conf, hit, squeeze = top_label(probs, labels, input)
+        e = c = 0
+    else:
+        p, y, squeeze = probabilities(probs, labels, input)
+        _, e, c = p.shape
+        conf, hit = _classwise(p, y)
+    counts, sum_conf, sum_hit = bin_totals(conf, hit, n_bins, binning)
+    result = norm_of_gaps(counts, gaps(counts, sum_conf, sum_hit), conf.shape[0], norm)
     if mode == "classwise":
         result = result.reshape(e, c).mean(dim=-1)
     return finish(result, squeeze)
@@ -250,10 +194,10 @@ def adaptive_calibration_error(
     p, y, squeeze = probabilities(probs, labels, input)
     e = p.shape[1]
     conf, hit = _classwise(p, y)
-    counts, sum_conf, sum_hit = _bin_totals(conf, hit, n_bins, "quantile")
-    gaps = _gaps(counts, sum_conf, sum_hit).abs()
+    counts, sum_conf, sum_hit = bin_totals(conf, hit, n_bins, "quantile")
+    gap = gaps(counts, sum_conf, sum_hit).abs()
     filled = (counts > 0).to(torch.float64)
-    per_exit = (gaps * filled).reshape(e, -1).sum(-1) / filled.reshape(e, -1).sum(-1)
+    per_exit = (gap * filled).reshape(e, -1).sum(-1) / filled.reshape(e, -1).sum(-1)
     return finish(per_exit, squeeze)
 
 
@@ -295,10 +239,9 @@ def debiased_calibration_error(
     True
     """
     n_bins = _check_binning_args(n_bins, binning)
-    p, y, squeeze = probabilities(probs, labels, input)
-    n = p.shape[0]
-    conf, hit = _top_label(p, y)
-    counts, sum_conf, sum_hit = _bin_totals(conf, hit, n_bins, binning)
+    conf, hit, squeeze = top_label(probs, labels, input)
+    n = conf.shape[0]
+    counts, sum_conf, sum_hit = bin_totals(conf, hit, n_bins, binning)
     safe = counts.clamp(min=1.0)
     acc = sum_hit / safe
     gap2 = ((sum_hit - sum_conf) / safe).square()
@@ -390,116 +333,14 @@ def reliability_bins(
     tensor([0., 2.], dtype=torch.float64)
     """
     n_bins = _check_binning_args(n_bins, binning)
-    p, y, squeeze = probabilities(probs, labels, input)
-    conf, hit = _top_label(p, y)
-    counts, sum_conf, sum_hit = _bin_totals(conf, hit, n_bins, binning)
+    conf, hit, squeeze = top_label(probs, labels, input)
+    counts, sum_conf, sum_hit = bin_totals(conf, hit, n_bins, binning)
     nan = torch.full_like(counts, float("nan"))
     mean_conf = torch.where(counts > 0, sum_conf / counts.clamp(min=1.0), nan)
     mean_acc = torch.where(counts > 0, sum_hit / counts.clamp(min=1.0), nan)
     edges = None
     if binning == "uniform":
-        edges = torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64, device=p.device)
+        edges = uniform_bin_edges(n_bins, conf.device)
     return ReliabilityBins(
         finish(mean_conf, squeeze), finish(mean_acc, squeeze), finish(counts, squeeze), edges
     )
-
-
-# --------------------------------------------------------------------------- smooth ECE
-def _splat_to_grid(f: torch.Tensor, values: torch.Tensor, points: int) -> torch.Tensor:
-    """Linear interpolation weights of samples onto a uniform grid of ``points`` on [0, 1]."""
-    scaled = f * (points - 1)
-    lower = scaled.long().clamp(0, points - 2)
-    frac = scaled - lower
-    grid = torch.zeros(points, dtype=torch.float64, device=f.device)
-    grid.index_add_(0, lower, (1.0 - frac) * values)
-    grid.index_add_(0, lower + 1, frac * values)
-    return grid
-
-
-def _reflected_gaussian(grid: torch.Tensor, sigma: float, x_eval: torch.Tensor) -> torch.Tensor:
-    """Convolve grid values with a Gaussian reflected at 0 and 1; evaluate at ``x_eval``."""
-    points = grid.shape[0]
-    t = torch.linspace(0.0, 1.0, points, dtype=torch.float64, device=grid.device)
-    kernel = torch.exp(-(t - 0.5).square() / (2.0 * sigma * sigma))
-    kernel = kernel / (torch.sqrt(torch.tensor(2.0 * torch.pi, dtype=torch.float64)) * sigma)
-    extended = torch.cat([grid.flip(0)[:-1], grid, grid.flip(0)[1:]])
-    full = torch.nn.functional.conv1d(extended[None, None], kernel.flip(0)[None, None])[0, 0]
-    smoothed = full[points // 2 : points // 2 + points]
-    # linear interpolation of the smoothed grid at x_eval
-    inds = (x_eval * (points - 1)).long().clamp(0, points - 2)
-    residual = (x_eval - inds / (points - 1)) * (points - 1)
-    return smoothed[inds] * (1.0 - residual) + smoothed[inds + 1] * residual
-
-
-def _smooth_ece_at(f: torch.Tensor, y: torch.Tensor, sigma: float, mesh: int = 200) -> float:
-    eval_count = max(round(10 / sigma), mesh)
-    x_eval = torch.linspace(0.0, 1.0, eval_count, dtype=torch.float64, device=f.device)
-    points = max(2000, round(20 / sigma)) // 2 + 1
-    residual = _reflected_gaussian(_splat_to_grid(f, f - y, points), sigma, x_eval)
-    density = _reflected_gaussian(_splat_to_grid(f, torch.ones_like(f), points), sigma, x_eval)
-    density = density + 1e-4
-    smoothed = residual / density
-    return float((smoothed.abs() * density).sum() / density.sum())
-
-
-def smooth_calibration_error(
-    probs: Any,
-    labels: Any,
-    *,
-    eps: float = 0.001,
-    input: Input = "probs",
-    return_bandwidth: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    r"""Smooth ECE (smECE) of Błasiok & Nakkiran 2023 on top-label confidences.
-
-    The residuals :math:`f_i - y_i` and the density of the confidences :math:`f_i` are
-    smoothed with a Gaussian kernel reflected at 0 and 1; smECE at bandwidth :math:`\sigma` is
-    :math:`\int |\hat r_\sigma(t)|\,\hat\delta_\sigma(t)\,dt`. The bandwidth is the fixed point
-    :math:`\sigma^* = \mathrm{smECE}_{\sigma^*}` found by bisection (10 halvings from 1,
-    stopping below ``eps``), the authors' rule. The discretisation (a 2000-point grid with linear
-    splatting, evaluation on ``max(200, 10/sigma)`` points) follows their ``relplot.smECE``, so
-    values agree with it to float precision.
-
-    Parameters
-    ----------
-    return_bandwidth : bool, default=False
-        Also return the chosen :math:`\sigma^*` per exit.
-
-    References
-    ----------
-    Błasiok & Nakkiran, "Smooth ECE: Principled Reliability Diagrams via Kernel Smoothing",
-    ICLR 2024.
-
-    Examples
-    --------
-    >>> import torch
-    >>> probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8]])
-    >>> round(float(smooth_calibration_error(probs, torch.tensor([0, 1, 1, 1]))), 4)
-    0.1316
-    """
-    p, y, squeeze = probabilities(probs, labels, input)
-    conf, hit = _top_label(p, y)
-    values, widths = [], []
-    for col in range(conf.shape[1]):
-        f, h = conf[:, col], hit[:, col]
-
-        def above(alpha: float, f: torch.Tensor = f, h: torch.Tensor = h) -> bool:
-            return alpha < eps or alpha < _smooth_ece_at(f, h, alpha)
-
-        if above(1.0):
-            sigma = 1.0
-        else:
-            start, end = 1.0, 0.0
-            for _ in range(10):
-                mid = (start + end) / 2
-                if above(mid):
-                    end = mid
-                else:
-                    start = mid
-            sigma = start
-        values.append(_smooth_ece_at(f, h, sigma))
-        widths.append(sigma)
-    out = finish(torch.tensor(values, dtype=torch.float64, device=p.device), squeeze)
-    if return_bandwidth:
-        return out, finish(torch.tensor(widths, dtype=torch.float64, device=p.device), squeeze)
-    return out
