@@ -1,23 +1,29 @@
-"""Confidence signals ``[N, E]`` of every exit: higher always means more confident.
+r"""Confidence signals ``[N, E]`` of every exit: higher always means more confident.
 
-A signal plus a threshold per exit is an exit policy (see :mod:`exitwise.policies`). Signals
-are computed from log-probabilities in float64 (``log_softmax`` of the logits), so they do not
-saturate where float32 softmax rounds to exactly 1.0.
+A signal plus a threshold per exit is an exit policy (see :mod:`exitwise.policies`).
 
-=============================== ======================================= ==================
-name                            value                                   from
-=============================== ======================================= ==================
-``max_probability``             largest class probability               CALM (softmax
-                                                                        response)
-``log_max_probability``         its logarithm (no saturation near 1)    CALM
-``margin``                      top-1 minus top-2 probability           CALM, SDN
-``negative_entropy``            :math:`\\sum_c p_c \\log p_c`             DeeBERT
-``normalized_entropy_confidence`` :math:`1 - H(p) / \\log C`            FastBERT
-``patience``                    PABEE's counter: consecutive earlier    PABEE
+This module is the **only owner of the signal formulas**. Each built-in signal is one branch
+of :func:`exit_signal`, a TorchScript-safe function of one exit's logits ``[..., C]`` and the
+state carried from the previous exit (its prediction and PABEE's run length). Offline scoring
+(:func:`compute_signal`), the runtime :class:`~exitwise.policies.ExitController`, the halting
+network's features and risk control all call it, so an offline decision and a runtime
+decision on the same logits are the same decision, bit for bit. Scores are float64, computed
+from float64 logits without ever forming a saturated probability (``log_max_probability`` of
+a logit gap of 40 is ``-4.2e-18``, not ``0``).
+
+=============================== ======================================= ========== ========
+name                            value                                   range      stateful
+=============================== ======================================= ========== ========
+``max_probability``             largest class probability (CALM)        [0, 1]     no
+``log_max_probability``         its logarithm (no saturation near 1)    (-inf, 0]  no
+``margin``                      top-1 minus top-2 probability (CALM)    [0, 1]     no
+``negative_entropy``            :math:`\sum_c p_c \log p_c` (DeeBERT)   (-inf, 0]  no
+``normalized_entropy_confidence`` :math:`1 - H(p) / \log C` (FastBERT)  [0, 1]     no
+``patience``                    PABEE's counter: consecutive earlier    [0, inf)   yes
                                 exits agreeing with this exit
-``agreement_with_previous``     1 if the prediction equals the          BERxiT-style
+``agreement_with_previous``     1 if the prediction equals the          [0, 1]     yes
                                 previous exit's, else 0
-=============================== ======================================= ==================
+=============================== ======================================= ========== ========
 
 A learned halting network's ``predict_proba(outputs)`` ``[N, E]`` is a signal too: pass the
 tensor (or a callable) wherever a signal name is accepted.
@@ -27,17 +33,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from exitwise._checks import as_tensor, check_finite, check_floating, check_ndim
+from exitwise._chunks import rows_per_chunk
 from exitwise.data import ExitOutputs
 
 __all__ = [
     "SIGNALS",
+    "Signal",
     "agreement_with_previous",
     "compute_signal",
+    "exit_signal",
     "log_max_probability",
     "margin",
     "max_probability",
@@ -50,6 +60,82 @@ __all__ = [
 SignalFunction = Callable[[ExitOutputs], torch.Tensor]
 SignalLike = str | SignalFunction | torch.Tensor
 
+# codes of the built-in branches of `exit_signal` (TorchScript needs plain ints)
+MAX_PROBABILITY = 0
+LOG_MAX_PROBABILITY = 1
+MARGIN = 2
+NEGATIVE_ENTROPY = 3
+NORMALIZED_ENTROPY = 4
+PATIENCE = 5
+AGREEMENT = 6
+
+
+def _log_max_probability(z: torch.Tensor) -> torch.Tensor:
+    """``log p_max = -log(1 + sum_{j != top} exp(z_j - z_top)) = -softplus(lse(others))``."""
+    top = z.amax(dim=-1, keepdim=True)
+    is_top = torch.zeros_like(z, dtype=torch.bool).scatter_(-1, z.argmax(-1, keepdim=True), True)
+    others = torch.logsumexp(torch.where(is_top, torch.full_like(z, -math.inf), z - top), dim=-1)
+    return -torch.nn.functional.softplus(others)
+
+
+def exit_signal(
+    code: int, logits: torch.Tensor, previous: torch.Tensor, run: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Score, prediction and PABEE run length of one exit: the formula of every signal.
+
+    Parameters
+    ----------
+    code : int
+        The signal's ``Signal.code``.
+    logits : torch.Tensor of shape (..., C)
+        One exit's logits (or log-probabilities), any float dtype; computed in float64.
+    previous : torch.Tensor of shape (...)
+        The previous exit's prediction (int64), ``-1`` before the first exit.
+    run : torch.Tensor of shape (...)
+        The previous exit's run length (int64).
+
+    Returns
+    -------
+    score : float64 ``(...)``; prediction : int64 ``(...)``; run length : int64 ``(...)``
+
+    Examples
+    --------
+    >>> import torch
+    >>> z = torch.tensor([[0.0, 40.0]])
+    >>> start = torch.tensor([-1]), torch.tensor([0])
+    >>> float(exit_signal(LOG_MAX_PROBABILITY, z, *start)[0])    # max-prob rounds to 1.0
+    -4.248354255291589e-18
+    """
+    z = logits.to(torch.float64)
+    pred = torch.argmax(z, dim=-1)
+    agree = (pred == previous) & (previous >= 0)
+    new_run = torch.where(agree, run + 1, torch.zeros_like(run))
+    if code == 0:  # MAX_PROBABILITY (TorchScript needs literals)
+        score = _log_max_probability(z).exp()
+    elif code == 1:  # LOG_MAX_PROBABILITY
+        score = _log_max_probability(z)
+    elif code == 2:  # MARGIN: p1 - p2 = p1 * (1 - exp(z2 - z1)), exact where p1 saturates
+        top2 = z.topk(2, dim=-1).values
+        score = _log_max_probability(z).exp() * -torch.expm1(top2[..., 1] - top2[..., 0])
+    elif code == 3 or code == 4:  # NEGATIVE_ENTROPY, NORMALIZED_ENTROPY
+        log_p = torch.log_softmax(z, dim=-1)
+        score = (log_p.exp() * log_p).sum(dim=-1)
+        if code == 4:
+            score = 1.0 + score / math.log(z.shape[-1])
+    elif code == 5:  # PATIENCE
+        score = new_run.to(torch.float64)
+    elif code == 6:  # AGREEMENT
+        score = agree.to(torch.float64)
+    else:
+        raise ValueError("Unknown signal code.")
+    return score, pred, new_run
+
+
+def initial_state(shape: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(previous prediction, run length)`` before the first exit: ``-1`` and ``0``."""
+    previous = torch.full(shape, -1, dtype=torch.int64, device=device)
+    return previous, torch.zeros(shape, dtype=torch.int64, device=device)
+
 
 def _logits(outputs: ExitOutputs | Any) -> torch.Tensor:
     if isinstance(outputs, ExitOutputs):
@@ -61,8 +147,73 @@ def _logits(outputs: ExitOutputs | Any) -> torch.Tensor:
     return logits
 
 
-def _log_probs64(outputs: ExitOutputs | Any) -> torch.Tensor:
-    return torch.log_softmax(_logits(outputs).to(torch.float64), dim=-1)
+def _scores_of_code(code: int, logits: torch.Tensor) -> torch.Tensor:
+    """``[N, E]`` scores: :func:`exit_signal` exit by exit over row chunks (memory stays near
+    the input's size: float64 work arrays exist for one chunk only)."""
+    n, e, c = logits.shape
+    out = torch.empty(n, e, dtype=torch.float64, device=logits.device)
+    step = rows_per_chunk(e * c * 8, min_rows=64)
+    for start in range(0, n, step):
+        rows = slice(start, min(n, start + step))
+        previous, run = initial_state([rows.stop - start], logits.device)
+        for j in range(e):
+            out[rows, j], previous, run = exit_signal(code, logits[rows, j], previous, run)
+    return out
+
+
+@dataclass(frozen=True)
+class Signal:
+    """A named confidence signal and what is known about it.
+
+    Attributes
+    ----------
+    name : str
+    code : int or None
+        Branch of :func:`exit_signal` (built-in signals); ``None`` for registered functions,
+        which the runtime controller cannot run.
+    low, high : float
+        Range of the scores (``-inf``/``inf`` when unbounded).
+    stateful : bool
+        Whether the score depends on earlier exits (patience, agreement).
+    function : callable or None
+        ``outputs -> [N, E]`` for registered signals.
+
+    Calling a ``Signal`` on :class:`~exitwise.ExitOutputs` (or ``[N, E, C]`` logits) returns
+    its scores ``[N, E]`` float64.
+    """
+
+    name: str
+    code: int | None
+    low: float
+    high: float
+    stateful: bool = False
+    function: SignalFunction | None = None
+
+    @property
+    def unit_interval(self) -> bool:
+        """Scores lie in [0, 1]."""
+        return self.low == 0.0 and self.high == 1.0
+
+    def __call__(self, outputs: ExitOutputs | Any) -> torch.Tensor:
+        if self.code is not None:
+            return _scores_of_code(self.code, _logits(outputs))
+        if self.function is None:  # pragma: no cover - the constructor paths set one
+            raise ValueError(f"Signal {self.name!r} has neither a code nor a function.")
+        return self.function(outputs)
+
+
+SIGNALS: dict[str, Signal] = {
+    s.name: s
+    for s in (
+        Signal("max_probability", MAX_PROBABILITY, 0.0, 1.0),
+        Signal("log_max_probability", LOG_MAX_PROBABILITY, -math.inf, 0.0),
+        Signal("margin", MARGIN, 0.0, 1.0),
+        Signal("negative_entropy", NEGATIVE_ENTROPY, -math.inf, 0.0),
+        Signal("normalized_entropy_confidence", NORMALIZED_ENTROPY, 0.0, 1.0),
+        Signal("patience", PATIENCE, 0.0, math.inf, stateful=True),
+        Signal("agreement_with_previous", AGREEMENT, 0.0, 1.0, stateful=True),
+    )
+}
 
 
 def log_max_probability(outputs: ExitOutputs | Any) -> torch.Tensor:
@@ -75,12 +226,7 @@ def log_max_probability(outputs: ExitOutputs | Any) -> torch.Tensor:
     >>> float(log_max_probability(out))    # max-prob rounds to 1.0, even in float64
     -4.248354255291589e-18
     """
-    # log p_max = -log(1 + sum_{j != max} exp(z_j - z_max)) = -softplus(logsumexp(others))
-    z = _logits(outputs).to(torch.float64)
-    top = z.amax(dim=-1, keepdim=True)
-    is_top = torch.zeros_like(z, dtype=torch.bool).scatter_(-1, z.argmax(-1, keepdim=True), True)
-    others = torch.logsumexp(torch.where(is_top, -torch.inf, z - top), dim=-1)
-    return -torch.nn.functional.softplus(others)
+    return SIGNALS["log_max_probability"](outputs)
 
 
 def max_probability(outputs: ExitOutputs | Any) -> torch.Tensor:
@@ -92,7 +238,7 @@ def max_probability(outputs: ExitOutputs | Any) -> torch.Tensor:
     >>> max_probability(ExitOutputs(torch.tensor([[[0.0, 0.0], [0.0, 2.0]]])))
     tensor([[0.5000, 0.8808]], dtype=torch.float64)
     """
-    return log_max_probability(outputs).exp()
+    return SIGNALS["max_probability"](outputs)
 
 
 def margin(outputs: ExitOutputs | Any) -> torch.Tensor:
@@ -104,8 +250,7 @@ def margin(outputs: ExitOutputs | Any) -> torch.Tensor:
     >>> margin(ExitOutputs(torch.log(torch.tensor([[[0.7, 0.2, 0.1]]]))))
     tensor([[0.5000]], dtype=torch.float64)
     """
-    top2 = _log_probs64(outputs).topk(2, dim=-1).values.exp()
-    return top2[..., 0] - top2[..., 1]
+    return SIGNALS["margin"](outputs)
 
 
 def negative_entropy(outputs: ExitOutputs | Any) -> torch.Tensor:
@@ -118,8 +263,7 @@ def negative_entropy(outputs: ExitOutputs | Any) -> torch.Tensor:
     >>> negative_entropy(ExitOutputs(torch.zeros(1, 1, 4)))
     tensor([[-1.3863]], dtype=torch.float64)
     """
-    log_p = _log_probs64(outputs)
-    return (log_p.exp() * log_p).sum(dim=-1)
+    return SIGNALS["negative_entropy"](outputs)
 
 
 def normalized_entropy_confidence(outputs: ExitOutputs | Any) -> torch.Tensor:
@@ -131,8 +275,7 @@ def normalized_entropy_confidence(outputs: ExitOutputs | Any) -> torch.Tensor:
     >>> normalized_entropy_confidence(ExitOutputs(torch.zeros(1, 1, 4)))
     tensor([[0.]], dtype=torch.float64)
     """
-    logits = _logits(outputs)
-    return 1.0 + negative_entropy(logits) / math.log(logits.shape[-1])
+    return SIGNALS["normalized_entropy_confidence"](outputs)
 
 
 def patience(outputs: ExitOutputs | Any) -> torch.Tensor:
@@ -149,11 +292,7 @@ def patience(outputs: ExitOutputs | Any) -> torch.Tensor:
     >>> patience(ExitOutputs(logits))
     tensor([[0., 1., 0., 1., 2.]], dtype=torch.float64)
     """
-    same = agreement_with_previous(outputs)
-    # run length of ones ending at each exit: cumsum minus the cumsum at the last zero
-    csum = same.cumsum(dim=1)
-    reset = torch.where(same == 0, csum, torch.zeros_like(csum)).cummax(dim=1).values
-    return csum - reset
+    return SIGNALS["patience"](outputs)
 
 
 def agreement_with_previous(outputs: ExitOutputs | Any) -> torch.Tensor:
@@ -166,32 +305,37 @@ def agreement_with_previous(outputs: ExitOutputs | Any) -> torch.Tensor:
     >>> agreement_with_previous(ExitOutputs(logits))
     tensor([[0., 1., 0.]], dtype=torch.float64)
     """
-    pred = _logits(outputs).argmax(dim=-1)
-    agree = torch.zeros(pred.shape, dtype=torch.float64, device=pred.device)
-    agree[:, 1:] = (pred[:, 1:] == pred[:, :-1]).to(torch.float64)
-    return agree
+    return SIGNALS["agreement_with_previous"](outputs)
 
 
-SIGNALS: dict[str, SignalFunction] = {
-    "agreement_with_previous": agreement_with_previous,
-    "log_max_probability": log_max_probability,
-    "margin": margin,
-    "max_probability": max_probability,
-    "negative_entropy": negative_entropy,
-    "normalized_entropy_confidence": normalized_entropy_confidence,
-    "patience": patience,
-}
+def register_signal(
+    name: str,
+    function: SignalFunction,
+    *,
+    low: float = -math.inf,
+    high: float = math.inf,
+    overwrite: bool = False,
+) -> None:
+    """Make ``function(outputs) -> [N, E]`` available to policies and the CLI as ``name``.
 
-
-def register_signal(name: str, function: SignalFunction, *, overwrite: bool = False) -> None:
-    """Make ``function(outputs) -> [N, E]`` available to policies and the CLI as ``name``."""
+    ``low``/``high`` state the range of its scores (risk control uses a [0, 1] range to pick
+    a default grid). Registered signals run offline; the runtime controller runs built-ins.
+    """
     if not isinstance(name, str) or not name:
         raise TypeError(f"Expected `name` to be a non-empty string, got {name!r}.")
     if not callable(function):
         raise TypeError(f"Expected `function` to be callable, got {type(function).__name__}.")
     if name in SIGNALS and not overwrite:
         raise ValueError(f"A signal named {name!r} exists; pass overwrite=True to replace it.")
-    SIGNALS[name] = function
+    SIGNALS[name] = Signal(name, None, float(low), float(high), function=function)
+
+
+def get_signal(name: str) -> Signal:
+    """The registered :class:`Signal` called ``name`` (a clear error naming the choices)."""
+    if not isinstance(name, str) or name not in SIGNALS:
+        names = ", ".join(sorted(SIGNALS))
+        raise ValueError(f"Unknown signal {name!r}; expected one of {names}.")
+    return SIGNALS[name]
 
 
 def compute_signal(outputs: ExitOutputs, signal: SignalLike) -> torch.Tensor:
@@ -212,10 +356,7 @@ def compute_signal(outputs: ExitOutputs, signal: SignalLike) -> torch.Tensor:
     torch.Size([3, 2])
     """
     if isinstance(signal, str):
-        if signal not in SIGNALS:
-            names = ", ".join(sorted(SIGNALS))
-            raise ValueError(f"Unknown signal {signal!r}; expected one of {names}.")
-        scores = SIGNALS[signal](outputs)
+        scores = get_signal(signal)(outputs)
     elif isinstance(signal, torch.Tensor):
         scores = signal
     elif callable(signal):

@@ -20,12 +20,12 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from exitwise import signals
 from exitwise._checks import as_tensor, check_choice, check_int, check_open_unit
 from exitwise.calibrate._toplabel import interpolate
 from exitwise.calibrate.base import Calibrator, _as_batched
 from exitwise.calibrate.binning import _fit_isotonic
 from exitwise.exceptions import ConvergenceWarning
-from exitwise.signals import agreement_with_previous, patience
 
 __all__ = ["HaltingNetwork", "halting_features"]
 
@@ -51,21 +51,18 @@ FEATURE_NAMES = (
 
 
 def halting_features(logits: torch.Tensor) -> torch.Tensor:
-    """Per-exit features ``[N, E, 6]`` (float32) computed without looking ahead."""
-    lp = torch.log_softmax(logits.to(torch.float64), dim=-1)
-    p = lp.exp()
-    top2 = p.topk(2, dim=-1).values
-    entropy = -(p * lp).sum(-1) / math.log(logits.shape[-1])
-    n, e = lp.shape[:2]
-    agree = agreement_with_previous(logits)
-    run = patience(logits)
+    """Per-exit features ``[N, E, 6]`` (float32) computed without looking ahead.
+
+    Every feature but the depth is a signal of :mod:`exitwise.signals` (their one owner).
+    """
+    n, e = logits.shape[:2]
     depth = torch.linspace(0.0, 1.0, e, dtype=torch.float64, device=logits.device)
     feats = [
-        top2[..., 0],
-        top2[..., 0] - top2[..., 1],
-        entropy,
-        agree,
-        run / max(1, e - 1),
+        signals.max_probability(logits),
+        signals.margin(logits),
+        1.0 - signals.normalized_entropy_confidence(logits),
+        signals.agreement_with_previous(logits),
+        signals.patience(logits) / max(1, e - 1),
         depth.expand(n, e),
     ]
     return torch.stack(feats, dim=-1).float()

@@ -41,6 +41,7 @@ __all__ = [
     "TemperatureScaling",
     "VectorScaling",
     "fit_temperatures",
+    "scale_by_temperature",
 ]
 
 
@@ -201,6 +202,21 @@ def _newton(
     return u, f, converged, iterations
 
 
+def scale_by_temperature(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """``log_softmax(logits / T)`` in float32 (float64 for float64 logits); ``temperature``
+    broadcasts against ``logits``. The one formula applied offline (``transform``) and at
+    runtime (``ExitController``), so both see the same calibrated values.
+
+    Examples
+    --------
+    >>> import torch
+    >>> scale_by_temperature(torch.tensor([[0.0, 2.0]]), torch.tensor(2.0)).exp()
+    tensor([[0.2689, 0.7311]])
+    """
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    return torch.log_softmax(logits.to(dtype) / temperature.to(dtype), dim=-1)
+
+
 class TemperatureScaling(Calibrator):
     """One temperature per exit, minimising the NLL (Guo et al. 2017).
 
@@ -246,9 +262,7 @@ class TemperatureScaling(Calibrator):
             )
 
     def _transform(self, logits: torch.Tensor) -> torch.Tensor:
-        dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-        t = self.temperatures_.to(device=logits.device, dtype=dtype)
-        return torch.log_softmax(logits.to(dtype) / t[None, :, None], dim=-1)
+        return scale_by_temperature(logits, self.temperatures_.to(logits.device)[None, :, None])
 
 
 def _lbfgs(params: list[torch.Tensor], loss_fn, max_iter: int) -> bool:

@@ -19,27 +19,17 @@ A typical loop (compacting the batch as samples leave)::
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from exitwise.calibrate.scaling import scale_by_temperature
 from exitwise.policies.base import load_policy
 from exitwise.policies.threshold import ThresholdPolicy
+from exitwise.signals import SIGNALS, exit_signal, initial_state
 
 __all__ = ["ExitController"]
-
-_SIGNAL_CODES = {
-    "max_probability": 0,
-    "log_max_probability": 1,
-    "margin": 2,
-    "negative_entropy": 3,
-    "normalized_entropy_confidence": 4,
-    "patience": 5,
-    "agreement_with_previous": 6,
-}
-
 
 class ExitController(nn.Module):
     """Per-batch exit decisions of a threshold policy (with optional temperatures).
@@ -65,13 +55,13 @@ class ExitController(nn.Module):
 
     def __init__(self, signal: str, thresholds, temperatures=None) -> None:
         super().__init__()
-        if signal not in _SIGNAL_CODES:
-            raise ValueError(
-                f"ExitController supports the signals {sorted(_SIGNAL_CODES)}, got {signal!r}."
-            )
+        built_in = sorted(name for name, s in SIGNALS.items() if s.code is not None)
+        if signal not in built_in:
+            raise ValueError(f"ExitController supports the signals {built_in}, got {signal!r}.")
         thr = torch.as_tensor([float(t) for t in thresholds], dtype=torch.float64)
         if thr.ndim != 1 or thr.numel() == 0 or bool(torch.isnan(thr).any()):
             raise ValueError("Expected `thresholds`: one number per exit, no NaN.")
+        self.calibrated = temperatures is not None
         temps = (
             torch.ones_like(thr)
             if temperatures is None
@@ -80,7 +70,8 @@ class ExitController(nn.Module):
         if temps.shape != thr.shape or bool((temps <= 0).any()):
             raise ValueError("Expected one positive temperature per exit.")
         self.signal = signal
-        self.signal_code = _SIGNAL_CODES[signal]
+        code = SIGNALS[signal].code
+        self.signal_code: int = -1 if code is None else code
         self.num_exits = int(thr.numel())
         self.register_buffer("thresholds", thr)
         self.register_buffer("temperatures", temps)
@@ -120,10 +111,7 @@ class ExitController(nn.Module):
     # -- decisions ------------------------------------------------------------------------
     def initial_state(self, batch_size: int, device: torch.device | str = "cpu"):
         """``(previous prediction, agreement run length)``, both ``[B]`` int64."""
-        return (
-            torch.full((batch_size,), -1, dtype=torch.int64, device=device),
-            torch.zeros(batch_size, dtype=torch.int64, device=device),
-        )
+        return initial_state([batch_size], torch.device(device))
 
     def forward(
         self,
@@ -132,28 +120,15 @@ class ExitController(nn.Module):
         previous: torch.Tensor,
         run: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(exit_mask [B], prediction [B], run length [B])`` after exit ``exit_index``."""
-        z = logits.to(torch.float64) / self.temperatures[exit_index]
-        log_p = torch.log_softmax(z, dim=-1)
-        pred = torch.argmax(log_p, dim=-1)
-        agree = (pred == previous) & (previous >= 0)
-        new_run = torch.where(agree, run + 1, torch.zeros_like(run))
-        code = self.signal_code
-        if code == 0 or code == 1:
-            score = log_p.max(dim=-1).values
-            if code == 0:
-                score = score.exp()
-        elif code == 2:
-            top2 = log_p.topk(2, dim=-1).values.exp()
-            score = top2[:, 0] - top2[:, 1]
-        elif code == 3 or code == 4:
-            score = (log_p.exp() * log_p).sum(dim=-1)
-            if code == 4:
-                score = 1.0 + score / math.log(logits.shape[-1])
-        elif code == 5:
-            score = new_run.to(torch.float64)
-        else:
-            score = agree.to(torch.float64)
+        """``(exit_mask [B], prediction [B], run length [B])`` after exit ``exit_index``.
+
+        The score is :func:`exitwise.signals.exit_signal` of the (temperature-scaled) logits:
+        the very function offline evaluation uses, so decisions match it exactly.
+        """
+        z = logits
+        if self.calibrated:
+            z = scale_by_temperature(logits, self.temperatures[exit_index])
+        score, pred, new_run = exit_signal(self.signal_code, z, previous, run)
         if exit_index >= self.num_exits - 1:
             done = torch.ones_like(pred, dtype=torch.bool)
         else:

@@ -16,6 +16,7 @@ from exitwise.policies import (
     load_policy,
     simulate_batching,
 )
+from exitwise.signals import SIGNALS, compute_signal
 
 
 def naive_simulation(exits, costs, batch_size, mode, layer_cost, seed):
@@ -124,6 +125,56 @@ def test_controller_equals_offline_policy(signal, real_outputs):
     policy = ThresholdPolicy(signal, thresholds)
     controller = ExitController.from_policy(policy)
     assert torch.equal(run_controller(controller, out.logits), policy.exit_indices(out))
+
+
+class Scripted:
+    """The TorchScript-compiled controller behind the eager one's loop interface."""
+
+    def __init__(self, controller):
+        self.eager, self.module = controller, torch.jit.script(controller)
+
+    def initial_state(self, n):
+        return self.eager.initial_state(n)
+
+    def decide(self, j, logits, state):
+        done, pred, run = self.module(j, logits, state[0], state[1])
+        return done, (pred, run)
+
+
+BUILT_IN = [name for name, s in SIGNALS.items() if s.code is not None]
+
+
+def saturated_outputs(dtype):
+    """Logits with gaps from 0 to 1,000 (max-prob is exactly 1.0 in every dtype for most)."""
+    g = torch.Generator().manual_seed(3)
+    n, e, c = 400, 4, 7
+    logits = torch.randn(n, e, c, generator=g) * 2
+    gaps = torch.tensor([0.0, 5.0, 12.0, 20.0, 40.0, 90.0, 400.0, 1000.0])
+    logits[:, :, 2] += gaps[torch.randint(0, len(gaps), (n, e), generator=g)]
+    labels = torch.randint(0, c, (n,), generator=g)
+    return ExitOutputs(logits.to(dtype), labels=labels)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("signal", BUILT_IN)
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_regression_controller_decisions_equal_offline_on_saturated_logits(
+    signal, dtype, calibrated
+):
+    # issue 10 defect 1: at a logit gap of ~40 the offline log max-prob was -4e-18 and the
+    # runtime's 0.0, so a threshold at 0 exited at runtime and not offline.
+    out = saturated_outputs(dtype)
+    ts = TemperatureScaling().fit(out) if calibrated else None
+    seen = ts.transform(out) if calibrated else out
+    scores = compute_signal(seen, signal)
+    # thresholds exactly on observed scores (ties decide), and 0.0 / 1.0 at the top
+    picks = [scores[k, j] for j, k in enumerate((7, 50, 200))]
+    for thresholds in ([float(v) for v in picks] + [0.0], [0.0, 1.0, float(scores.max()), 0.0]):
+        policy = ThresholdPolicy(signal, thresholds)
+        controller = ExitController.from_policy(policy, ts)
+        offline = policy.exit_indices(seen)
+        assert torch.equal(run_controller(controller, out.logits), offline)
+        assert torch.equal(run_controller(Scripted(controller), out.logits), offline)
 
 
 def test_controller_with_temperatures_script_and_policy_file(real_outputs, tmp_path):
