@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-__all__ = ["ConvergenceWarning", "InfeasibleTargetError", "UndefinedMetricWarning"]
+__all__ = [
+    "ConvergenceWarning",
+    "InfeasibleTargetError",
+    "UndefinedMetricWarning",
+    "VacuousGuaranteeWarning",
+]
 
 
 class UndefinedMetricWarning(UserWarning):
@@ -15,3 +20,7 @@ class ConvergenceWarning(UserWarning):
 
 class InfeasibleTargetError(ValueError):
     """No policy meets the requested target (a result of the data, not a usage error)."""
+
+
+class VacuousGuaranteeWarning(UserWarning):
+    """A statistical guarantee holds only for the full model: no sample leaves early."""

@@ -12,6 +12,7 @@ from exitwise.policies.evaluate import (
 from exitwise.policies.risk import (
     RiskControlResult,
     binomial_p_value,
+    default_risk_grid,
     hoeffding_bentkus_p_value,
     risk_controlled_threshold,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "ThresholdPolicy",
     "TunedPolicy",
     "binomial_p_value",
+    "default_risk_grid",
     "evaluate",
     "evaluate_thresholds",
     "evaluate_thresholds_streaming",

@@ -14,8 +14,11 @@ disagrees with the full model (``risk="disagreement"``).
 The procedure (fixed-sequence testing):
 
 1. The candidate thresholds and their order are fixed *before* the calibration data is seen:
-   a fixed grid (default: 101 evenly spaced values for signals in [0, 1]), walked from the
-   most conservative threshold (``+inf``, the full model) downwards.
+   a fixed grid, walked from the most conservative threshold (``+inf``, the full model)
+   downwards. The default grid for signals in [0, 1] (:func:`default_risk_grid`) is dense
+   where overconfident heads need it: 101 evenly spaced values plus values uniform in
+   :math:`\log(1 - p)` from :math:`1 - 10^{-6}` down (100 per decade); a 101-point grid has
+   nothing between 0.99 and 1 and certifies only the full model on such heads.
 2. For each threshold, a valid p-value of :math:`H_0: R(\lambda) > \delta` from the
    per-sample 0/1 losses of the calibration split: the exact binomial tail
    :math:`P[\mathrm{Bin}(n, \delta) \le n\hat R]` (default), or Hoeffding–Bentkus
@@ -23,38 +26,54 @@ The procedure (fixed-sequence testing):
    \lceil n \hat R\rceil])`.
 3. Reject while :math:`p \le \epsilon`; stop at the first :math:`p > \epsilon`. The answer is
    the *last rejected* threshold (not the first non-rejected one: RC-EENN's off-by-one), or
-   "no threshold certified".
+   "no threshold certified". A certified threshold at which no calibration sample leaves
+   early is *vacuous* (the full model, no speed-up): the result says so and warns.
+
+The risks of all grid thresholds come from one exact shared-threshold sweep
+(:func:`~exitwise.policies.sweep_shared_threshold`), in :math:`O(NE)` memory whatever the
+grid's size.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from scipy.stats import binom
 
 from exitwise._checks import check_choice, check_open_unit
 from exitwise.data import ExitOutputs
-from exitwise.policies.evaluate import first_exit
+from exitwise.exceptions import VacuousGuaranteeWarning
+from exitwise.policies.sweep import sweep_shared_threshold
 from exitwise.policies.threshold import ThresholdPolicy
-from exitwise.signals import compute_signal
+from exitwise.signals import compute_signal, get_signal
 
 __all__ = [
     "RiskControlResult",
     "binomial_p_value",
+    "default_risk_grid",
     "hoeffding_bentkus_p_value",
     "risk_controlled_threshold",
 ]
 
-_UNIT_SIGNALS = {
-    "max_probability",
-    "margin",
-    "normalized_entropy_confidence",
-    "agreement_with_previous",
-}
+
+def default_risk_grid() -> np.ndarray:
+    """The fixed default grid for signals in [0, 1], increasing (699 values).
+
+    ``linspace(0, 1, 101)`` together with :math:`1 - 10^{-x}` for ``x`` in ``[0, 6]`` at
+    100 values per decade, so thresholds such as 0.995 or 0.9993 are there.
+
+    Examples
+    --------
+    >>> grid = default_risk_grid()
+    >>> bool(((grid > 0.99) & (grid < 1.0)).sum() >= 400), float(grid[-1]), len(grid)
+    (True, 1.0, 699)
+    """
+    dense = 1.0 - np.logspace(-6.0, 0.0, 601)
+    return np.unique(np.concatenate([np.linspace(0.0, 1.0, 101), dense]))
 
 
 def binomial_p_value(losses: int, n: int, delta: float) -> float:
@@ -66,6 +85,8 @@ def binomial_p_value(losses: int, n: int, delta: float) -> float:
     >>> round(binomial_p_value(0, 100, 0.05), 6)    # (1 - 0.05) ** 100
     0.005921
     """
+    from scipy.stats import binom
+
     return float(binom.cdf(losses, n, delta))
 
 
@@ -85,7 +106,7 @@ def hoeffding_bentkus_p_value(mean_loss: float, n: int, delta: float) -> float:
         return left + right
 
     hoeffding = math.exp(-n * h1(a, delta))
-    bentkus = math.e * float(binom.cdf(math.ceil(n * mean_loss), n, delta))
+    bentkus = math.e * binomial_p_value(math.ceil(n * mean_loss), n, delta)
     return min(hoeffding, bentkus, 1.0)
 
 
@@ -106,6 +127,8 @@ class RiskControlResult:
     delta, epsilon : float
         Risk tolerance and failure probability (CALM's naming).
     num_samples : int
+    early_exit_fraction : torch.Tensor
+        Per tested threshold, the share of calibration samples leaving before the last exit.
     """
 
     policy: ThresholdPolicy | None
@@ -116,19 +139,41 @@ class RiskControlResult:
     delta: float
     epsilon: float
     num_samples: int
+    early_exit_fraction: torch.Tensor | None = None
 
     @property
     def certified(self) -> bool:
         return self.policy is not None
 
+    @property
+    def vacuous(self) -> bool:
+        """A threshold is certified, but no calibration sample leaves early with it: the
+        guarantee holds only because the policy is the full model (no speed-up)."""
+        if self.policy is None or self.early_exit_fraction is None:
+            return False
+        i = int(torch.nonzero(self.grid == self.threshold)[0, 0])
+        return float(self.early_exit_fraction[i]) == 0.0
 
-def _losses(outputs: ExitOutputs, scores: torch.Tensor, grid: torch.Tensor, risk: str):
-    """0/1 losses ``[G, N]`` of the early answer at each grid threshold."""
+
+def grid_statistics(
+    outputs: ExitOutputs, scores: torch.Tensor, grid: torch.Tensor, risk: str
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Number of 0/1 losses and share of early exits ``[G]`` at each shared grid threshold.
+
+    One exact sweep over all breakpoints (O(N E) memory), read at the grid: sweep entry ``i``
+    holds every threshold in ``(t[i-1], t[i]]``.
+    """
     pred = outputs.predictions()
-    reference = pred[:, -1] if risk == "disagreement" else outputs.labels
-    exits = first_exit(scores, grid[:, None].expand(-1, scores.shape[1]).contiguous())
-    answer = pred.gather(1, exits.T).T  # [G, N]
-    return (answer != reference[None, :]).to(torch.float64)
+    reference = pred[:, -1:] if risk == "disagreement" else outputs.labels[:, None]
+    e = outputs.num_exits
+    at_last = torch.zeros(e, dtype=torch.float64, device=scores.device)
+    at_last[-1] = 1.0  # the "cost" of a sample = whether it reaches the last exit
+    sweep = sweep_shared_threshold(scores, pred == reference, at_last)
+    where = torch.searchsorted(sweep.thresholds, grid.to(sweep.thresholds.device), side="left")
+    n = sweep.num_samples
+    losses = torch.round(sweep.mean_loss[where] * n)
+    early = n - torch.round(sweep.mean_cost[where] * n)
+    return losses.cpu(), (early / n).cpu(), n
 
 
 def risk_controlled_threshold(
@@ -156,13 +201,15 @@ def risk_controlled_threshold(
         Failure probability (CALM's epsilon): the guarantee holds with probability
         >= 1 - epsilon over the calibration data.
     grid : array-like, optional
-        Candidate thresholds, fixed before seeing the data. Default: 101 values in [0, 1]
+        Candidate thresholds, fixed before seeing the data. Default: :func:`default_risk_grid`
         for signals in [0, 1]; other signals need an explicit grid.
     p_value : {"binomial", "hoeffding_bentkus"}, default="binomial"
 
     Returns
     -------
     RiskControlResult
+        ``vacuous`` is True (with a :class:`~exitwise.exceptions.VacuousGuaranteeWarning`)
+        when the certified threshold lets no calibration sample leave early.
 
     Examples
     --------
@@ -179,21 +226,19 @@ def risk_controlled_threshold(
     if risk == "error" and outputs.labels is None:
         raise ValueError("risk='error' needs labels; use risk='disagreement' without them.")
     if grid is None:
-        if signal not in _UNIT_SIGNALS:
+        if not get_signal(signal).unit_interval:
             raise ValueError(
                 f"Signal {signal!r} is not in [0, 1]: pass a `grid` of thresholds fixed before "
                 "seeing the calibration data (e.g. quantiles of a separate split)."
             )
-        grid = np.linspace(0.0, 1.0, 101)
+        grid = default_risk_grid()
     values = torch.as_tensor(np.asarray(grid, dtype=np.float64))
     if values.ndim != 1 or values.numel() == 0 or bool(torch.isnan(values).any()):
         raise ValueError("Expected `grid` to be a non-empty 1-D sequence of thresholds.")
     order = torch.cat([torch.tensor([math.inf], dtype=torch.float64), torch.unique(values).flip(0)])
     order = order[torch.cat([torch.tensor([True]), order[1:] != order[:-1]])]
     scores = compute_signal(outputs, signal).double()
-    losses = _losses(outputs, scores, order.to(scores.device), risk).cpu()
-    n = losses.shape[1]
-    counts = losses.sum(dim=1)
+    counts, early, n = grid_statistics(outputs, scores, order.to(scores.device), risk)
     risks = counts / n
     p_values = torch.full((order.numel(),), float("nan"), dtype=torch.float64)
     certified = None
@@ -207,7 +252,17 @@ def risk_controlled_threshold(
             break
         certified = i
     if certified is None:
-        return RiskControlResult(None, math.inf, order, p_values, risks, delta, epsilon, n)
+        return RiskControlResult(None, math.inf, order, p_values, risks, delta, epsilon, n, early)
     threshold = float(order[certified])
     policy = ThresholdPolicy(signal, threshold)
-    return RiskControlResult(policy, threshold, order, p_values, risks, delta, epsilon, n)
+    result = RiskControlResult(policy, threshold, order, p_values, risks, delta, epsilon, n, early)
+    if result.vacuous:
+        warnings.warn(
+            f"The certified threshold {threshold:g} lets no calibration sample leave early: "
+            "the guarantee holds for the full model only (no speed-up). A finer grid near the "
+            "top of the signal's range, more calibration data or a looser delta/epsilon may "
+            "certify an earlier exit.",
+            VacuousGuaranteeWarning,
+            stacklevel=2,
+        )
+    return result

@@ -9,10 +9,13 @@ import pytest
 import torch
 from scipy.stats import binom
 
+from exitwise import ExitOutputs
+from exitwise.exceptions import VacuousGuaranteeWarning
 from exitwise.policies import (
     CostQuantileAtMost,
     evaluate,
     evaluate_thresholds,
+    first_exit,
     hoeffding_bentkus_p_value,
     pareto_frontier,
     risk_controlled_threshold,
@@ -22,7 +25,6 @@ from exitwise.policies import (
     tune_for_budget,
     tune_for_latency,
 )
-from exitwise.policies.risk import _losses
 from exitwise.signals import compute_signal
 
 
@@ -148,6 +150,60 @@ def test_risk_validation(split):
     assert not impossible.certified and impossible.policy is None
 
 
+def naive_losses(outputs, scores, grid, risk):
+    """0/1 losses [G, N] of the early answer at each shared grid threshold (a plain loop)."""
+    pred = outputs.predictions()
+    reference = pred[:, -1] if risk == "disagreement" else outputs.labels
+    rows = []
+    for t in grid.tolist():
+        exits = []
+        for n in range(scores.shape[0]):
+            hit = [j for j in range(scores.shape[1] - 1) if scores[n, j] >= t]
+            exits.append(hit[0] if hit else scores.shape[1] - 1)
+        answer = pred[torch.arange(len(exits)), torch.tensor(exits)]
+        rows.append((answer != reference).double())
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("risk", ["disagreement", "error"])
+def test_grid_statistics_equal_a_naive_loop(real_outputs, risk):
+    from exitwise.policies.risk import grid_statistics
+
+    out = real_outputs[:300]
+    scores = compute_signal(out, "max_probability")
+    grid = torch.tensor(
+        [-math.inf, 0.3, 0.5, float(scores[3, 1]), 0.9, 0.999, 1.0, math.inf], dtype=torch.float64
+    )
+    losses, early, n = grid_statistics(out, scores, grid, risk)
+    naive = naive_losses(out, scores, grid, risk)
+    assert n == 300 and torch.equal(losses, naive.sum(dim=1))
+    first = torch.stack(
+        [first_exit(scores, torch.full((4,), t, dtype=torch.float64)) for t in grid.tolist()]
+    )
+    assert torch.equal(early, (first < 3).double().mean(dim=1))
+
+
+def test_regression_default_risk_grid_is_dense_near_one(real_outputs):
+    # issue 10 defect 3: the 101-point grid had nothing between 0.99 and 1; on overconfident
+    # heads it certified 1.0 (almost the full model) where 0.9999 is certified.
+    cal = ExitOutputs(
+        real_outputs.logits[:5000] * 8, labels=real_outputs.labels[:5000], costs=real_outputs.costs
+    )
+    coarse = risk_controlled_threshold(
+        cal, "max_probability", delta=0.05, epsilon=0.1, grid=np.linspace(0, 1, 101)
+    )
+    res = risk_controlled_threshold(cal, "max_probability", delta=0.05, epsilon=0.1)
+    assert coarse.threshold == 1.0 and 0.999 < res.threshold < 1.0
+    assert evaluate(res.policy, cal).speed_up[0] > 2 * evaluate(coarse.policy, cal).speed_up[0]
+    # a certified threshold that lets nothing leave early is flagged as vacuous
+    with pytest.warns(VacuousGuaranteeWarning, match="no calibration sample leave early"):
+        none_early = risk_controlled_threshold(
+            cal, "max_probability", delta=0.05, epsilon=0.1, grid=np.linspace(0, 0.99, 100)
+        )
+    assert none_early.certified and none_early.vacuous and none_early.threshold == math.inf
+    assert not res.vacuous
+
+
 @pytest.mark.slow
 def test_learn_then_test_validity_over_500_splits(real_outputs):
     """Violation rate <= epsilon (plus binomial noise); the naive rule must fail this test."""
@@ -156,7 +212,7 @@ def test_learn_then_test_validity_over_500_splits(real_outputs):
         real_outputs[:n_cal], "max_probability", delta=delta, epsilon=epsilon
     ).grid  # the fixed default sequence
     scores = compute_signal(real_outputs, "max_probability")
-    all_losses = _losses(real_outputs, scores, grid, "disagreement")  # [G, N]
+    all_losses = naive_losses(real_outputs, scores, grid, "disagreement")  # [G, N]
     gen = torch.Generator().manual_seed(0)
     ours, naive = 0, 0
     for _ in range(trials):
