@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from exitwise._checks import check_int
+from exitwise._chunks import rows_per_chunk
 from exitwise.calibrate.base import Calibrator
 from exitwise.exceptions import ConvergenceWarning
 
@@ -46,16 +47,25 @@ __all__ = [
 
 
 _U_MIN = 1e-6  # inverse temperature floor: T <= 1e6
+_U_MAX = 1e6  # inverse temperature ceiling: T >= 1e-6 (separable data has no finite optimum)
+_CHUNK_BYTES = 1 << 23  # 8 MiB of logits per chunk: the pass's several sweeps stay in cache
+_LADDER = 8  # warm starts on evenly spaced subsamples of N/8^k samples (at least 128)
+_MIN_LADDER = 128
 
 
 @dataclass(frozen=True)
 class TemperatureFit:
-    """Result of :func:`fit_temperatures` (one entry per exit)."""
+    """Result of :func:`fit_temperatures` (one entry per exit).
+
+    ``iterations`` counts the Newton passes over all samples (warm starts on subsamples not
+    included); ``subsample_passes`` the passes on subsamples, in units of full passes.
+    """
 
     temperatures: torch.Tensor
     nll: torch.Tensor
     converged: torch.Tensor
     iterations: int
+    subsample_passes: float = 0.0
 
 
 def _nll_derivatives(
@@ -70,7 +80,9 @@ def _nll_derivatives(
 
     Works on ``z - max_c z`` (so ``u * z <= 0``: no overflow), formed chunk by chunk;
     ``at_label`` is its value at the label ``[N, E]``. ``buffer`` ``[2, chunk, E, C]`` is a
-    reused workspace (fresh large allocations cost page faults on every pass).
+    reused workspace (fresh large allocations cost page faults on every pass); a chunk of
+    about 8 MiB keeps its sweeps in cache. Row sums use torch's pairwise summation: the
+    derivative is a difference of nearly equal sums, and a plain dot product loses digits.
     """
     n = logits.shape[0]
     f = torch.zeros_like(u)
@@ -105,15 +117,21 @@ def fit_temperatures(
 ) -> TemperatureFit:
     r"""Temperatures minimising the NLL of every exit, by batched safeguarded Newton.
 
+    Warm starts: the optimum of an evenly spaced subsample of :math:`N/8^k` samples starts
+    the fit on :math:`N/8^{k-1}` samples, down to 256 samples; so the passes over all samples
+    start near the root and converge quadratically (typically 2 to 4 passes, each about the
+    cost of one ``log_softmax`` over the logits).
+
     Parameters
     ----------
     logits : torch.Tensor of shape (N, E, C)
     labels : torch.Tensor of shape (N,)
     max_iter : int, default=50
+        Newton passes at most, per level of the warm-start ladder.
     tol : float, default=1e-10
         Stop an exit when its Newton decrement :math:`f'^2 / f''` is below ``tol``.
     chunk_size : int, optional
-        Samples per chunk (default: about 64 MB of logits per chunk).
+        Samples per chunk (default: about 8 MiB of logits per chunk, at least one sample).
 
     Returns
     -------
@@ -137,25 +155,35 @@ def fit_temperatures(
     z = logits if logits.dtype == dtype else logits.to(dtype)
     row_max = z.amax(dim=-1)
     at_label = z.gather(-1, labels[:, None, None].expand(-1, e, 1)).squeeze(-1) - row_max
-    if chunk_size is None:  # about 2 MB of logits per chunk: stays in cache
-        chunk_size = max(1, (2 << 20) // max(1, e * c * z.element_size()))
+    if chunk_size is None:
+        chunk_size = rows_per_chunk(e * c * z.element_size(), _CHUNK_BYTES)
     buffer = torch.empty((2, min(chunk_size, n), e, c), dtype=dtype, device=logits.device)
     device = logits.device
     u = torch.ones(e, dtype=torch.float64, device=device)
-    if n > 4 * _SUBSAMPLE:
-        # start from the optimum of an evenly spaced subsample: the full-data Newton steps
-        # then start close to the root and need few passes over all samples
-        rows = torch.linspace(0, n - 1, _SUBSAMPLE, device=device).long()
-        u, _, _, _ = _newton(
-            z[rows], row_max[rows], at_label[rows], u, max_iter, tol, chunk_size, buffer
+    sizes = []
+    size = n // _LADDER
+    while size >= _MIN_LADDER:
+        sizes.insert(0, size)
+        size //= _LADDER
+    sub_passes = 0.0
+    for size in sizes:  # evenly spaced subsamples, smallest first
+        rows = torch.linspace(0, n - 1, size, device=device).long()
+        u, _, _, its = _newton(
+            z[rows],
+            row_max[rows],
+            at_label[rows],
+            u,
+            max_iter,
+            tol,
+            chunk_size,
+            buffer,
+            explore=not sub_passes,
         )
+        sub_passes += its * size / n
     u, f, converged, iterations = _newton(
-        z, row_max, at_label, u, max_iter, tol, chunk_size, buffer
+        z, row_max, at_label, u, max_iter, tol, chunk_size, buffer, explore=not sizes
     )
-    return TemperatureFit(1.0 / u, f, converged, iterations)
-
-
-_SUBSAMPLE = 8192
+    return TemperatureFit(1.0 / u, f, converged, iterations, sub_passes)
 
 
 def _newton(
@@ -167,17 +195,23 @@ def _newton(
     tol: float,
     chunk_size: int,
     buffer: torch.Tensor,
+    explore: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Safeguarded Newton on f'(u) = 0 per exit (f' increases since f is convex).
 
     Keeps a bracket [lo, hi] around the root; takes the Newton step when it stays inside,
-    else bisects (or doubles u while no upper end is known). One pass per iteration.
-    Returns u, the NLL at u, the converged flags and the iteration count.
+    else a geometric bisection ``sqrt(lo * hi)`` (``4 u`` / ``u / 4`` while an end is
+    unknown), so a root orders of magnitude away is reached in a few passes. On an
+    exponential tail (near-separable data, T -> 0) u leaps geometrically. With ``explore``
+    (no warm start), a step below the floor tries the floor once. One pass per iteration.
+    Returns u, the NLL at u, the converged flags and the iteration count. ``u`` stays in
+    ``[1e-6, 1e6]``; an optimum beyond either end stops there (uninformative exit: T -> inf;
+    separable: T -> 0), counted as converged.
     """
     lo = torch.full_like(u, _U_MIN)
     hi = torch.full_like(u, math.inf)
-    floor_tried = torch.zeros(u.shape, dtype=torch.bool, device=u.device)
     converged = torch.zeros(u.shape, dtype=torch.bool, device=u.device)
+    floor_tried = torch.zeros(u.shape, dtype=torch.bool, device=u.device)
     f = torch.full_like(u, math.nan)
     iterations = 0
     for iterations in range(1, max_iter + 1):  # noqa: B007 - the count is reported
@@ -186,19 +220,30 @@ def _newton(
         lo = torch.where(g < 0, u, lo)
         hi = torch.where(g >= 0, u, hi)
         decrement = g * g / h.clamp(min=1e-300)
-        at_boundary = (u <= _U_MIN * (1 + 1e-9)) & (g >= 0)  # T -> inf: no information
+        at_floor = (u <= _U_MIN * (1 + 1e-9)) & (g >= 0)  # T -> inf: no information
+        at_ceiling = (u >= _U_MAX * (1 - 1e-9)) & (g < 0)  # separable: T -> 0
         narrow = (hi - lo) <= 1e-12 * u
-        converged = converged | (decrement < tol) | at_boundary | narrow
-        if bool(converged.all()):
-            break
         newton = u - g / h.clamp(min=1e-300)
         inside = (newton > lo) & (newton < hi)
-        fallback = torch.where(torch.isinf(hi), 2.0 * u, (lo + hi) / 2)
-        # a step below the floor: try the floor itself once (a boundary optimum ends there)
-        to_floor = (newton <= lo) & (lo <= _U_MIN) & ~floor_tried
-        fallback = torch.where(to_floor, lo, fallback)
-        floor_tried = floor_tried | (to_floor & ~inside)
-        u = torch.where(converged, u, torch.where(inside, newton, fallback))
+        # converged by the decrement: the last Newton step is free and squares the error
+        finishing = ~converged & (decrement < tol) & inside
+        u = torch.where(finishing, newton, u)
+        converged = converged | (decrement < tol) | at_floor | at_ceiling | narrow
+        if bool(converged.all()):
+            break
+        no_hi, no_lo = torch.isinf(hi), lo <= _U_MIN
+        # exponential tail (near-separable: f ~ a exp(-b u), so g^2 ~ f h): Newton crawls by
+        # 1/b per pass; leap geometrically (4 u, or into the bracket's geometric middle)
+        tail = (g < 0) & (g * g > 0.5 * h * f_u)
+        leap = torch.where(no_hi, 4.0 * u, torch.sqrt(lo * hi))
+        newton = torch.where(tail, torch.maximum(newton, leap), newton)
+        fallback = torch.where(no_hi, 4.0 * u, torch.where(no_lo, u / 4.0, torch.sqrt(lo * hi)))
+        if explore:  # a step below the floor: try the floor once (a boundary optimum ends there)
+            to_floor = (newton <= lo) & no_lo & ~floor_tried
+            fallback = torch.where(to_floor, lo, fallback)
+            floor_tried = floor_tried | (to_floor & ~inside)
+        step = torch.where(inside, newton, fallback).clamp(_U_MIN, _U_MAX)
+        u = torch.where(converged, u, step)
     return u, f, converged, iterations
 
 

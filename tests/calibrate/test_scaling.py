@@ -183,3 +183,36 @@ def test_float16_logits_are_upcast():
     a = TemperatureScaling().fit(logits.half(), labels)
     b = TemperatureScaling().fit(logits.half().float(), labels)
     assert torch.allclose(a.temperatures_, b.temperatures_, rtol=1e-6)
+
+
+@pytest.mark.parametrize("separation", [2.0, 4.5, 5.2])
+def test_regression_temperature_fit_needs_few_passes_on_large_vocabularies(separation):
+    # issue 10 defect 4: at C = 128,000 the chunk was 1 row (thousands of tiny ops per pass)
+    # and near-separable exits took 24 Newton passes as T ran towards 0.
+    g = torch.Generator().manual_seed(0)
+    n, e, c = 2000, 4, 3000
+    labels = torch.randint(0, c, (n,), generator=g)
+    logits = torch.randn(n, e, c, generator=g)
+    logits[torch.arange(n), :, labels] += separation * torch.linspace(0.5, 1.5, e)
+    fit = fit_temperatures(logits, labels)
+    assert bool(fit.converged.all())
+    assert fit.iterations + fit.subsample_passes <= 10, (fit.iterations, fit.subsample_passes)
+    for j in range(e):
+        z, y = logits[:, j].double().numpy(), labels.numpy()
+        ref = minimize_scalar(
+            lambda lt, z=z, y=y: exact_nll(z, y, float(np.exp(lt))),
+            bounds=(-8, 3),
+            method="bounded",
+            options={"xatol": 1e-10},
+        )
+        ours = exact_nll(z, y, float(fit.temperatures[j]))
+        assert ours <= ref.fun + 1e-9  # separable exits: both reach NLL ~ 0
+        if ref.fun > 1e-6:  # an interior optimum: the same temperature
+            assert float(fit.temperatures[j]) == pytest.approx(np.exp(ref.x), rel=1e-4)
+
+
+def test_regression_temperature_chunks_hold_whole_rows_at_any_width():
+    from exitwise._chunks import rows_per_chunk
+
+    assert rows_per_chunk(4 * 128_000 * 4, 1 << 23) == 4  # not 1 row of 2 MB at C = 128k
+    assert rows_per_chunk(10**10, 1 << 23) == 1
