@@ -21,7 +21,8 @@ It only keeps sufficient statistics (counts and sums per candidate), so it
 
 Two exact kernels: ``"dense"`` (torch, any device; comparisons in chunks) and ``"bitset"``
 (CPU, 64 samples per machine word, see :mod:`exitwise.policies._bitset`), used by
-``backend="auto"`` for CPU tensors with a bool outcome and per-exit costs. Both equal a naive
+``backend="auto"`` for CPU tensors with a bool outcome, per-exit costs and at least 16
+candidates (for fewer, building its index costs more than comparing densely). Both equal a naive
 per-sample loop exactly (counts are integers; sums are float64).
 """
 
@@ -46,6 +47,7 @@ __all__ = [
 
 Backend = Literal["auto", "dense", "bitset"]
 DEFAULT_MEMORY_BUDGET = 1 << 30
+_BITSET_MIN_CANDIDATES = 16
 
 
 @dataclass(frozen=True)
@@ -326,7 +328,8 @@ def _chunk_totals(
             "backend='bitset' needs CPU tensors, a bool `correct` and per-exit `costs` [E]; "
             "use backend='dense' (or 'auto') for losses, per-sample costs or GPU tensors."
         )
-    if backend == "bitset" or (backend == "auto" and bitset_ok):
+    few = thresholds.shape[0] < _BITSET_MIN_CANDIDATES  # the index would cost more than it saves
+    if backend == "bitset" or (backend == "auto" and bitset_ok and not few):
         return _bitset_totals(scores, outcome, thresholds, memory_budget)
     return _dense_totals(scores, outcome, costs, thresholds, memory_budget, keep_sample_costs)
 
@@ -453,7 +456,7 @@ def evaluate_thresholds(
         Bytes of working memory; candidates and samples are processed in chunks to stay in it.
     backend : {"auto", "dense", "bitset"}, default="auto"
         Kernel; all give identical results. "auto" takes the bitset kernel on CPU when the
-        outcome is bool and costs are per exit.
+        outcome is bool, costs are per exit and there are at least 16 candidates.
     distributed : bool, optional
         Sum statistics across the processes of an initialised ``torch.distributed`` group
         (each rank passes its own shard of samples). ``None``: when a group is initialised.

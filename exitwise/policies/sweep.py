@@ -17,9 +17,14 @@ from typing import Any
 
 import torch
 
-from exitwise.policies.evaluate import _costs, _outcome, _scores
+from exitwise.policies.evaluate import _costs, _outcome, _scores, first_exit
 
-__all__ = ["SharedThresholdSweep", "sweep_shared_threshold"]
+__all__ = [
+    "ExitThresholdSweep",
+    "SharedThresholdSweep",
+    "sweep_exit_threshold",
+    "sweep_shared_threshold",
+]
 
 
 @dataclass(frozen=True)
@@ -219,3 +224,104 @@ def _result(
         num_samples=n,
         full_cost=float(full_cost_sum) / n,
     )
+
+
+@dataclass(frozen=True)
+class ExitThresholdSweep:
+    """Every distinct outcome of one exit's threshold, the others fixed (aligned ``[T]``).
+
+    ``thresholds`` is decreasing from ``+inf`` (nobody leaves at the exit); entry ``i`` holds
+    any threshold in ``(thresholds[i + 1], thresholds[i]]``. ``outcome_sums`` is ``[T, O]``:
+    the summed outcome (hits or losses) of each outcome column; ``cost_sum`` ``[T]``;
+    ``exit_counts`` ``[T, E]`` when asked for.
+    """
+
+    thresholds: torch.Tensor
+    outcome_sums: torch.Tensor
+    cost_sum: torch.Tensor
+    exit_counts: torch.Tensor | None
+    num_samples: int
+
+
+def sweep_exit_threshold(
+    scores: torch.Tensor,
+    outcomes: list[torch.Tensor],
+    costs: torch.Tensor,
+    thresholds: torch.Tensor,
+    exit_index: int,
+    *,
+    return_exit_counts: bool = False,
+) -> ExitThresholdSweep:
+    r"""Exact line search over exit ``j``'s threshold with the other thresholds fixed.
+
+    Samples leaving before ``j`` are unaffected. A sample reaching ``j`` leaves there when
+    :math:`s_{n,j} \ge t_j`, else at its first later exit (under the fixed thresholds), so
+    lowering :math:`t_j` past :math:`s_{n,j}` moves it from that later exit to ``j``. Sorting
+    the reaching samples by :math:`s_{n,j}` and taking cumulative sums of the changes gives
+    every distinct outcome in :math:`O(N \log N)` time and :math:`O(N)` memory (the tuner's
+    per-exit search; a batched evaluation of all N candidates would cost
+    :math:`O(N^2 E / 64)`).
+
+    Parameters
+    ----------
+    scores : torch.Tensor of shape (N, E)
+    outcomes : list of torch.Tensor of shape (N, E)
+        Bool or float outcome tables (e.g. correctness and agreement with the final exit).
+    costs : torch.Tensor of shape (E,)
+        Cumulative per-exit costs.
+    thresholds : torch.Tensor of shape (E,)
+        The current thresholds; entry ``exit_index`` is the one swept.
+    exit_index : int
+        ``j`` in ``[0, E - 2]``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> scores = torch.tensor([[0.9, 0.0], [0.4, 0.0], [0.4, 0.0]], dtype=torch.float64)
+    >>> correct = torch.tensor([[True, False], [False, True], [True, True]])
+    >>> sw = sweep_exit_threshold(scores, [correct], torch.tensor([1.0, 2.0]),
+    ...                           torch.tensor([1.0, -1.0]), 0)
+    >>> sw.thresholds.tolist(), sw.outcome_sums[:, 0].tolist(), sw.cost_sum.tolist()
+    ([inf, 0.9, 0.4], [2.0, 3.0, 2.0], [6.0, 5.0, 3.0])
+    """
+    n, e = scores.shape
+    device = scores.device
+    thr = thresholds.to(device=device, dtype=scores.dtype).clone()
+    thr[exit_index] = torch.inf
+    stay = first_exit(scores, thr)  # exits with nobody leaving at j
+    reach = torch.nonzero(stay >= exit_index, as_tuple=True)[0]
+    later = stay[reach]  # where reaching samples leave when they do not leave at j
+    values, order = scores[reach, exit_index].to(torch.float64).sort(descending=True, stable=True)
+    reach, later = reach[order], later[order]
+    first_of_group = torch.ones_like(values, dtype=torch.bool)
+    torch.ne(values[1:], values[:-1], out=first_of_group[1:])
+    last_of_group = torch.ones_like(first_of_group)
+    last_of_group[:-1] = first_of_group[1:]
+    ends = torch.nonzero(last_of_group, as_tuple=True)[0]  # include every tie of a value
+    candidates = torch.cat(
+        [torch.tensor([torch.inf], dtype=torch.float64, device=device), values[ends]]
+    )
+
+    def curve(base: torch.Tensor, delta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        out = torch.empty(ends.numel() + 1, dtype=dtype, device=device)
+        out[0] = base
+        out[1:] = base + delta.to(dtype).cumsum(0).index_select(0, ends)
+        return out
+
+    sums = []
+    for table in outcomes:
+        dtype = torch.int64 if table.dtype == torch.bool else torch.float64
+        t = table.to(dtype)
+        base = t.gather(1, stay[:, None]).sum()
+        sums.append(curve(base, t[reach, exit_index] - t[reach, later], dtype))
+    c = costs.to(device=device, dtype=torch.float64)
+    cost_sum = curve(c[stay].sum(), c[exit_index] - c[later], torch.float64)
+    counts = None
+    if return_exit_counts:
+        base_counts = torch.bincount(stay, minlength=e)
+        delta = torch.zeros(reach.numel(), e, dtype=torch.int64, device=device)
+        delta[:, exit_index] = 1
+        delta.scatter_add_(1, later[:, None], -torch.ones_like(later)[:, None])
+        counts = torch.cat([base_counts[None], base_counts + delta.cumsum(0)[ends]])
+    outcome_sums = torch.stack([s.to(torch.float64) for s in sums], dim=1)
+    return ExitThresholdSweep(candidates, outcome_sums, cost_sum, counts, n)

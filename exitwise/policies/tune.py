@@ -5,9 +5,10 @@ policy, what it achieved there and ``report(test_outputs)`` for a held-out split
 
 The search: start from the best *shared* threshold (exact, from every breakpoint of
 :func:`sweep_shared_threshold`), then improve the per-exit thresholds by exact
-coordinate-wise sweeps: with the other thresholds fixed, every distinct score at exit ``j``
-(and ``+inf``) is a candidate for ``t_j``, all evaluated at once by the batched evaluator,
-and the best feasible one is kept. A move is only taken when it improves the objective, so
+coordinate-wise line searches: with the other thresholds fixed, every distinct score at exit
+``j`` (and ``+inf``) is a candidate for ``t_j``, all scored at once by one sort and
+cumulative sums (:func:`sweep_exit_threshold`, O(N log N) per exit), and the best feasible
+one is kept. A move is only taken when it improves the objective, so
 the result is never worse than the best shared threshold on the tuning split.
 """
 
@@ -27,7 +28,7 @@ from exitwise.policies.evaluate import (
     evaluate_thresholds,
     quantiles_from_counts,
 )
-from exitwise.policies.sweep import sweep_shared_threshold
+from exitwise.policies.sweep import sweep_exit_threshold, sweep_shared_threshold
 from exitwise.policies.threshold import ThresholdPolicy
 from exitwise.signals import compute_signal
 
@@ -107,7 +108,7 @@ class _Stats:
 
     accuracy: torch.Tensor
     mean_cost: torch.Tensor
-    counts: torch.Tensor  # [K, E]
+    counts: torch.Tensor | None  # [K, E], only when a quantile constraint needs it
     costs: torch.Tensor  # [E]
     disagreement: torch.Tensor | None = None
 
@@ -159,6 +160,13 @@ def _summary(ev: ThresholdEvaluation, row: int = 0) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- search
+def _progress_bar(total: int, size: int, progress: bool | None) -> Any:
+    from tqdm.auto import tqdm
+
+    show = (size >= 10**7 if progress is None else progress) and total > 0
+    return tqdm(total=total, desc="per-exit search", unit=" line", disable=not show)
+
+
 def _better(acc_a, cost_a, acc_b, cost_b, objective: str) -> torch.Tensor:
     """Is candidate a strictly better than b (ties broken by the other criterion)."""
     if objective == "cost":
@@ -190,7 +198,8 @@ def _search(
     objective: str,
     rounds: int,
     agree: torch.Tensor | None = None,
-) -> tuple[torch.Tensor | None, float, _Stats | None]:
+    progress: bool | None = None,
+) -> tuple[torch.Tensor | None, float]:
     """``agree`` [N, E] (agreement with the final exit) is needed by disagreement bounds."""
     e = scores.shape[1]
     final_accuracy = float(correct[:, -1].double().mean())
@@ -202,45 +211,49 @@ def _search(
             ok &= c.ok(stats, final_accuracy, full_cost)
         return ok
 
-    sweep = sweep_shared_threshold(scores, correct, costs, return_exit_counts=True)
+    need_counts = any(isinstance(c, CostQuantileAtMost) for c in constraints)
+    sweep = sweep_shared_threshold(scores, correct, costs, return_exit_counts=need_counts)
     disagree = None
     if agree is not None:  # same scores, so the same breakpoints
         disagree = 1.0 - sweep_shared_threshold(scores, agree, costs).accuracy
     shared = _Stats(sweep.accuracy, sweep.mean_cost, sweep.exit_counts, costs, disagree)
     best = _pick(shared, feasible(shared), objective)
     if best is None:
-        return None, math.inf, None
+        return None, math.inf
     shared_tau = float(sweep.thresholds[best])
     current = torch.full((e,), shared_tau, dtype=torch.float64)
     cur_acc, cur_cost = shared.accuracy[best], shared.mean_cost[best]
-    cur_stats = _Stats(cur_acc[None], cur_cost[None], shared.counts[best][None], costs)
+    n = scores.shape[0]
+    tables = [correct] if agree is None else [correct, agree]
+    bar = _progress_bar(rounds * (e - 1), n * e, progress)
     for _ in range(rounds):
         improved = False
         for j in range(e - 1):
-            values = torch.unique(scores[:, j].double())
-            grid = torch.cat([values, torch.tensor([math.inf], dtype=torch.float64)])
-            cand = current.repeat(grid.shape[0], 1)
-            cand[:, j] = grid
-            ev = evaluate_thresholds(scores, correct, costs, cand, distributed=False)
-            disagree = None
-            if agree is not None:
-                disagree = evaluate_thresholds(scores, agree, costs, cand, distributed=False)
-                disagree = disagree.mean_loss
-            stats = _Stats(ev.accuracy, ev.mean_cost, ev.exit_counts, costs, disagree)
+            bar.update(1)
+            line = sweep_exit_threshold(
+                scores, tables, costs, current, j, return_exit_counts=need_counts
+            )
+            stats = _Stats(
+                line.outcome_sums[:, 0] / n,
+                line.cost_sum / n,
+                line.exit_counts,
+                costs,
+                None if agree is None else 1.0 - line.outcome_sums[:, 1] / n,
+            )
             pick = _pick(stats, feasible(stats), objective)
             if pick is None:
                 continue
             if bool(
                 _better(stats.accuracy[pick], stats.mean_cost[pick], cur_acc, cur_cost, objective)
             ):
-                current = cand[pick].clone()
+                current[j] = line.thresholds[pick]
                 cur_acc, cur_cost = stats.accuracy[pick], stats.mean_cost[pick]
-                cur_stats = _Stats(cur_acc[None], cur_cost[None], stats.counts[pick][None], costs)
                 improved = True
         if not improved:
             break
+    bar.close()
     current[-1] = -math.inf  # the last exit always answers: make that explicit
-    return current, shared_tau, cur_stats
+    return current, shared_tau
 
 
 def tune(
@@ -253,6 +266,7 @@ def tune(
     rounds: int = 3,
     quantiles: tuple[float, ...] = (),
     reference: Literal["labels", "final"] = "labels",
+    progress: bool | None = None,
 ) -> TunedPolicy:
     """General tuner: minimise mean cost (``objective="cost"``) or maximise accuracy
     (``"accuracy"``) subject to ``constraints``, on ``outputs`` (the tuning split).
@@ -267,7 +281,10 @@ def tune(
         :class:`AccuracyAtLeast`, :class:`CostAtMost`, :class:`CostQuantileAtMost`,
         :class:`RiskAtMost`.
     per_exit : bool, default=True
-        Improve per-exit thresholds after the shared one (``rounds`` coordinate passes).
+        Improve per-exit thresholds after the shared one (``rounds`` coordinate passes, each
+        an exact line search per exit: :func:`~exitwise.policies.sweep_exit_threshold`).
+    progress : bool, optional
+        Show a progress bar over the per-exit line searches (default: when N * E >= 10^7).
 
     Examples
     --------
@@ -286,16 +303,28 @@ def tune(
         isinstance(c, RiskAtMost) and c.risk == "disagreement" for c in constraints
     )
     agree = outputs.correct("final").cpu() if needs_agreement else None
-    thresholds, shared_tau, _ = _search(
-        scores, correct, costs, list(constraints), objective, rounds if per_exit else 0, agree
+    thresholds, shared_tau = _search(
+        scores,
+        correct,
+        costs,
+        list(constraints),
+        objective,
+        rounds if per_exit else 0,
+        agree,
+        progress,
     )
     if thresholds is None:
         return TunedPolicy(None, False, {}, math.inf, tuple(quantiles))
     policy = ThresholdPolicy(signal, thresholds.tolist())
-    achieved = _summary(
-        evaluate(policy, outputs, reference=reference, quantiles=tuple(quantiles) or None)
+    ev = evaluate_thresholds(
+        scores,
+        correct,
+        costs,
+        thresholds[None],
+        quantiles=tuple(quantiles) or None,
+        distributed=False,
     )
-    return TunedPolicy(policy, True, achieved, shared_tau, tuple(quantiles))
+    return TunedPolicy(policy, True, _summary(ev), shared_tau, tuple(quantiles))
 
 
 def tune_for_accuracy(

@@ -93,3 +93,52 @@ def test_sweep_on_real_data_and_device(real_outputs, device):
     )
     assert torch.equal(ev.accuracy, sw.accuracy[pick])
     assert torch.allclose(ev.mean_cost, sw.mean_cost[pick])
+
+
+def naive_exit(scores_row, thresholds):
+    for j in range(len(thresholds) - 1):
+        if scores_row[j] >= thresholds[j]:
+            return j
+    return len(thresholds) - 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(problem=data(), pick=st.data())
+def test_exit_threshold_sweep_equals_a_naive_loop_at_and_between_breakpoints(problem, pick):
+    from exitwise.policies.sweep import sweep_exit_threshold
+
+    scores, correct, costs = problem
+    n, e = scores.shape
+    if costs.ndim == 2 or e < 2:
+        return
+    j = pick.draw(st.integers(0, e - 2))
+    current = torch.tensor(
+        pick.draw(
+            st.lists(st.sampled_from([-1.0, 0.0, 0.3, 0.6, float("inf")]), min_size=e, max_size=e)
+        ),
+        dtype=torch.float64,
+    )
+    loss = correct.double() * 0.5
+    sw = sweep_exit_threshold(
+        scores.double(), [correct, loss], costs, current, j, return_exit_counts=True
+    )
+    assert sw.thresholds[0] == float("inf")
+    assert bool((sw.thresholds[1:] < sw.thresholds[:-1]).all())
+    s = scores.double().numpy()
+    # at every candidate, and halfway to the next (the same outcome)
+    nxt = torch.cat([sw.thresholds[1:], torch.tensor([-2.0], dtype=torch.float64)])
+    mids = torch.where(
+        torch.isinf(sw.thresholds),
+        torch.tensor(5.0, dtype=torch.float64),
+        (sw.thresholds + nxt) / 2,
+    )
+    for probe in (sw.thresholds, mids):
+        for i, t in enumerate(probe.tolist()):
+            thr = current.clone()
+            thr[j] = t
+            exits = [naive_exit(s[k], thr.tolist()) for k in range(n)]
+            hits = sum(bool(correct[k, x]) for k, x in enumerate(exits))
+            assert sw.outcome_sums[i, 0] == hits
+            assert sw.outcome_sums[i, 1] == pytest.approx(0.5 * hits)
+            assert float(sw.cost_sum[i]) == pytest.approx(sum(float(costs[x]) for x in exits))
+            assert sw.exit_counts[i].tolist() == np.bincount(exits, minlength=e).tolist()

@@ -73,6 +73,60 @@ def test_budget_holds_and_per_exit_beats_shared(split):
         assert tuned.achieved["accuracy"] >= shared_acc - 1e-12
 
 
+def exhaustive_coordinate_search(cal, objective, ok, rounds=3):
+    """The per-exit search before issue 10: every distinct score at exit j (and +inf) as a
+    candidate, all scored by the batched evaluator (O(N^2 E / 64) per exit)."""
+    scores, correct, costs = compute_signal(cal, "max_probability"), cal.correct(), cal.costs
+    e = scores.shape[1]
+    sw = sweep_shared_threshold(scores, correct, costs)
+    feasible = ok(sw.accuracy, sw.mean_cost)
+    idx = torch.nonzero(feasible).flatten()
+    if objective == "cost":
+        best = idx[torch.argmin(sw.mean_cost[idx] - 1e-9 * sw.accuracy[idx])]
+    else:
+        best = idx[torch.argmax(sw.accuracy[idx] - 1e-9 * sw.mean_cost[idx])]
+    current = torch.full((e,), float(sw.thresholds[best]), dtype=torch.float64)
+    acc, cost = float(sw.accuracy[best]), float(sw.mean_cost[best])
+    for _ in range(rounds):
+        moved = False
+        for j in range(e - 1):
+            grid = torch.cat([torch.unique(scores[:, j]), torch.tensor([math.inf])])
+            cand = current.repeat(len(grid), 1)
+            cand[:, j] = grid
+            ev = evaluate_thresholds(scores, correct, costs, cand)
+            good = torch.nonzero(ok(ev.accuracy, ev.mean_cost)).flatten()
+            for k in good.tolist():
+                a, c = float(ev.accuracy[k]), float(ev.mean_cost[k])
+                better = (
+                    c < cost - 1e-12 or (c <= cost + 1e-12 and a > acc + 1e-12)
+                    if objective == "cost"
+                    else a > acc + 1e-12 or (a >= acc - 1e-12 and c < cost - 1e-12)
+                )
+                if better:
+                    acc, cost, current, moved = a, c, cand[k].clone(), True
+        if not moved:
+            break
+    return acc, cost
+
+
+def test_regression_per_exit_search_is_exact_line_searches(split):
+    # issue 10 defect 9: the per-exit search evaluated every distinct score as a candidate
+    # with the batched evaluator (N^2 growth: 149 s at N = 80k); it is now one sort per exit
+    # and must find policies exactly as good on the bundled data.
+    cal, _ = split
+    final = float(cal.correct()[:, -1].double().mean())
+    full = float(cal.costs[-1])
+    tuned = tune_for_accuracy(cal, "max_probability", 0.99, relative=True)
+    ref = exhaustive_coordinate_search(cal, "cost", lambda a, c: a >= 0.99 * final - 1e-12)
+    assert tuned.achieved["mean_cost"] <= ref[1] + 1e-12
+    for budget in (0.3, 0.5):
+        tuned = tune_for_budget(cal, "max_probability", budget)
+        ref = exhaustive_coordinate_search(
+            cal, "accuracy", lambda a, c, b=budget: c <= b * full * (1 + 1e-12)
+        )
+        assert tuned.achieved["accuracy"] >= ref[0] - 1e-12
+
+
 def test_latency_percentile_constraint(split):
     cal, _ = split
     latencies = [2.0, 5.0, 9.0, 14.0]  # ms, cumulative
