@@ -70,12 +70,16 @@ PATIENCE = 5
 AGREEMENT = 6
 
 
-def _log_max_probability(z: torch.Tensor) -> torch.Tensor:
-    """``log p_max = -log(1 + sum_{j != top} exp(z_j - z_top)) = -softplus(lse(others))``."""
-    top = z.amax(dim=-1, keepdim=True)
-    is_top = torch.zeros_like(z, dtype=torch.bool).scatter_(-1, z.argmax(-1, keepdim=True), True)
-    others = torch.logsumexp(torch.where(is_top, torch.full_like(z, -math.inf), z - top), dim=-1)
-    return -torch.nn.functional.softplus(others)
+def _others_relative_to_top(z: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """``z_j - z_top`` for every class, ``-inf`` at the top class (``pred``) itself."""
+    top = z.gather(-1, pred.unsqueeze(-1))
+    w = z - top
+    return w.scatter_(-1, pred.unsqueeze(-1), -math.inf)
+
+
+def _minus_inf_like(index: torch.Tensor) -> torch.Tensor:
+    """``-inf`` (float64) of the shape of ``index``."""
+    return torch.full(index.shape, -math.inf, dtype=torch.float64, device=index.device)
 
 
 def exit_signal(
@@ -110,13 +114,18 @@ def exit_signal(
     pred = torch.argmax(z, dim=-1)
     agree = (pred == previous) & (previous >= 0)
     new_run = torch.where(agree, run + 1, torch.zeros_like(run))
-    if code == 0:  # MAX_PROBABILITY (TorchScript needs literals)
-        score = _log_max_probability(z).exp()
-    elif code == 1:  # LOG_MAX_PROBABILITY
-        score = _log_max_probability(z)
-    elif code == 2:  # MARGIN: p1 - p2 = p1 * (1 - exp(z2 - z1)), exact where p1 saturates
-        top2 = z.topk(2, dim=-1).values
-        score = _log_max_probability(z).exp() * -torch.expm1(top2[..., 1] - top2[..., 0])
+    if code <= 2:
+        # log p_max = -log(1 + S), S = sum_{j != top} exp(z_j - z_top): exact where p_max
+        # rounds to 1 (S = 4e-18 at a gap of 40); margin p1 - p2 = p1 * (1 - exp(z2 - z1))
+        w = _others_relative_to_top(z, pred)
+        second = w.amax(dim=-1) if code == 2 else _minus_inf_like(pred)
+        log_top = -torch.log1p(w.exp_().sum(dim=-1))
+        if code == 0:  # MAX_PROBABILITY (TorchScript needs literals)
+            score = log_top.exp()
+        elif code == 1:  # LOG_MAX_PROBABILITY
+            score = log_top
+        else:  # MARGIN
+            score = log_top.exp() * -torch.expm1(second)
     elif code == 3 or code == 4:  # NEGATIVE_ENTROPY, NORMALIZED_ENTROPY
         log_p = torch.log_softmax(z, dim=-1)
         score = (log_p.exp() * log_p).sum(dim=-1)
