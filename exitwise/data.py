@@ -382,6 +382,31 @@ class ExitOutputs:
                 np.savez_compressed(fh, **arrays)
 
 
+def _read_npz(path: Path) -> dict[str, Any]:
+    """Every array of an npz file, or one ``ValueError`` line for any unreadable file
+    (empty, truncated, corrupt, not a zip archive, or holding pickled object arrays)."""
+    import zipfile
+    import zlib
+
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"'{path}' is not a readable npz file: not a zip archive (empty, truncated or "
+            "another format)."
+        )
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except ValueError as err:
+        if "pickle" in str(err):
+            raise ValueError(
+                f"'{path}' holds object arrays, which need pickle; exitwise never unpickles "
+                "files."
+            ) from None
+        raise ValueError(f"'{path}' is not a readable npz file: {err}") from None
+    except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as err:
+        raise ValueError(f"'{path}' is not a readable npz file: {err}") from None
+
+
 def load(path: str | Path) -> ExitOutputs:
     """Read an :class:`ExitOutputs` from ``.safetensors`` or ``.npz`` (validated, no pickle).
 
@@ -420,16 +445,7 @@ def load(path: str | Path) -> ExitOutputs:
                     f"'{path}': metadata `exit_names` is not a JSON list: {err}"
                 ) from None
     else:
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-        except ValueError as err:
-            raise ValueError(
-                f"'{path}' holds object arrays, which need pickle; exitwise never unpickles "
-                f"files ({err})."
-            ) from None
-        except OSError as err:
-            raise ValueError(f"'{path}' is not a readable npz file: {err}") from None
+        arrays = _read_npz(path)
         if "exit_names" in arrays:
             names = [str(x) for x in np.asarray(arrays.pop("exit_names")).tolist()]
     if "logits" not in arrays:

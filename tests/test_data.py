@@ -198,6 +198,33 @@ def test_load_rejects_pickle_missing_arrays_and_bad_suffix(tmp_path):
         load(tmp_path / "junk.safetensors")
 
 
+def corrupt_copies(good: bytes) -> dict[str, bytes]:
+    """Empty, truncated (several places), flipped bytes inside the compressed data, garbage."""
+    flipped = bytearray(good)
+    for k in range(60, min(len(good) - 30, 200)):
+        flipped[k] ^= 0xFF
+    return {
+        "empty": b"",
+        "half": good[: len(good) // 2],
+        "tail_cut": good[:-10],
+        "one_byte": good[:1],
+        "flipped": bytes(flipped),
+        "garbage": b"hello world" * 10,
+    }
+
+
+def test_regression_unreadable_npz_gives_one_clear_error(tmp_path):
+    # issue 10 defect 10: a truncated or empty .npz gave zipfile.BadZipFile / EOFError
+    # tracebacks (and garbage was reported as "holds object arrays").
+    make().save(tmp_path / "good.npz")
+    for name, data in corrupt_copies((tmp_path / "good.npz").read_bytes()).items():
+        path = tmp_path / f"{name}.npz"
+        path.write_bytes(data)
+        with pytest.raises(ValueError, match=r"is not a readable npz file") as info:
+            load(path)
+        assert "\n" not in str(info.value), name
+
+
 def test_safetensors_metadata_holds_exit_names(tmp_path):
     from safetensors import safe_open
 

@@ -141,6 +141,13 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["info", str(tmp_path / "bad.npz")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert main(["calibrate", str(tmp_path / "bad.npz"), "--method", "magic"]) == 2
+    capsys.readouterr()
+    for data in (b"", b"PK\x03\x04" + b"\x00" * 20):  # empty, a truncated zip header
+        (tmp_path / "cut.npz").write_bytes(data)
+        assert main(["info", str(tmp_path / "cut.npz")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("exitwise info: error:") and "not a readable npz file" in err
+        assert "\n" not in err
 
 
 @pytest.mark.parametrize("command", ["report", "calibrate", "tune", "evaluate", "info"])
