@@ -93,14 +93,16 @@ def _calibrate(args: argparse.Namespace) -> None:
 
     out = _load(args.file)
     cal, test = out.split(args.split, seed=args.seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as caught:  # reported, not swallowed
+        warnings.simplefilter("always")
         table = compare_calibrators(cal, test, [args.method])
         calibrator = make_calibrator(args.method).fit(out if args.fit_all else cal)
+    notes = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
     if args.out:
         calibrator.save(args.out)
     text = table.to_text() + (f"\n\ncalibrator written to {args.out}" if args.out else "")
-    _print(args, {"table": table.rows, "out": args.out}, text)
+    text += "".join(f"\nwarning: {note}" for note in notes)
+    _print(args, {"table": table.rows, "out": args.out, "warnings": notes}, text)
 
 
 def _tune(args: argparse.Namespace) -> None:

@@ -1,7 +1,9 @@
 """matplotlib figures of exits, calibration and policies.
 
 Every function takes ``ax=None`` (or ``fig=None`` for multi-panel figures), draws, and returns
-what it drew; nothing calls ``plt.show()``. matplotlib is imported lazily.
+what it drew; nothing calls ``plt.show()``. New figures are ``matplotlib.figure.Figure``
+objects outside pyplot: no function switches the backend or touches global state.
+matplotlib is imported lazily.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from exitwise.data import ExitOutputs
 __all__ = [
     "confidence_histogram",
     "exit_distribution",
+    "new_figure",
     "pareto_plot",
     "reliability_diagram",
     "reliability_grid",
@@ -25,14 +28,18 @@ __all__ = [
 ]
 
 
+def new_figure(figsize: tuple[float, float] = (5, 4)) -> Any:
+    """A ``matplotlib.figure.Figure`` not registered with pyplot: no backend is switched
+    and no global state changes (a notebook keeps its inline backend; the figure displays
+    when returned and is freed when dropped)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize)
+
+
 def _axes(ax: Any = None):
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     if ax is None:
-        _, ax = plt.subplots(figsize=(5, 4))
+        ax = new_figure().subplots()
     return ax
 
 
@@ -132,14 +139,9 @@ def reliability_grid(
     >>> len(fig.axes)
     4
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     e = before.num_exits
     if fig is None:
-        fig = plt.figure(figsize=(3.2 * e, 3.4))
+        fig = new_figure((3.2 * e, 3.4))
     axes = fig.subplots(1, e, squeeze=False)[0]
     for j, ax in enumerate(axes):
         if after is not None:

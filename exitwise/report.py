@@ -9,9 +9,14 @@ calibrators on the first, and writes:
 * ``exits.png``: where samples leave under the chosen policy;
 * ``risk_coverage.png``: risk against coverage for each exit;
 * ``summary.json``: every number shown (per-exit accuracy / ECE / NLL / Brier before and
-  after each calibrator with bias-corrected bootstrap intervals, the tuned policy on both
-  halves, the frontier);
+  after each calibrator with basic bootstrap intervals, the tuned policy on both halves, the
+  frontier, and every warning raised while building it);
 * ``report.html``: a self-contained page (images embedded) with the same tables.
+
+An interval that lies beside its estimate is marked ``*`` with the reason (the plug-in ECE is
+biased upwards). Warnings (e.g. a calibrator that did not converge) are recorded in the
+summary and shown on the page, never swallowed. Figures are built as
+``matplotlib.figure.Figure`` objects: the process's matplotlib backend is left alone.
 """
 
 from __future__ import annotations
@@ -25,56 +30,27 @@ from pathlib import Path
 from typing import Any
 
 from exitwise import metrics
-from exitwise.calibrate import make_calibrator
+from exitwise.calibrate import Calibrator, make_calibrator
 from exitwise.data import ExitOutputs
+from exitwise.demo import EXCLUDED_NOTE, interval_text
 
 __all__ = ["build_report", "summary_table"]
 
 
-def _metric_rows(outputs: ExitOutputs, method: str, n_resamples: int, seed: int) -> list[dict]:
-    probs, labels = outputs.probs(), outputs.labels
-    rows = []
-    values: dict[str, Any] = {}
-    for name, fn, kwargs in [
-        ("accuracy", metrics.per_exit_accuracy, {}),
-        ("ece", metrics.expected_calibration_error, {}),
-        ("brier", metrics.brier_score, {}),
-    ]:
-        values[name] = metrics.bootstrap(
-            fn, probs, labels, n_resamples=n_resamples, seed=seed, method="bc", **kwargs
-        )
-    values["nll"] = metrics.bootstrap(
-        metrics.negative_log_likelihood,
-        outputs.logits,
-        labels,
-        n_resamples=n_resamples,
-        seed=seed,
-        method="bc",
-        input="logits",
-    )
-    for e, exit_name in enumerate(outputs.exit_names):
-        row = {"method": method, "exit": exit_name}
-        for name, res in values.items():
-            row[name] = float(res.estimate[e])
-            row[f"{name}_low"] = float(res.low[e])
-            row[f"{name}_high"] = float(res.high[e])
-        rows.append(row)
-    return rows
-
-
 def summary_table(summary: dict[str, Any]) -> str:
-    """The per-exit calibration table and the tuned policy as aligned text."""
+    """The per-exit calibration table, the tuned policy and the warnings as aligned text."""
     lines = [
-        f"{'method':<13} {'exit':<10} {'accuracy':>9} {'ECE':>7} {'ECE 95% CI':>17} "
+        f"{'method':<13} {'exit':<10} {'accuracy':>9} {'ECE':>7} {'ECE 95% CI':>18} "
         f"{'NLL':>7} {'Brier':>7}"
     ]
     lines.append("-" * len(lines[0]))
     for r in summary["calibration"]:
-        ci = f"[{r['ece_low']:.4f}, {r['ece_high']:.4f}]"
         lines.append(
-            f"{r['method']:<13} {r['exit']:<10} {r['accuracy']:>9.4f} {r['ece']:>7.4f} "
-            f"{ci:>17} {r['nll']:>7.4f} {r['brier']:>7.4f}"
+            f"{r['method']:<13} {r['exit_name']:<10} {r['accuracy']:>9.4f} {r['ece']:>7.4f} "
+            f"{interval_text(r, 'ece'):>18} {r['nll']:>7.4f} {r['brier']:>7.4f}"
         )
+    if any(r.get("ece_excludes_estimate") for r in summary["calibration"]):
+        lines.append(EXCLUDED_NOTE)
     pol = summary["policy"]
     lines.append("")
     if pol["feasible"]:
@@ -90,22 +66,145 @@ def summary_table(summary: dict[str, Any]) -> str:
             )
     else:
         lines.append(f"SLA {pol['sla']}: no policy meets it on the calibration half")
+    for w in summary.get("warnings", []):
+        lines.append(f"warning ({w['step']}): {w['category']}: {w['message']}")
     return "\n".join(lines)
 
 
-def _png(fig: Any, path: Path) -> str:
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
+class _Recorder:
+    """Runs report steps, keeping every warning they raise (with the step's name)."""
 
-    plt.close(fig)
-    return base64.b64encode(path.read_bytes()).decode("ascii")
+    def __init__(self, bar: Any) -> None:
+        self.bar = bar
+        self.warnings: list[dict[str, str]] = []
+
+    def run(self, name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = fn(*args, **kwargs)
+        for w in caught:
+            entry = {"step": name, "category": w.category.__name__, "message": str(w.message)}
+            if entry not in self.warnings:
+                self.warnings.append(entry)
+        self.bar.set_postfix_str(name)
+        self.bar.update(1)
+        return result
+
+
+def _calibration_rows(
+    test: ExitOutputs, fitted: dict[str, Any], n_resamples: int, seed: int
+) -> list[dict[str, Any]]:
+    """Per-exit metric rows of the test half, uncalibrated and after each calibrator."""
+    rows = []
+    for method, out in [
+        ("uncalibrated", test),
+        *[(m, c.transform(test)) for m, c in fitted.items()],
+    ]:
+        for row in metrics.per_exit_metrics(out, n_resamples=n_resamples, seed=seed):
+            rows.append({"method": method, **row})
+    return rows
+
+
+def _policy_summary(
+    cal_c: ExitOutputs,
+    test_c: ExitOutputs,
+    signal: str,
+    target: float,
+    relative: bool,
+    calibrator: str,
+) -> dict[str, Any]:
+    """The SLA policy tuned on the calibrated calibration half, reported on both halves."""
+    from exitwise.policies import tune_for_accuracy
+
+    tuned = tune_for_accuracy(cal_c, signal, target, relative=relative)
+    sla = f"accuracy >= {target:g}" + (" x final" if relative else "")
+    summary: dict[str, Any] = {
+        "sla": sla,
+        "signal": signal,
+        "calibrator": calibrator,
+        "feasible": tuned.feasible,
+    }
+    if tuned.feasible:
+        full = float(cal_c.costs[-1])
+        summary["thresholds"] = list(tuned.policy.thresholds)
+        for name, rep in (("tune", tuned.achieved), ("test", tuned.report(test_c))):
+            summary[name] = {**rep, "relative_cost": rep["mean_cost"] / full}
+    return summary
+
+
+def _frontier(test_c: ExitOutputs, signal: str) -> dict[str, Any]:
+    """The shared-threshold sweep, the Pareto frontier, fixed exits and the oracle."""
+    from exitwise.policies import (
+        FixedExitPolicy,
+        OracleExit,
+        evaluate,
+        pareto_frontier,
+        sweep_shared_threshold,
+    )
+    from exitwise.signals import compute_signal
+
+    scores = compute_signal(test_c, signal)
+    return {
+        "sweep": sweep_shared_threshold(scores, test_c.correct(), test_c.costs),
+        "frontier": pareto_frontier(test_c, signal, budgets=[0.3, 0.5, 0.7]),
+        "fixed": evaluate([FixedExitPolicy(e) for e in range(test_c.num_exits)], test_c),
+        "oracle": evaluate(OracleExit(), test_c),
+    }
+
+
+def _figures(
+    test: ExitOutputs,
+    test_c: ExitOutputs,
+    policy: dict[str, Any],
+    curves: dict[str, Any],
+    out_dir: Path,
+) -> dict[str, str]:
+    """Write the four PNGs; return them base64-encoded for the page."""
+    from exitwise import plots
+
+    full = float(test.costs[-1])
+    fixed, oracle = curves["fixed"], curves["oracle"]
+    chosen = None
+    if policy["feasible"]:
+        chosen = (policy["test"]["mean_cost"], policy["test"]["accuracy"])
+    figures = {"reliability": plots.reliability_grid(test, test_c)}
+    ax = plots.new_figure((6, 4.5)).subplots()
+    plots.pareto_plot(
+        curves["frontier"],
+        sweep=curves["sweep"],
+        fixed={"cost": fixed.mean_cost.tolist(), "accuracy": fixed.accuracy.tolist()},
+        oracle=(float(oracle.mean_cost[0]), float(oracle.accuracy[0])),
+        chosen=chosen,
+        full_cost=full,
+        ax=ax,
+    )
+    ax.set_title(f"test half, {policy['calibrator']}-calibrated {policy['signal']}")
+    figures["pareto"] = ax.figure
+    ax = plots.new_figure((5, 3.5)).subplots()
+    fractions = (
+        policy["test"]["exit_fractions"]
+        if policy["feasible"]
+        else [0.0] * (test.num_exits - 1) + [1.0]
+    )
+    plots.exit_distribution(fractions, test.exit_names, ax=ax)
+    ax.set_title(f"where samples leave ({policy['sla']})")
+    figures["exits"] = ax.figure
+    ax = plots.new_figure((5, 4)).subplots()
+    plots.risk_coverage_plot(test_c, policy["signal"], ax=ax)
+    figures["risk_coverage"] = ax.figure
+    images = {}
+    for name, fig in figures.items():
+        path = out_dir / f"{name}.png"
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        images[name] = base64.b64encode(path.read_bytes()).decode("ascii")
+    return images
 
 
 def build_report(
     outputs: ExitOutputs,
     out_dir: str | Path,
     *,
-    calibrators: Sequence[str] = ("temperature", "isotonic"),
+    calibrators: Sequence[str | Calibrator] = ("temperature", "isotonic"),
     signal: str = "max_probability",
     target_accuracy: float = 0.99,
     relative: bool = True,
@@ -116,7 +215,8 @@ def build_report(
 ) -> dict[str, Any]:
     """Write the report files to ``out_dir`` and return the summary (as in summary.json).
 
-    ``progress=True`` shows a progress bar over the steps (on stderr).
+    ``calibrators`` are method names (see ``exitwise.calibrate.METHODS``) or unfitted
+    calibrator objects; ``progress=True`` shows a progress bar over the steps (on stderr).
 
     The SLA is "accuracy >= ``target_accuracy`` (x the final exit's accuracy if
     ``relative``) at the least mean cost", tuned on the calibration half after the first
@@ -132,21 +232,7 @@ def build_report(
     ['exits.png', 'pareto.png', 'reliability.png', 'report.html', 'risk_coverage.png',
      'summary.json']
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    from exitwise import plots
-    from exitwise.policies import (
-        FixedExitPolicy,
-        OracleExit,
-        evaluate,
-        pareto_frontier,
-        sweep_shared_threshold,
-        tune_for_accuracy,
-    )
-    from exitwise.signals import compute_signal
+    from tqdm.auto import tqdm
 
     if outputs.labels is None:
         raise ValueError("The report needs labelled outputs (accuracy and calibration).")
@@ -155,80 +241,21 @@ def build_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cal, test = outputs.split(split, seed=seed)
-    full = float(outputs.costs[-1])
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(calibrators) + 4, desc="report", unit=" step", disable=not progress)
-
-    def step(name: str) -> None:
-        bar.set_postfix_str(name)
-        bar.update(1)
-
-    rows = _metric_rows(test, "uncalibrated", n_resamples, seed)
-    step("metrics")
-    calibrated = {}
+    bar = tqdm(total=len(calibrators) + 5, desc="report", unit=" step", disable=not progress)
+    steps = _Recorder(bar)
+    fitted = {}
     for method in calibrators:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fitted = make_calibrator(method).fit(cal)
-        calibrated[method] = (fitted.transform(cal), fitted.transform(test))
-        rows += _metric_rows(calibrated[method][1], method, n_resamples, seed)
-        step(method)
-    main_method = calibrators[0]
-    cal_c, test_c = calibrated[main_method]
-
-    tuned = tune_for_accuracy(cal_c, signal, target_accuracy, relative=relative)
-    sla = f"accuracy >= {target_accuracy:g}" + (" x final" if relative else "")
-    policy_summary: dict[str, Any] = {
-        "sla": sla,
-        "signal": signal,
-        "calibrator": main_method,
-        "feasible": tuned.feasible,
-    }
-    if tuned.feasible:
-        test_rep = tuned.report(test_c)
-        policy_summary["thresholds"] = list(tuned.policy.thresholds)
-        for name, rep in (("tune", tuned.achieved), ("test", test_rep)):
-            policy_summary[name] = {**rep, "relative_cost": rep["mean_cost"] / full}
-
-    step("tune")
-    scores = compute_signal(test_c, signal)
-    sweep = sweep_shared_threshold(scores, test_c.correct(), test_c.costs)
-    frontier = pareto_frontier(test_c, signal, budgets=[0.3, 0.5, 0.7])
-    fixed = evaluate([FixedExitPolicy(e) for e in range(outputs.num_exits)], test_c)
-    oracle = evaluate(OracleExit(), test_c)
-    step("frontier")
-
-    images = {}
-    images["reliability"] = _png(plots.reliability_grid(test, test_c), out_dir / "reliability.png")
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    chosen = None
-    if tuned.feasible:
-        chosen = (policy_summary["test"]["mean_cost"], policy_summary["test"]["accuracy"])
-    plots.pareto_plot(
-        frontier,
-        sweep=sweep,
-        fixed={"cost": fixed.mean_cost.tolist(), "accuracy": fixed.accuracy.tolist()},
-        oracle=(float(oracle.mean_cost[0]), float(oracle.accuracy[0])),
-        chosen=chosen,
-        full_cost=full,
-        ax=ax,
+        name = method if isinstance(method, str) else type(method).__name__
+        fitted[name] = steps.run(name, make_calibrator(method).fit, cal)
+    rows = steps.run("metrics", _calibration_rows, test, fitted, n_resamples, seed)
+    main_method = next(iter(fitted))
+    cal_c, test_c = fitted[main_method].transform(cal), fitted[main_method].transform(test)
+    policy = steps.run(
+        "tune", _policy_summary, cal_c, test_c, signal, target_accuracy, relative, main_method
     )
-    ax.set_title(f"test half, {main_method}-calibrated {signal}")
-    images["pareto"] = _png(fig, out_dir / "pareto.png")
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    fractions = (
-        policy_summary["test"]["exit_fractions"]
-        if tuned.feasible
-        else [0.0] * (outputs.num_exits - 1) + [1.0]
-    )
-    plots.exit_distribution(fractions, outputs.exit_names, ax=ax)
-    ax.set_title(f"where samples leave ({sla})")
-    images["exits"] = _png(fig, out_dir / "exits.png")
-    fig, ax = plt.subplots(figsize=(5, 4))
-    plots.risk_coverage_plot(test_c, signal, ax=ax)
-    images["risk_coverage"] = _png(fig, out_dir / "risk_coverage.png")
-
+    curves = steps.run("frontier", _frontier, test_c, signal)
+    images = steps.run("figures", _figures, test, test_c, policy, curves, out_dir)
+    frontier, fixed, oracle = curves["frontier"], curves["fixed"], curves["oracle"]
     summary = {
         "data": {
             "num_samples": outputs.num_samples,
@@ -239,16 +266,18 @@ def build_report(
             "calibration_samples": len(cal),
             "test_samples": len(test),
             "bootstrap_resamples": n_resamples,
+            "interval": metrics.table.INTERVAL_METHOD,
         },
         "calibration": rows,
-        "policy": policy_summary,
+        "policy": policy,
         "frontier": {k: v.tolist() for k, v in frontier.items()},
         "fixed_exits": {"accuracy": fixed.accuracy.tolist(), "mean_cost": fixed.mean_cost.tolist()},
         "oracle": {"accuracy": float(oracle.accuracy[0]), "mean_cost": float(oracle.mean_cost[0])},
+        "warnings": steps.warnings,
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out_dir / "report.html").write_text(_html(summary, images))
-    step("figures")
+    steps.run("write", lambda: None)
     bar.close()
     return summary
 
@@ -268,7 +297,8 @@ pre{{background:#f6f6f6;padding:1em}} img{{max-width:100%}}</style></head>
 <body><h1>exitwise report</h1>
 <p>{d["num_samples"]} samples, {d["num_exits"]} exits ({", ".join(d["exit_names"])}),
 {d["num_classes"]} classes; calibration on {d["calibration_samples"]} samples, metrics on
-{d["test_samples"]} held-out samples with {d["bootstrap_resamples"]} bootstrap resamples.</p>
+{d["test_samples"]} held-out samples with {d["bootstrap_resamples"]} bootstrap resamples
+({d["interval"]} intervals).</p>
 <h2>Calibration per exit and the tuned policy</h2><pre>{table}</pre>
 <h2>Figures</h2>{figs}
 </body></html>

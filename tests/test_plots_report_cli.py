@@ -70,13 +70,52 @@ def test_report_files_and_numbers(real_outputs, tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["policy"]["feasible"] is True
-    rows = {(r["method"], r["exit"]): r for r in on_disk["calibration"]}
+    rows = {(r["method"], r["exit_name"]): r for r in on_disk["calibration"]}
     test = real_outputs[:3000].split(0.5, seed=0)[1]
     ece = metrics.expected_calibration_error(test.probs(), test.labels)
     assert rows[("uncalibrated", "block1")]["ece"] == pytest.approx(float(ece[0]))
     html = (tmp_path / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4
     assert summary["policy"]["test"]["speed_up"] > 1.0
+
+
+def test_regression_plots_and_report_leave_the_matplotlib_backend_alone(real_outputs, tmp_path):
+    # issue 10 defect 7: matplotlib.use("Agg") inside plot functions switched the user's
+    # backend for the whole process (a notebook lost its inline plots).
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from exitwise import plots
+
+    before = matplotlib.get_backend()
+    figures = plt.get_fignums()
+    matplotlib.use("svg")  # a user's choice, which exitwise must keep
+    try:
+        plots.reliability_diagram(real_outputs.probs()[:, 0], real_outputs.labels)
+        plots.reliability_grid(real_outputs[:500])
+        build_report(real_outputs[:1000], tmp_path, calibrators=["temperature"], n_resamples=5)
+        assert matplotlib.get_backend() == "svg" and plt.get_fignums() == figures
+    finally:
+        matplotlib.use(before)
+
+
+def test_regression_report_records_warnings_instead_of_hiding_them(real_outputs, tmp_path):
+    # issue 10 defect 7: the report ran calibrators under warnings.simplefilter("ignore").
+    from exitwise.calibrate import TemperatureScaling
+    from exitwise.exceptions import ConvergenceWarning
+
+    with pytest.warns(ConvergenceWarning):  # what the calibrator says when fitted directly
+        TemperatureScaling(max_iter=1).fit(real_outputs[:1000])
+    summary = build_report(
+        real_outputs[:2000],
+        tmp_path,
+        calibrators=["isotonic", TemperatureScaling(max_iter=1)],
+        n_resamples=5,
+    )
+    recorded = [w for w in summary["warnings"] if w["category"] == "ConvergenceWarning"]
+    assert recorded and recorded[0]["step"] == "TemperatureScaling"
+    page = (tmp_path / "report.html").read_text()
+    assert "warning (TemperatureScaling): ConvergenceWarning" in page
 
 
 def test_cli_commands(tmp_path, capsys):

@@ -118,24 +118,7 @@ def compare_calibrators(
         fitted = make_calibrator(method).fit(outputs_cal)
         candidates.append((name, fitted.transform(outputs_test)))
     rows = []
-    labels = outputs_test.labels
     for name, out in candidates:
-        logits = out.logits
-        probs = out.probs()
-        acc = metrics.per_exit_accuracy(logits, labels)
-        ece = metrics.expected_calibration_error(probs, labels, n_bins)
-        nll = metrics.negative_log_likelihood(logits, labels, input="logits")
-        brier = metrics.brier_score(probs, labels)
-        for e, exit_name in enumerate(out.exit_names):
-            rows.append(
-                {
-                    "method": name,
-                    "exit": e,
-                    "exit_name": exit_name,
-                    "accuracy": float(acc[e]),
-                    "ece": float(ece[e]),
-                    "nll": float(nll[e]),
-                    "brier": float(brier[e]),
-                }
-            )
+        for row in metrics.per_exit_metrics(out, n_bins=n_bins):
+            rows.append({"method": name, **row})
     return CalibrationTable(rows)

@@ -26,6 +26,7 @@ from exitwise.metrics.exits import (
 )
 from exitwise.metrics.selective import aurc, auroc, risk_coverage_curve
 from exitwise.metrics.smooth import smooth_calibration_error
+from exitwise.metrics.table import per_exit_metrics
 
 __all__ = [
     "BootstrapResult",
@@ -46,6 +47,7 @@ __all__ = [
     "negative_log_likelihood",
     "overthinking",
     "per_exit_accuracy",
+    "per_exit_metrics",
     "reliability_bins",
     "risk_coverage_curve",
     "smooth_calibration_error",
