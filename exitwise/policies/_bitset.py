@@ -51,8 +51,7 @@ class _ExitIndex:
         rank = np.arange(n)
         flat = (rank // every + 1) * words + (pos >> 6)
         np.add.at(seg.reshape(-1), flat, _ONE << (pos & 63).astype(np.uint64))
-        for m in range(1, segments + 1):  # running OR, row by row (contiguous, fastest)
-            np.bitwise_or(seg[m], seg[m - 1], out=seg[m])
+        np.bitwise_or.accumulate(seg, axis=0, out=seg)  # running OR: prefix sets
         self.checkpoints = seg
 
     def prefix(self, ranks: np.ndarray, width: int) -> np.ndarray:
