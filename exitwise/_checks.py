@@ -148,3 +148,76 @@ def check_open_unit(value: Any, name: str) -> float:
 def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
     """float64 stays float64; every other float dtype is computed in float32."""
     return torch.float64 if tensor.dtype == torch.float64 else torch.float32
+
+
+def batched_logits(value: Any, name: str, *, allow_2d: bool = True) -> tuple[torch.Tensor, bool]:
+    """The one batched-input normaliser: ``[N, C]`` or ``[N, E, C]`` floats as ``[N, E, C]``
+    (N >= 1, C >= 2) and whether the input was ``[N, C]`` (results then drop the exit axis).
+
+    Examples
+    --------
+    >>> x, squeeze = batched_logits(torch.zeros(4, 3), "logits")
+    >>> tuple(x.shape), squeeze
+    ((4, 1, 3), True)
+    """
+    tensor = as_tensor(value, name)
+    check_floating(tensor, name)
+    allowed = (2, 3) if allow_2d else (3,)
+    check_ndim(tensor, name, allowed, "[N, C] or [N, E, C]" if allow_2d else "[N, E, C]")
+    squeeze = tensor.ndim == 2
+    if squeeze:
+        tensor = tensor.unsqueeze(1)
+    if tensor.shape[0] == 0:
+        raise ValueError(f"Expected `{name}` to hold at least one sample, got N = 0.")
+    if tensor.shape[2] < 2:
+        raise ValueError(
+            f"Expected `{name}` to hold at least 2 classes, got C = {tensor.shape[2]}."
+        )
+    return tensor, squeeze
+
+
+def check_costs(
+    costs: Any,
+    name: str,
+    num_exits: int,
+    *,
+    num_samples: int | None = None,
+    positive: bool = False,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """The one validator of costs: cumulative per-exit costs ``[E]`` (finite, non-decreasing
+    over exits; ``positive`` for a model's costs) or, with ``num_samples``, per-sample costs
+    ``[N, E]`` too. Returns float64.
+
+    Examples
+    --------
+    >>> check_costs([1, 2, 2], "costs", 3).tolist()
+    [1.0, 2.0, 2.0]
+    """
+    c = as_tensor(costs, name, device=device)
+    if c.dtype == torch.bool or c.is_complex():
+        raise TypeError(f"Expected `{name}` to be real numbers, got dtype {c.dtype}.")
+    c = c.to(torch.float64)
+    shapes = [(num_exits,)] + ([(num_samples, num_exits)] if num_samples is not None else [])
+    if tuple(c.shape) not in shapes:
+        expected = f"[E] = [{num_exits}]" + (
+            f" or [N, E] = [{num_samples}, {num_exits}]" if num_samples is not None else ""
+        )
+        raise ValueError(
+            f"Expected `{name}` to have shape {expected} (cumulative cost per exit), got shape "
+            f"{tuple(c.shape)}."
+        )
+    check_finite(c, name, ("exit",) if c.ndim == 1 else ("sample", "exit"))
+    if positive and bool((c <= 0).any()):
+        bad = int(torch.nonzero(c.reshape(-1) <= 0)[0, 0])
+        raise ValueError(
+            f"Expected `{name}` to be positive, got {float(c.reshape(-1)[bad])} "
+            f"at exit {bad % num_exits}."
+        )
+    if c.ndim == 1 and num_exits > 1 and bool((c[1:] < c[:-1]).any()):
+        bad = int(torch.nonzero(c[1:] < c[:-1])[0, 0]) + 1
+        raise ValueError(
+            f"Expected `{name}` to be cumulative (non-decreasing over exits), got "
+            f"{float(c[bad])} at exit {bad} after {float(c[bad - 1])} at exit {bad - 1}."
+        )
+    return c

@@ -15,193 +15,31 @@ Three ways to say where the exits are:
 Token-level outputs (``[B, T, C]``, e.g. a language model's logits per position) become one
 sample per token; positions whose label is ``-100`` (Hugging Face's ignore index) are dropped.
 ``reduce="topk:K"`` keeps bounded memory for huge vocabularies (see :func:`collect`).
+Per-exit costs: :func:`measure_costs` (in :mod:`exitwise.exit_costs`, re-exported here).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from exitwise._checks import check_choice
+from exitwise._hooks import (
+    _POOLS,
+    _exit_logits,
+    _model_device,
+    _split_batch,
+    _to_device,
+    cls_pool,
+    mean_pool,
+)
 from exitwise.data import ExitOutputs
+from exitwise.exit_costs import measure_costs
 
 __all__ = ["cls_pool", "collect", "mean_pool", "measure_costs"]
-
-Head = Callable[[torch.Tensor], torch.Tensor]
-
-
-# ----------------------------------------------------------------------------- batches
-def _to_device(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, Mapping):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(v, device) for v in obj)
-    return obj
-
-
-def _split_batch(batch: Any) -> tuple[Any, torch.Tensor | None]:
-    """``(inputs, labels)`` from a tuple, a dict (labels under "labels"/"label") or a tensor."""
-    if isinstance(batch, Mapping):
-        inputs = dict(batch)
-        labels = inputs.pop("labels", None)
-        if labels is None:
-            labels = inputs.pop("label", None)
-        return inputs, labels
-    if isinstance(batch, (list, tuple)):
-        if len(batch) == 2:
-            return batch[0], batch[1]
-        if len(batch) == 1:
-            return batch[0], None
-        raise ValueError(
-            f"Expected a batch of (inputs, labels), got a {type(batch).__name__} of "
-            f"{len(batch)} items."
-        )
-    return batch, None
-
-
-def _call(model: nn.Module, inputs: Any, **kwargs: Any) -> Any:
-    if isinstance(inputs, Mapping):
-        return model(**inputs, **kwargs)
-    return model(inputs, **kwargs)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
-def _batch_size(inputs: Any) -> int:
-    if isinstance(inputs, torch.Tensor):
-        return int(inputs.shape[0])
-    if isinstance(inputs, Mapping):
-        for v in inputs.values():
-            if isinstance(v, torch.Tensor):
-                return int(v.shape[0])
-    if isinstance(inputs, (list, tuple)) and inputs:
-        return _batch_size(inputs[0])
-    raise TypeError(f"Cannot find a batch dimension in inputs of type {type(inputs).__name__}.")
-
-
-# ----------------------------------------------------------------------------- pooling
-def cls_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """The first token's hidden state ``[B, H]`` (BERT's [CLS])."""
-    return hidden[:, 0]
-
-
-def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean of the hidden states over the tokens the attention mask keeps, ``[B, H]``."""
-    if attention_mask is None:
-        return hidden.mean(dim=1)
-    mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
-    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-
-
-_POOLS = {"cls": cls_pool, "mean": mean_pool}
-
-
-# ----------------------------------------------------------------------------- heads
-def _heads_for(heads: Any, num_exits: int) -> list[Head]:
-    if heads is None:
-        raise ValueError("`heads` is required with `exits`: one head per exit or one shared.")
-    if isinstance(heads, (list, tuple, nn.ModuleList)):
-        heads = list(heads)
-        if len(heads) != num_exits:
-            raise ValueError(
-                f"Expected one head per exit ({num_exits}) or a single shared head, got "
-                f"{len(heads)} heads."
-            )
-        return heads
-    if not callable(heads):
-        raise TypeError(f"Expected `heads` to be callable(s), got {type(heads).__name__}.")
-    return [heads] * num_exits
-
-
-class _Capture:
-    """Forward hooks that keep the output of named modules; removed on exit, always."""
-
-    def __init__(self, model: nn.Module, names: Sequence[str], on_output=None) -> None:
-        self.model = model
-        self.names = list(names)
-        self.outputs: dict[str, torch.Tensor] = {}
-        self.on_output = on_output
-        self.handles: list[Any] = []
-
-    def __enter__(self) -> _Capture:
-        for name in self.names:
-            try:
-                module = self.model.get_submodule(name)
-            except AttributeError:
-                raise ValueError(f"The model has no submodule named {name!r}.") from None
-            self.handles.append(module.register_forward_hook(self._hook(name)))
-        return self
-
-    def _hook(self, name: str):
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            tensor = output[0] if isinstance(output, (tuple, list)) else output
-            self.outputs[name] = tensor
-            if self.on_output is not None:
-                self.on_output(name)
-
-        return hook
-
-    def __exit__(self, *exc: Any) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
-
-
-def _exit_logits(
-    model: nn.Module,
-    inputs: Any,
-    exits: Sequence[str] | Sequence[int] | None,
-    heads: Any,
-    pool: str | Callable[..., torch.Tensor],
-) -> list[torch.Tensor]:
-    """Per-exit logits of one batch, each ``[B, C]`` or ``[B, T, C]``."""
-    if exits is None:
-        out = _call(model, inputs)
-        if isinstance(out, torch.Tensor):
-            if out.ndim != 3:
-                raise ValueError(
-                    "A model without `exits` must return per-exit logits: a list of [B, C] or "
-                    f"a [B, E, C] tensor; got a tensor of shape {tuple(out.shape)}."
-                )
-            return list(out.unbind(dim=1))
-        if isinstance(out, (list, tuple)) and all(isinstance(o, torch.Tensor) for o in out):
-            return list(out)
-        raise TypeError(
-            "A model without `exits` must return per-exit logits (list of tensors or a "
-            f"[B, E, C] tensor); got {type(out).__name__}. Pass `exits` and `heads`."
-        )
-    head_list = _heads_for(heads, len(exits))
-    if all(isinstance(x, int) and not isinstance(x, bool) for x in exits):  # Hugging Face
-        out = _call(model, inputs, output_hidden_states=True)
-        hidden = getattr(out, "hidden_states", None)
-        if hidden is None and isinstance(out, Mapping):
-            hidden = out.get("hidden_states")
-        if hidden is None:
-            raise TypeError(
-                "Integer `exits` select Hugging Face hidden states, but the model's output has "
-                "no `hidden_states`; pass module names instead."
-            )
-        pool_fn = _POOLS[pool] if isinstance(pool, str) else pool
-        mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
-        return [head(pool_fn(hidden[i], mask)) for i, head in zip(exits, head_list, strict=True)]
-    if not all(isinstance(x, str) for x in exits):
-        raise TypeError("Expected `exits` to be module names (str) or hidden-state indices (int).")
-    with _Capture(model, exits) as capture:
-        _call(model, inputs)
-    missing = [name for name in exits if name not in capture.outputs]
-    if missing:
-        raise ValueError(f"The forward pass never ran the exit module(s) {missing}.")
-    return [head(capture.outputs[name]) for name, head in zip(exits, head_list, strict=True)]
 
 
 # ----------------------------------------------------------------------------- reduction
@@ -338,15 +176,9 @@ def collect(
     if isinstance(pool, str):
         check_choice(pool, "pool", tuple(_POOLS))
     device = torch.device(device) if device is not None else _model_device(model)
-    output_device = torch.device(output_device)
+    gathered = _Gathered(k, torch.device(output_device))
     was_training = model.training
     model.eval()
-    chunks: list[torch.Tensor] = []
-    label_chunks: list[torch.Tensor] = []
-    index_chunks: list[torch.Tensor] = []
-    rest_chunks: list[torch.Tensor] = []
-    buckets = 1
-    any_labels: bool | None = None
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -354,180 +186,78 @@ def collect(
         bar = tqdm(unit=" samples", desc="collect", dynamic_ncols=True)
     try:
         for batch in data:
-            inputs, labels = _split_batch(batch)
-            inputs = _to_device(inputs, device)
-            per_exit = _exit_logits(model, inputs, exits, heads, pool)
-            if not per_exit:
-                raise ValueError("The model produced no exits.")
-            logits = torch.stack(
-                [x.float() if x.dtype == torch.bfloat16 else x for x in per_exit], dim=1
-            )  # [B, E, C] or [B, E, T, C]
-            if logits.ndim == 4:  # tokens are samples
-                b, e, t, c = logits.shape
-                logits = logits.permute(0, 2, 1, 3).reshape(b * t, e, c)
-                if labels is not None:
-                    labels = torch.as_tensor(labels).reshape(-1)
-            if labels is not None:
-                labels = torch.as_tensor(labels).to(device).long()
-                keep = labels != -100
-                if not bool(keep.all()):
-                    logits, labels = logits[keep], labels[keep]
-            if any_labels is None:
-                any_labels = labels is not None
-            elif any_labels != (labels is not None):
-                raise ValueError("Some batches have labels and others do not.")
-            if k is not None:
-                logits, rest, labels, kept, needed = _reduce_topk(logits, labels, k)
-                index_chunks.append(kept.to(output_device))
-                rest_chunks.append(rest.to(output_device))
-                buckets = max(buckets, int(needed.max()))
-            chunks.append(logits.detach().to(output_device))
-            if labels is not None:
-                label_chunks.append(labels.to(output_device))
+            logits, labels = _batch_logits(model, batch, device, exits, heads, pool)
+            gathered.add(logits, labels)
             if bar is not None:
                 bar.update(int(logits.shape[0]))
     finally:
         if bar is not None:
             bar.close()
         model.train(was_training)
-    if not chunks:
-        raise ValueError("`data` yielded no batches.")
-    logits_all = torch.cat(chunks)
-    if k is not None:
-        logits_all = _assemble_topk(logits_all, torch.cat(rest_chunks), buckets)
-    out = ExitOutputs(
-        logits_all,
-        labels=torch.cat(label_chunks) if label_chunks else None,
-        costs=costs,
-        exit_names=exit_names,
-    )
+    out = gathered.outputs(costs, exit_names)
     if return_class_indices:
         if k is None:
             raise ValueError("`return_class_indices` needs `reduce='topk:K'`.")
-        return out, torch.cat(index_chunks)
+        return out, torch.cat(gathered.kept)
     return out
 
 
-# ----------------------------------------------------------------------------- costs
-def measure_costs(
-    model: nn.Module,
-    example_batch: Any,
-    *,
-    exits: Sequence[str],
-    heads: Any = None,
-    method: str = "flops",
-    per_sample: bool = True,
-    warmup: int = 3,
-    repeats: int = 10,
-) -> torch.Tensor:
-    """Cumulative cost of reaching each exit ``[E]`` (float64), for ``ExitOutputs.costs``.
-
-    ``exits`` are module names in execution order (hidden-state modules, or the exit heads
-    of a model that has them inside). The cost of exit ``e`` is everything the forward pass
-    ran until module ``e`` returned, plus the ``heads`` of exits ``0..e`` (each evaluated on
-    the way, as an early-exit model does).
-
-    Parameters
-    ----------
-    method : {"flops", "latency"}, default="flops"
-        FLOPs from ``torch.utils.flop_counter.FlopCounterMode``, or wall-clock seconds
-        (median of ``repeats`` runs after ``warmup``; CUDA events on GPU).
-    per_sample : bool, default=True
-        Divide by the batch size.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from torch import nn
-    >>> body = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU())
-    >>> measure_costs(body, torch.randn(2, 4), exits=["1", "3"], heads=nn.Linear(8, 3))
-    tensor([112., 288.], dtype=torch.float64)
-    """
-    check_choice(method, "method", ("flops", "latency"))
-    if not exits or not all(isinstance(x, str) for x in exits):
-        raise ValueError("Expected `exits` to be a non-empty list of module names.")
-    head_list = _heads_for(heads, len(exits)) if heads is not None else None
-    inputs, _ = _split_batch(example_batch)
-    device = _model_device(model)
-    inputs = _to_device(inputs, device)
-    batch = _batch_size(inputs)
-    was_training = model.training
-    model.eval()
-    try:
-        if method == "flops":
-            costs = _flop_costs(model, inputs, exits, head_list)
-        else:
-            costs = _latency_costs(model, inputs, exits, head_list, warmup, repeats, device)
-    finally:
-        model.train(was_training)
-    result = torch.tensor(costs, dtype=torch.float64)
-    if per_sample:
-        result = result / batch
-    return result
+def _batch_logits(
+    model: nn.Module, batch: Any, device: torch.device, exits: Any, heads: Any, pool: Any
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One batch's logits ``[B, E, C]`` (tokens flattened into samples) and labels, with
+    positions labelled ``-100`` dropped."""
+    inputs, labels = _split_batch(batch)
+    per_exit = _exit_logits(model, _to_device(inputs, device), exits, heads, pool)
+    if not per_exit:
+        raise ValueError("The model produced no exits.")
+    logits = torch.stack(
+        [x.float() if x.dtype == torch.bfloat16 else x for x in per_exit], dim=1
+    )  # [B, E, C] or [B, E, T, C]
+    if logits.ndim == 4:  # tokens are samples
+        b, e, t, c = logits.shape
+        logits = logits.permute(0, 2, 1, 3).reshape(b * t, e, c)
+        if labels is not None:
+            labels = torch.as_tensor(labels).reshape(-1)
+    if labels is not None:
+        labels = torch.as_tensor(labels).to(device).long()
+        keep = labels != -100
+        if not bool(keep.all()):
+            logits, labels = logits[keep], labels[keep]
+    return logits, labels
 
 
-def _flop_costs(model, inputs, exits, head_list) -> list[float]:
-    from torch.utils.flop_counter import FlopCounterMode
+class _Gathered:
+    """Batches accumulated on the output device (top-k reduced when asked)."""
 
-    counter = FlopCounterMode(display=False)
-    reached: dict[str, float] = {}
-    with torch.inference_mode(), _Capture(model, exits) as capture:
-        capture.on_output = lambda name: reached.setdefault(name, counter.get_total_flops())
-        with counter:
-            _call(model, inputs)
-        hidden = dict(capture.outputs)
-    missing = [name for name in exits if name not in reached]
-    if missing:
-        raise ValueError(f"The forward pass never ran the exit module(s) {missing}.")
-    costs, head_total = [], 0.0
-    for i, name in enumerate(exits):
-        if head_list is not None:
-            head_counter = FlopCounterMode(display=False)
-            with torch.inference_mode(), head_counter:
-                head_list[i](hidden[name])
-            head_total += head_counter.get_total_flops()
-        costs.append(float(reached[name]) + head_total)
-    return costs
+    def __init__(self, k: int | None, output_device: torch.device) -> None:
+        self.k, self.device = k, output_device
+        self.logits: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+        self.kept: list[torch.Tensor] = []
+        self.rest: list[torch.Tensor] = []
+        self.buckets = 1
+        self.labelled: bool | None = None
 
+    def add(self, logits: torch.Tensor, labels: torch.Tensor | None) -> None:
+        if self.labelled is None:
+            self.labelled = labels is not None
+        elif self.labelled != (labels is not None):
+            raise ValueError("Some batches have labels and others do not.")
+        if self.k is not None:
+            logits, rest, labels, kept, needed = _reduce_topk(logits, labels, self.k)
+            self.kept.append(kept.to(self.device))
+            self.rest.append(rest.to(self.device))
+            self.buckets = max(self.buckets, int(needed.max()))
+        self.logits.append(logits.detach().to(self.device))
+        if labels is not None:
+            self.labels.append(labels.to(self.device))
 
-def _latency_costs(model, inputs, exits, head_list, warmup, repeats, device) -> list[float]:
-    cuda = device.type == "cuda"
-    samples: list[list[float]] = []
-    for rep in range(warmup + repeats):
-        marks: dict[str, Any] = {}
-        if cuda:
-            start = torch.cuda.Event(enable_timing=True)
-            start.record()
-        else:
-            start = time.perf_counter()
-
-        def mark(name: str, marks=marks) -> None:
-            if cuda:
-                event = torch.cuda.Event(enable_timing=True)
-                event.record()
-                marks[name] = event
-            else:
-                marks[name] = time.perf_counter()
-
-        head_times = []
-        with torch.inference_mode(), _Capture(model, exits, on_output=mark) as capture:
-            _call(model, inputs)
-            for i, name in enumerate(exits):
-                if head_list is None:
-                    head_times.append(0.0)
-                    continue
-                t0 = time.perf_counter()
-                head_list[i](capture.outputs[name])
-                if cuda:
-                    torch.cuda.synchronize()
-                head_times.append(time.perf_counter() - t0)
-        if cuda:
-            torch.cuda.synchronize()
-            reach = [start.elapsed_time(marks[name]) / 1000.0 for name in exits]
-        else:
-            reach = [marks[name] - start for name in exits]
-        if rep >= warmup:
-            cumulative_heads = torch.tensor(head_times).cumsum(0).tolist()
-            samples.append([r + h for r, h in zip(reach, cumulative_heads, strict=True)])
-    values = torch.tensor(samples, dtype=torch.float64).median(dim=0).values
-    return torch.cummax(values, dim=0).values.tolist()
+    def outputs(self, costs: Any, exit_names: Sequence[str] | None) -> ExitOutputs:
+        if not self.logits:
+            raise ValueError("`data` yielded no batches.")
+        logits = torch.cat(self.logits)
+        if self.k is not None:
+            logits = _assemble_topk(logits, torch.cat(self.rest), self.buckets)
+        labels = torch.cat(self.labels) if self.labels else None
+        return ExitOutputs(logits, labels=labels, costs=costs, exit_names=exit_names)

@@ -18,6 +18,7 @@ import torch
 from exitwise._checks import (
     as_tensor,
     check_choice,
+    check_costs,
     check_finite,
     check_floating,
     check_labels,
@@ -96,28 +97,7 @@ class ExitOutputs:
         if costs is None:
             costs_t = torch.arange(1, e + 1, dtype=torch.float64, device=device) / e
         else:
-            costs_t = as_tensor(costs, "costs", device=device)
-            if costs_t.dtype == torch.bool or costs_t.is_complex():
-                raise TypeError(f"Expected `costs` to be real numbers, got dtype {costs_t.dtype}.")
-            costs_t = costs_t.to(torch.float64)
-            if costs_t.ndim != 1 or costs_t.shape[0] != e:
-                raise ValueError(
-                    f"Expected `costs` to have shape [E] = [{e}] (one cumulative cost per exit), "
-                    f"got shape {tuple(costs_t.shape)}."
-                )
-            check_finite(costs_t, "costs", ("exit",))
-            if bool((costs_t <= 0).any()):
-                bad = int(torch.nonzero(costs_t <= 0)[0, 0])
-                raise ValueError(
-                    f"Expected `costs` to be positive, got {float(costs_t[bad])} at exit {bad}."
-                )
-            if e > 1 and bool((costs_t[1:] < costs_t[:-1]).any()):
-                bad = int(torch.nonzero(costs_t[1:] < costs_t[:-1])[0, 0]) + 1
-                raise ValueError(
-                    "Expected `costs` to be cumulative (non-decreasing over exits), got "
-                    f"{float(costs_t[bad])} at exit {bad} after {float(costs_t[bad - 1])} at "
-                    f"exit {bad - 1}."
-                )
+            costs_t = check_costs(costs, "costs", e, positive=True, device=device)
 
         if exit_names is None:
             names = [f"exit_{i}" for i in range(e)]

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from exitwise._checks import as_tensor, check_finite, check_floating, check_ndim
+from exitwise._checks import as_tensor, batched_logits, check_finite
 from exitwise._chunks import rows_per_chunk
 from exitwise.data import ExitOutputs
 
@@ -149,9 +149,7 @@ def initial_state(shape: list[int], device: torch.device) -> tuple[torch.Tensor,
 def _logits(outputs: ExitOutputs | Any) -> torch.Tensor:
     if isinstance(outputs, ExitOutputs):
         return outputs.logits
-    logits = as_tensor(outputs, "outputs")
-    check_floating(logits, "outputs")
-    check_ndim(logits, "outputs", (3,), "[N, E, C] logits (or an ExitOutputs)")
+    logits, _ = batched_logits(outputs, "outputs", allow_2d=False)
     check_finite(logits, "outputs")
     return logits
 

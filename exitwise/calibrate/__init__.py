@@ -1,41 +1,35 @@
-"""Calibrators for every exit: scikit-learn estimators over per-exit logits."""
+"""Calibrators for every exit: scikit-learn-style estimators over per-exit logits.
 
+Every public estimator class registers itself (``__init_subclass__``): ``CALIBRATORS`` maps
+class names to classes (files are read through it) and ``METHODS`` lists the short names
+``make_calibrator`` and the CLI accept. scikit-learn and scipy are imported where used.
+"""
+
+from exitwise.calibrate._estimator import REGISTRY, FittedEstimator
 from exitwise.calibrate.base import Calibrator, load_calibrator
 from exitwise.calibrate.binning import HistogramBinning, Isotonic
 from exitwise.calibrate.compare import (
-    METHODS,
     CalibrationTable,
     calibrate,
     compare_calibrators,
     make_calibrator,
+    methods,
 )
 from exitwise.calibrate.halting import HaltingNetwork, halting_features
 from exitwise.calibrate.netcal_adapter import NetcalCalibrator
 from exitwise.calibrate.platt import BetaCalibration, PlattScaling
-from exitwise.calibrate.scaling import (
-    DirichletCalibration,
-    MatrixScaling,
+from exitwise.calibrate.scaling import DirichletCalibration, MatrixScaling, VectorScaling
+from exitwise.calibrate.temperature import (
     TemperatureFit,
     TemperatureScaling,
-    VectorScaling,
     fit_temperatures,
+    scale_by_temperature,
 )
 
-#: calibrator classes by name, used to read files
-CALIBRATORS = {
-    cls.__name__: cls
-    for cls in (
-        BetaCalibration,
-        DirichletCalibration,
-        HaltingNetwork,
-        HistogramBinning,
-        Isotonic,
-        MatrixScaling,
-        PlattScaling,
-        TemperatureScaling,
-        VectorScaling,
-    )
-}
+#: estimator classes by name, used to read files (the one registry)
+CALIBRATORS = REGISTRY
+#: short method names for ``make_calibrator`` and the CLI
+METHODS = tuple(methods())
 
 __all__ = [
     "CALIBRATORS",
@@ -44,6 +38,7 @@ __all__ = [
     "CalibrationTable",
     "Calibrator",
     "DirichletCalibration",
+    "FittedEstimator",
     "HaltingNetwork",
     "HistogramBinning",
     "Isotonic",
@@ -59,4 +54,6 @@ __all__ = [
     "halting_features",
     "load_calibrator",
     "make_calibrator",
+    "methods",
+    "scale_by_temperature",
 ]

@@ -61,7 +61,7 @@ def interpolate(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Te
     return torch.where(x >= xp[-1], fp[-1], out)
 
 
-class TopLabelCalibrator(Calibrator):
+class TopLabelCalibrator(Calibrator, abstract=True):
     """Fits ``_fit_exit(confidence, hit) -> state`` per exit; applies ``_map_exit``."""
 
     def _fit_exit(self, confidence: np.ndarray, hit: np.ndarray) -> dict[str, torch.Tensor]:

@@ -9,21 +9,18 @@ calibrated log-probabilities of the input's shape. Everything runs on the input'
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from sklearn.base import BaseEstimator
-from sklearn.exceptions import NotFittedError
 
-from exitwise._checks import as_tensor, check_finite, check_floating, check_labels, check_ndim
+from exitwise._checks import as_tensor, batched_logits, check_finite, check_labels
+from exitwise.calibrate._estimator import FittedEstimator, load_estimator
 from exitwise.data import ExitOutputs
 
 __all__ = ["Calibrator", "load_calibrator"]
 
-_FORMAT = "exitwise.Calibrator/1"
+#: read any calibrator (or halting network) file written by ``save``
+load_calibrator = load_estimator
 
 
 def _as_batched(
@@ -38,16 +35,7 @@ def _as_batched(
                 "Fitting needs labels, but these ExitOutputs have none; pass labelled outputs."
             )
         return outputs.logits, outputs.labels, False, outputs
-    logits = as_tensor(outputs, "logits")
-    check_floating(logits, "logits")
-    check_ndim(logits, "logits", (2, 3), "[N, C] or [N, E, C]")
-    single = logits.ndim == 2
-    if single:
-        logits = logits.unsqueeze(1)
-    if logits.shape[0] == 0:
-        raise ValueError("Expected `logits` to hold at least one sample, got N = 0.")
-    if logits.shape[2] < 2:
-        raise ValueError(f"Expected at least 2 classes, got C = {logits.shape[2]}.")
+    logits, single = batched_logits(outputs, "logits")
     check_finite(logits, "logits")
     y = None
     if labels is not None:
@@ -70,12 +58,13 @@ def _check_fit_data(logits: torch.Tensor, labels: torch.Tensor) -> None:
         )
 
 
-class Calibrator(BaseEstimator):
+class Calibrator(FittedEstimator, abstract=True):
     """Base class: subclasses implement ``_fit(logits, labels)`` and ``_transform(logits)``.
 
     ``logits`` is ``[N, E, C]`` (any float dtype, on any device); ``_transform`` returns
     calibrated log-probabilities ``[N, E, C]``. Fitted state lives in attributes ending in
-    ``_``; :meth:`_state` / :meth:`_set_state` list them for files.
+    ``_``; parameters, the not-fitted check and files come from
+    :class:`~exitwise.calibrate._estimator.FittedEstimator`.
     """
 
     #: minimum number of samples a fit needs (subclasses raise it, e.g. to the bin count)
@@ -87,14 +76,6 @@ class Calibrator(BaseEstimator):
 
     def _transform(self, logits: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
-
-    def _state(self) -> dict[str, Any]:
-        """Fitted attributes: tensors, lists of tensors, or JSON values."""
-        return {k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")}
-
-    def _set_state(self, state: dict[str, Any]) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
 
     # -- public API ------------------------------------------------------------------------
     def fit(self, outputs: Any, labels: Any = None) -> Calibrator:
@@ -125,13 +106,6 @@ class Calibrator(BaseEstimator):
         self._fit(logits, y)
         return self
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "num_exits_"):
-            raise NotFittedError(
-                f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
-                "calibration data before using it."
-            )
-
     def transform(self, outputs: Any) -> Any:
         """Calibrated log-probabilities, in the kind of the input (ExitOutputs or tensor)."""
         self._check_fitted()
@@ -154,98 +128,3 @@ class Calibrator(BaseEstimator):
         result = self.transform(outputs)
         log_probs = result.logits if isinstance(result, ExitOutputs) else result
         return log_probs.exp()
-
-    # -- files -----------------------------------------------------------------------------
-    def save(self, path: str | Path) -> None:
-        """Write ``path`` (JSON: class, parameters, small state) and, for tensors, a
-        ``.safetensors`` file beside it. No pickle."""
-        self._check_fitted()
-        path = Path(path)
-        if path.suffix.lower() != ".json":
-            raise ValueError(f"Expected a `.json` path for the calibrator, got '{path}'.")
-        tensors: dict[str, torch.Tensor] = {}
-        plain: dict[str, Any] = {}
-        for key, value in self._state().items():
-            if isinstance(value, torch.Tensor):
-                tensors[key] = value.detach().cpu().contiguous()
-            elif (
-                isinstance(value, list)
-                and value
-                and all(isinstance(v, torch.Tensor) for v in value)
-            ):
-                for i, v in enumerate(value):
-                    tensors[f"{key}.{i}"] = v.detach().cpu().contiguous()
-                plain[key] = {"tensor_list": len(value)}
-            else:
-                plain[key] = value
-        doc = {
-            "format": _FORMAT,
-            "class": type(self).__name__,
-            "params": self.get_params(deep=False),
-            "state": plain,
-            "tensors": path.with_suffix(".safetensors").name if tensors else None,
-        }
-        if tensors:
-            from safetensors.torch import save_file
-
-            save_file(tensors, str(path.with_suffix(".safetensors")))
-        path.write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> Calibrator:
-        """Read a calibrator written by :meth:`save` (any calibrator class)."""
-        return load_calibrator(path)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    raise TypeError(f"Cannot write {type(value).__name__} to a calibrator file.")
-
-
-def load_calibrator(path: str | Path) -> Calibrator:
-    """Read any calibrator written by :meth:`Calibrator.save`.
-
-    Examples
-    --------
-    >>> import tempfile, os, torch
-    >>> from exitwise.calibrate import TemperatureScaling
-    >>> g = torch.Generator().manual_seed(0)
-    >>> labels = torch.arange(200) % 3
-    >>> logits = torch.randn(200, 2, 3, generator=g) * 3
-    >>> logits[torch.arange(200), :, labels] += 2.0
-    >>> ts = TemperatureScaling().fit(logits, labels)
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     ts.save(os.path.join(d, "ts.json"))
-    ...     back = load_calibrator(os.path.join(d, "ts.json"))
-    >>> torch.equal(back.transform(logits), ts.transform(logits))
-    True
-    """
-    from exitwise.calibrate import CALIBRATORS
-
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"'{path}' is not a JSON calibrator file: {err}") from None
-    if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
-        raise ValueError(f"'{path}' is not an exitwise calibrator file (format {_FORMAT}).")
-    name = doc.get("class")
-    if name not in CALIBRATORS:
-        raise ValueError(f"Unknown calibrator class {name!r} in '{path}'.")
-    obj = CALIBRATORS[name](**doc.get("params", {}))
-    state = dict(doc.get("state", {}))
-    if doc.get("tensors"):
-        from safetensors.torch import load_file
-
-        tensors = load_file(str(path.parent / doc["tensors"]))
-        for key, value in list(state.items()):
-            if isinstance(value, dict) and "tensor_list" in value:
-                state[key] = [tensors[f"{key}.{i}"] for i in range(value["tensor_list"])]
-        for key, tensor in tensors.items():
-            if "." not in key:
-                state[key] = tensor
-    obj._set_state(state)
-    return obj

@@ -10,7 +10,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-from sklearn.isotonic import IsotonicRegression
 
 from exitwise._checks import check_choice, check_int
 from exitwise.calibrate._toplabel import TopLabelCalibrator, interpolate
@@ -19,6 +18,8 @@ __all__ = ["HistogramBinning", "Isotonic"]
 
 
 def _fit_isotonic(x: np.ndarray, y: np.ndarray) -> dict[str, torch.Tensor]:
+    from sklearn.isotonic import IsotonicRegression
+
     iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
     iso.fit(x, y)
     return {
@@ -47,6 +48,8 @@ class Isotonic(TopLabelCalibrator):
     >>> bool((calibrated.predictions() == test.predictions()).all())
     True
     """
+
+    method_name = "isotonic"
 
     def __init__(self, mode: Literal["top_label", "one_vs_rest"] = "top_label") -> None:
         self.mode = mode
@@ -110,6 +113,8 @@ class HistogramBinning(TopLabelCalibrator):
     >>> hb.confidence_map([0.05, 0.99], exit=3).shape
     torch.Size([2])
     """
+
+    method_name = "histogram"
 
     def __init__(
         self, n_bins: int = 15, binning: Literal["quantile", "uniform"] = "quantile"

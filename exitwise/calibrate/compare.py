@@ -7,45 +7,32 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from exitwise._checks import check_choice
+from exitwise.calibrate._estimator import REGISTRY
 from exitwise.calibrate.base import Calibrator
 from exitwise.data import ExitOutputs
 
-__all__ = ["METHODS", "CalibrationTable", "calibrate", "compare_calibrators", "make_calibrator"]
+__all__ = ["CalibrationTable", "calibrate", "compare_calibrators", "make_calibrator", "methods"]
 
 
-def _methods() -> dict[str, type[Calibrator]]:
-    from exitwise.calibrate.binning import HistogramBinning, Isotonic
-    from exitwise.calibrate.platt import BetaCalibration, PlattScaling
-    from exitwise.calibrate.scaling import (
-        DirichletCalibration,
-        MatrixScaling,
-        TemperatureScaling,
-        VectorScaling,
-    )
-
+def methods() -> dict[str, type[Calibrator]]:
+    """Calibrator classes by short method name (``"temperature"``, ``"isotonic"``, ...), from
+    the one registry of estimator classes (each class names itself with ``method_name``)."""
     return {
-        "temperature": TemperatureScaling,
-        "vector": VectorScaling,
-        "matrix": MatrixScaling,
-        "dirichlet": DirichletCalibration,
-        "isotonic": Isotonic,
-        "histogram": HistogramBinning,
-        "platt": PlattScaling,
-        "beta": BetaCalibration,
+        cls.method_name: cls
+        for cls in REGISTRY.values()
+        if cls.method_name is not None and issubclass(cls, Calibrator)
     }
 
 
-METHODS = tuple(_methods())
-
-
 def make_calibrator(method: str | Calibrator, **params: Any) -> Calibrator:
-    """A new calibrator from a method name (see ``METHODS``) or a calibrator instance."""
+    """A new calibrator from a method name (see :func:`methods`) or a calibrator instance."""
     if isinstance(method, Calibrator):
         from sklearn.base import clone
 
         return clone(method).set_params(**params) if params else clone(method)
-    check_choice(method, "method", METHODS)
-    return _methods()[method](**params)
+    known = methods()
+    check_choice(method, "method", tuple(known))
+    return known[method](**params)
 
 
 def calibrate(outputs: ExitOutputs, method: str | Calibrator = "temperature", **params: Any):

@@ -22,8 +22,9 @@ from torch import nn
 
 from exitwise import signals
 from exitwise._checks import as_tensor, check_choice, check_int, check_open_unit
+from exitwise.calibrate._estimator import FittedEstimator
 from exitwise.calibrate._toplabel import interpolate
-from exitwise.calibrate.base import Calibrator, _as_batched
+from exitwise.calibrate.base import _as_batched
 from exitwise.calibrate.binning import _fit_isotonic
 from exitwise.exceptions import ConvergenceWarning
 
@@ -83,8 +84,13 @@ class _MLP(nn.Module):
         return self.net(x).squeeze(-1)
 
 
-class HaltingNetwork(Calibrator):
+class HaltingNetwork(FittedEstimator):
     """Learned probability that each exit's answer is right (or equals the final answer).
+
+    A *signal provider*, not a calibrator: it does not change class probabilities, it scores
+    whether to stop (``predict_proba`` ``[N, E]``; pass the fitted network wherever a signal
+    is accepted). It shares the estimator contract (parameters, not-fitted check, JSON +
+    safetensors files) with the calibrators.
 
     Parameters
     ----------
@@ -247,12 +253,6 @@ class HaltingNetwork(Calibrator):
     def __call__(self, outputs: Any) -> torch.Tensor:
         """So a fitted network can be passed as a signal: ``compute_signal(out, halt)``."""
         return self.predict_proba(outputs)
-
-    def transform(self, outputs: Any) -> Any:
-        raise TypeError(
-            "HaltingNetwork predicts whether to stop, not class probabilities: use "
-            "predict_proba(outputs) as a signal (ThresholdPolicy / evaluate_thresholds)."
-        )
 
     def calibration_error(self, outputs: Any, labels: Any = None, n_bins: int = 15) -> torch.Tensor:
         """ECE ``[E]`` of ``predict_proba`` against the target on (held-out) data."""

@@ -46,6 +46,8 @@ class NetcalCalibrator(Calibrator):
     4
     """
 
+    savable = False  # netcal models need pickle
+
     def __init__(self, method: type | Callable[..., Any] | None = None, **method_kwargs: Any):
         self.method = method
         self.method_kwargs = method_kwargs

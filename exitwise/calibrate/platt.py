@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
 
 from exitwise.calibrate._toplabel import TopLabelCalibrator
 
@@ -26,6 +25,8 @@ def _logistic(features: np.ndarray, hit: np.ndarray) -> tuple[np.ndarray, float]
     if np.unique(hit).size < 2:  # all right or all wrong: a constant map
         rate = float(np.clip(hit.mean(), _EPS, 1 - _EPS))
         return np.zeros(features.shape[1]), float(np.log(rate / (1 - rate)))
+    from sklearn.linear_model import LogisticRegression
+
     model = LogisticRegression(C=np.inf, solver="lbfgs", max_iter=1000, tol=1e-10)
     model.fit(features, hit)
     return model.coef_[0].astype(np.float64), float(model.intercept_[0])
@@ -44,6 +45,8 @@ class PlattScaling(TopLabelCalibrator):
     >>> platt.exit_maps_[0]["coef"].shape
     torch.Size([2])
     """
+
+    method_name = "platt"
 
     def __init__(self) -> None:
         pass
@@ -72,6 +75,8 @@ class BetaCalibration(TopLabelCalibrator):
     >>> bool((beta.exit_maps_[0]["coef"][:2] >= 0).all())
     True
     """
+
+    method_name = "beta"
 
     def __init__(self) -> None:
         pass

@@ -9,11 +9,10 @@ import torch
 
 from exitwise._checks import (
     as_tensor,
+    batched_logits,
     check_choice,
     check_finite,
-    check_floating,
     check_labels,
-    check_ndim,
     compute_dtype,
 )
 from exitwise._chunks import rows_per_chunk
@@ -24,20 +23,7 @@ _CHUNK_BYTES = 1 << 23  # 8 MiB: several passes over a chunk stay in cache
 
 def batched_scores(scores: Any, name: str, *, allow_2d: bool = True) -> tuple[torch.Tensor, bool]:
     """``[N, C]`` or ``[N, E, C]`` as ``[N, E, C]``; the flag says whether to squeeze E."""
-    tensor = as_tensor(scores, name)
-    check_floating(tensor, name)
-    allowed = (2, 3) if allow_2d else (3,)
-    check_ndim(tensor, name, allowed, "[N, C] or [N, E, C]")
-    squeeze = tensor.ndim == 2
-    if squeeze:
-        tensor = tensor.unsqueeze(1)
-    if tensor.shape[0] == 0:
-        raise ValueError(f"Expected `{name}` to hold at least one sample, got N = 0.")
-    if tensor.shape[2] < 2:
-        raise ValueError(
-            f"Expected `{name}` to hold at least 2 classes, got C = {tensor.shape[2]}."
-        )
-    return tensor, squeeze
+    return batched_logits(scores, name, allow_2d=allow_2d)
 
 
 def _sum_tolerance(probs: torch.Tensor) -> float:

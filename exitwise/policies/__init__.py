@@ -4,11 +4,12 @@ from exitwise.policies.base import ExitPolicy, load_policy, policy_from_dict
 from exitwise.policies.batching import BatchingResult, simulate_batching
 from exitwise.policies.evaluate import (
     ThresholdEvaluation,
-    evaluate,
     evaluate_thresholds,
     evaluate_thresholds_streaming,
     first_exit,
 )
+from exitwise.policies.evaluate_policies import evaluate
+from exitwise.policies.frontier import geometric_budget_policy, pareto_frontier
 from exitwise.policies.risk import (
     RiskControlResult,
     binomial_p_value,
@@ -30,8 +31,6 @@ from exitwise.policies.tune import (
     CostQuantileAtMost,
     RiskAtMost,
     TunedPolicy,
-    geometric_budget_policy,
-    pareto_frontier,
     tune,
     tune_for_accuracy,
     tune_for_budget,

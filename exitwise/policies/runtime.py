@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from exitwise.calibrate.scaling import scale_by_temperature
+from exitwise.calibrate.temperature import scale_by_temperature
 from exitwise.policies.base import load_policy
 from exitwise.policies.threshold import ThresholdPolicy
 from exitwise.signals import SIGNALS, exit_signal, initial_state

@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from exitwise.policies.evaluate import _costs, _outcome, _scores, first_exit
+from exitwise.policies.inputs import check_outcome, check_scores, costs_for
+from exitwise.policies.kernels import first_exit
 
 __all__ = [
     "ExitThresholdSweep",
@@ -101,10 +102,10 @@ def sweep_shared_threshold(
     >>> sw.mean_cost
     tensor([1.0000, 1.5000, 2.0000], dtype=torch.float64)
     """
-    s = _scores(scores)
+    s = check_scores(scores)
     n, e = int(s.shape[0]), int(s.shape[1])
-    o = _outcome(correct, (n, e), s.device)
-    c = _costs(costs, (n, e), s.device)
+    o = check_outcome(correct, (n, e), s.device)
+    c = costs_for(costs, (n, e), s.device)
     device = s.device
     bool_outcome = o.dtype == torch.bool
     o_sum = o.to(torch.int8 if bool_outcome else torch.float64)

@@ -19,7 +19,7 @@ import torch
 from exitwise._checks import check_choice, check_int
 from exitwise.data import ExitOutputs
 from exitwise.policies.base import ExitPolicy
-from exitwise.policies.evaluate import first_exit
+from exitwise.policies.kernels import first_exit
 from exitwise.signals import SIGNALS, compute_signal
 
 __all__ = ["FixedExitPolicy", "OracleExit", "PatiencePolicy", "ThresholdPolicy"]

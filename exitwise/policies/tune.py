@@ -20,14 +20,18 @@ from typing import Any, Literal
 
 import torch
 
-from exitwise._checks import check_choice, check_int, check_open_unit
+from exitwise._checks import check_choice, check_costs, check_int, check_open_unit
 from exitwise.data import ExitOutputs
-from exitwise.policies.evaluate import (
-    ThresholdEvaluation,
-    evaluate,
-    evaluate_thresholds,
-    quantiles_from_counts,
+from exitwise.policies.constraints import (
+    AccuracyAtLeast,
+    CostAtMost,
+    CostQuantileAtMost,
+    RiskAtMost,
+    _Stats,
 )
+from exitwise.policies.evaluate import evaluate_thresholds
+from exitwise.policies.evaluate_policies import evaluate
+from exitwise.policies.kernels import ThresholdEvaluation
 from exitwise.policies.sweep import sweep_exit_threshold, sweep_shared_threshold
 from exitwise.policies.threshold import ThresholdPolicy
 from exitwise.signals import compute_signal
@@ -38,82 +42,11 @@ __all__ = [
     "CostQuantileAtMost",
     "RiskAtMost",
     "TunedPolicy",
-    "geometric_budget_policy",
-    "pareto_frontier",
     "tune",
     "tune_for_accuracy",
     "tune_for_budget",
     "tune_for_latency",
 ]
-
-
-# ----------------------------------------------------------------------------- constraints
-@dataclass(frozen=True)
-class AccuracyAtLeast:
-    """Accuracy >= ``value`` (or ``value`` x the final exit's accuracy if relative)."""
-
-    value: float
-    relative_to_final: bool = False
-
-    def bound(self, final_accuracy: float, full_cost: float) -> float:
-        return self.value * final_accuracy if self.relative_to_final else self.value
-
-    def ok(self, ev: _Stats, final_accuracy: float, full_cost: float) -> torch.Tensor:
-        return ev.accuracy >= self.bound(final_accuracy, full_cost) - 1e-12
-
-
-@dataclass(frozen=True)
-class CostAtMost:
-    """Mean cost <= ``value`` (in cost units, or as a fraction of the final exit's cost)."""
-
-    value: float
-    relative_to_final: bool = False
-
-    def ok(self, ev: _Stats, final_accuracy: float, full_cost: float) -> torch.Tensor:
-        limit = self.value * full_cost if self.relative_to_final else self.value
-        return ev.mean_cost <= limit + 1e-12 * max(1.0, abs(limit))
-
-
-@dataclass(frozen=True)
-class CostQuantileAtMost:
-    """The ``q``-quantile of the per-sample cost (e.g. p99 latency) <= ``value``."""
-
-    q: float
-    value: float
-    relative_to_final: bool = False
-
-    def ok(self, ev: _Stats, final_accuracy: float, full_cost: float) -> torch.Tensor:
-        limit = self.value * full_cost if self.relative_to_final else self.value
-        return ev.quantile(self.q) <= limit + 1e-12 * max(1.0, abs(limit))
-
-
-@dataclass(frozen=True)
-class RiskAtMost:
-    """Error rate (``risk="error"``) or disagreement with the final exit
-    (``risk="disagreement"``) <= ``value`` on the tuning split (an empirical bound; for a
-    statistical guarantee use :func:`~exitwise.policies.risk_controlled_threshold`)."""
-
-    value: float
-    risk: Literal["error", "disagreement"] = "error"
-
-    def ok(self, ev: _Stats, final_accuracy: float, full_cost: float) -> torch.Tensor:
-        check_choice(self.risk, "risk", ("error", "disagreement"))
-        rate = 1.0 - ev.accuracy if self.risk == "error" else ev.disagreement
-        return rate <= self.value + 1e-12
-
-
-@dataclass
-class _Stats:
-    """Accuracy, mean cost and exit counts of candidates (from the sweep or the evaluator)."""
-
-    accuracy: torch.Tensor
-    mean_cost: torch.Tensor
-    counts: torch.Tensor | None  # [K, E], only when a quantile constraint needs it
-    costs: torch.Tensor  # [E]
-    disagreement: torch.Tensor | None = None
-
-    def quantile(self, q: float) -> torch.Tensor:
-        return quantiles_from_counts(self.counts, self.costs, [q])[:, 0]
 
 
 @dataclass
@@ -375,136 +308,11 @@ def tune_for_latency(
     ``latencies`` are cumulative per-exit latencies ``[E]`` (e.g. milliseconds); they replace
     ``outputs.costs`` for this tuning.
     """
-    lat = torch.as_tensor(latencies, dtype=torch.float64)
-    q = percentile / 100.0
-    with_latency = ExitOutputs._trusted(
-        outputs.logits, outputs.labels, lat.to(outputs.device), outputs.exit_names
+    lat = check_costs(
+        latencies, "latencies", outputs.num_exits, positive=True, device=outputs.device
     )
-    ExitOutputs(outputs.logits[:1], costs=lat)  # validate the latencies
+    q = percentile / 100.0
+    with_latency = ExitOutputs._trusted(outputs.logits, outputs.labels, lat, outputs.exit_names)
     return tune(
         with_latency, signal, "accuracy", [CostQuantileAtMost(q, limit)], quantiles=(q,), **kwargs
     )
-
-
-def pareto_frontier(
-    outputs: ExitOutputs,
-    signal: str,
-    *,
-    budgets: Any = None,
-    reference: Literal["labels", "final"] = "labels",
-) -> dict[str, torch.Tensor]:
-    """Non-dominated (mean cost, accuracy) points with their thresholds.
-
-    Exact for the shared-threshold family (every breakpoint of the sweep), plus the per-exit
-    search's points at ``budgets`` (fractions of the final cost; default 10 between the
-    first and last exits' costs). Returns ``mean_cost``, ``accuracy`` (sorted by cost),
-    ``thresholds`` ``[P, E]`` and ``per_exit`` (bool: from the per-exit search).
-
-    Examples
-    --------
-    >>> from exitwise.datasets import load_default
-    >>> front = pareto_frontier(load_default()[:2000], "max_probability", budgets=[0.5])
-    >>> bool((front["accuracy"][1:] > front["accuracy"][:-1]).all())
-    True
-    """
-    scores = compute_signal(outputs, signal).double().cpu()
-    correct = outputs.correct(reference).cpu()
-    costs = outputs.costs.cpu()
-    e = scores.shape[1]
-    sweep = sweep_shared_threshold(scores, correct, costs)
-    pts_cost = [sweep.mean_cost]
-    pts_acc = [sweep.accuracy]
-    pts_thr = [sweep.thresholds[:, None].expand(-1, e)]
-    pts_kind = [torch.zeros(len(sweep), dtype=torch.bool)]
-    if budgets is None:
-        lo = float(costs[0] / costs[-1])
-        budgets = torch.linspace(lo, 1.0, 12)[1:-1].tolist()
-    for b in budgets:
-        tuned = tune(outputs, signal, "accuracy", [CostAtMost(float(b), True)], reference=reference)
-        if tuned.policy is None:
-            continue
-        pts_cost.append(torch.tensor([tuned.achieved["mean_cost"]], dtype=torch.float64))
-        pts_acc.append(torch.tensor([tuned.achieved["accuracy"]], dtype=torch.float64))
-        pts_thr.append(tuned.policy.threshold_vector(e)[None])
-        pts_kind.append(torch.ones(1, dtype=torch.bool))
-    cost = torch.cat(pts_cost)
-    acc = torch.cat(pts_acc)
-    thr = torch.cat(pts_thr)
-    kind = torch.cat(pts_kind)
-    order = torch.argsort(cost * 1.0 - acc * 1e-12, stable=True)
-    cost, acc, thr, kind = cost[order], acc[order], thr[order], kind[order]
-    best_before = torch.cat(
-        [torch.tensor([-math.inf], dtype=torch.float64), acc.cummax(0).values[:-1]]
-    )
-    keep = acc > best_before + 1e-12
-    return {
-        "mean_cost": cost[keep],
-        "accuracy": acc[keep],
-        "thresholds": thr[keep],
-        "per_exit": kind[keep],
-    }
-
-
-def geometric_budget_policy(
-    outputs: ExitOutputs,
-    signal: str,
-    budget: float,
-    *,
-    relative: bool = True,
-    reference: Literal["labels", "final"] = "labels",
-) -> TunedPolicy:
-    r"""MSDNet's budgeted-batch rule, a baseline for :func:`tune_for_budget`.
-
-    Huang et al. (2018) let a share :math:`p_e \propto q^e` of the samples leave at exit
-    :math:`e`, with :math:`q` solved (here by bisection) so that the expected cost
-    :math:`\sum_e p_e c_e` equals the budget. Thresholds are then set on the tuning split
-    so that, exit by exit, the most confident :math:`p_e N` of the remaining samples leave
-    (ties may let a few more leave).
-
-    Examples
-    --------
-    >>> from exitwise.datasets import load_default
-    >>> cal, _ = load_default().split(0.5, seed=0)
-    >>> base = geometric_budget_policy(cal, "max_probability", 0.5)
-    >>> abs(base.achieved["speed_up"] - 2.0) < 0.1
-    True
-    """
-    costs = outputs.costs.cpu().to(torch.float64)
-    e = costs.numel()
-    limit = budget * float(costs[-1]) if relative else float(budget)
-    if not float(costs[0]) <= limit <= float(costs[-1]):
-        raise ValueError(
-            f"Expected a budget between the first and last exits' costs ({float(costs[0]):.4g}"
-            f" and {float(costs[-1]):.4g}), got {limit:.4g}."
-        )
-    powers = torch.arange(e, dtype=torch.float64)
-
-    def shares(log_q: float) -> torch.Tensor:
-        w = torch.softmax(powers * log_q, dim=0)
-        return w
-
-    lo, hi = -50.0, 50.0
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        if float((shares(mid) * costs).sum()) > limit:
-            hi = mid
-        else:
-            lo = mid
-    p = shares(lo)
-    scores = compute_signal(outputs, signal).double().cpu()
-    n = scores.shape[0]
-    remaining = torch.ones(n, dtype=torch.bool)
-    thresholds = torch.full((e,), -math.inf, dtype=torch.float64)
-    for j in range(e - 1):
-        take = round(float(p[j]) * n)
-        left = int(remaining.sum())
-        if take <= 0 or left == 0:
-            thresholds[j] = math.inf
-            continue
-        values = scores[remaining, j].sort(descending=True).values
-        thresholds[j] = values[min(take, left) - 1]
-        remaining &= ~(scores[:, j] >= thresholds[j])
-    policy = ThresholdPolicy(signal, thresholds.tolist())
-    achieved = _summary(evaluate(policy, outputs, reference=reference))
-    achieved["geometric_shares"] = p.tolist()
-    return TunedPolicy(policy, True, achieved, math.inf, ())

@@ -1,0 +1,142 @@
+"""The accuracy-cost frontier and MSDNet's budgeted baseline, built on the tuner."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+
+from exitwise.data import ExitOutputs
+from exitwise.policies.constraints import CostAtMost
+from exitwise.policies.evaluate_policies import evaluate
+from exitwise.policies.sweep import sweep_shared_threshold
+from exitwise.policies.threshold import ThresholdPolicy
+from exitwise.policies.tune import TunedPolicy, _summary, tune
+from exitwise.signals import compute_signal
+
+__all__ = ["geometric_budget_policy", "pareto_frontier"]
+
+
+def pareto_frontier(
+    outputs: ExitOutputs,
+    signal: str,
+    *,
+    budgets: Any = None,
+    reference: Literal["labels", "final"] = "labels",
+) -> dict[str, torch.Tensor]:
+    """Non-dominated (mean cost, accuracy) points with their thresholds.
+
+    Exact for the shared-threshold family (every breakpoint of the sweep), plus the per-exit
+    search's points at ``budgets`` (fractions of the final cost; default 10 between the
+    first and last exits' costs). Returns ``mean_cost``, ``accuracy`` (sorted by cost),
+    ``thresholds`` ``[P, E]`` and ``per_exit`` (bool: from the per-exit search).
+
+    Examples
+    --------
+    >>> from exitwise.datasets import load_default
+    >>> front = pareto_frontier(load_default()[:2000], "max_probability", budgets=[0.5])
+    >>> bool((front["accuracy"][1:] > front["accuracy"][:-1]).all())
+    True
+    """
+    scores = compute_signal(outputs, signal).double().cpu()
+    correct = outputs.correct(reference).cpu()
+    costs = outputs.costs.cpu()
+    e = scores.shape[1]
+    sweep = sweep_shared_threshold(scores, correct, costs)
+    pts_cost = [sweep.mean_cost]
+    pts_acc = [sweep.accuracy]
+    pts_thr = [sweep.thresholds[:, None].expand(-1, e)]
+    pts_kind = [torch.zeros(len(sweep), dtype=torch.bool)]
+    if budgets is None:
+        lo = float(costs[0] / costs[-1])
+        budgets = torch.linspace(lo, 1.0, 12)[1:-1].tolist()
+    for b in budgets:
+        tuned = tune(outputs, signal, "accuracy", [CostAtMost(float(b), True)], reference=reference)
+        if tuned.policy is None:
+            continue
+        pts_cost.append(torch.tensor([tuned.achieved["mean_cost"]], dtype=torch.float64))
+        pts_acc.append(torch.tensor([tuned.achieved["accuracy"]], dtype=torch.float64))
+        pts_thr.append(tuned.policy.threshold_vector(e)[None])
+        pts_kind.append(torch.ones(1, dtype=torch.bool))
+    cost = torch.cat(pts_cost)
+    acc = torch.cat(pts_acc)
+    thr = torch.cat(pts_thr)
+    kind = torch.cat(pts_kind)
+    order = torch.argsort(cost * 1.0 - acc * 1e-12, stable=True)
+    cost, acc, thr, kind = cost[order], acc[order], thr[order], kind[order]
+    best_before = torch.cat(
+        [torch.tensor([-math.inf], dtype=torch.float64), acc.cummax(0).values[:-1]]
+    )
+    keep = acc > best_before + 1e-12
+    return {
+        "mean_cost": cost[keep],
+        "accuracy": acc[keep],
+        "thresholds": thr[keep],
+        "per_exit": kind[keep],
+    }
+
+
+def geometric_budget_policy(
+    outputs: ExitOutputs,
+    signal: str,
+    budget: float,
+    *,
+    relative: bool = True,
+    reference: Literal["labels", "final"] = "labels",
+) -> TunedPolicy:
+    r"""MSDNet's budgeted-batch rule, a baseline for :func:`tune_for_budget`.
+
+    Huang et al. (2018) let a share :math:`p_e \propto q^e` of the samples leave at exit
+    :math:`e`, with :math:`q` solved (here by bisection) so that the expected cost
+    :math:`\sum_e p_e c_e` equals the budget. Thresholds are then set on the tuning split
+    so that, exit by exit, the most confident :math:`p_e N` of the remaining samples leave
+    (ties may let a few more leave).
+
+    Examples
+    --------
+    >>> from exitwise.datasets import load_default
+    >>> cal, _ = load_default().split(0.5, seed=0)
+    >>> base = geometric_budget_policy(cal, "max_probability", 0.5)
+    >>> abs(base.achieved["speed_up"] - 2.0) < 0.1
+    True
+    """
+    costs = outputs.costs.cpu().to(torch.float64)
+    e = costs.numel()
+    limit = budget * float(costs[-1]) if relative else float(budget)
+    if not float(costs[0]) <= limit <= float(costs[-1]):
+        raise ValueError(
+            f"Expected a budget between the first and last exits' costs ({float(costs[0]):.4g}"
+            f" and {float(costs[-1]):.4g}), got {limit:.4g}."
+        )
+    powers = torch.arange(e, dtype=torch.float64)
+
+    def shares(log_q: float) -> torch.Tensor:
+        w = torch.softmax(powers * log_q, dim=0)
+        return w
+
+    lo, hi = -50.0, 50.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if float((shares(mid) * costs).sum()) > limit:
+            hi = mid
+        else:
+            lo = mid
+    p = shares(lo)
+    scores = compute_signal(outputs, signal).double().cpu()
+    n = scores.shape[0]
+    remaining = torch.ones(n, dtype=torch.bool)
+    thresholds = torch.full((e,), -math.inf, dtype=torch.float64)
+    for j in range(e - 1):
+        take = round(float(p[j]) * n)
+        left = int(remaining.sum())
+        if take <= 0 or left == 0:
+            thresholds[j] = math.inf
+            continue
+        values = scores[remaining, j].sort(descending=True).values
+        thresholds[j] = values[min(take, left) - 1]
+        remaining &= ~(scores[:, j] >= thresholds[j])
+    policy = ThresholdPolicy(signal, thresholds.tolist())
+    achieved = _summary(evaluate(policy, outputs, reference=reference))
+    achieved["geometric_shares"] = p.tolist()
+    return TunedPolicy(policy, True, achieved, math.inf, ())
