@@ -165,16 +165,44 @@ class HaltingNetwork(FittedEstimator):
         mean = x[train].reshape(-1, x.shape[-1]).mean(0)
         std = x[train].reshape(-1, x.shape[-1]).std(0).clamp(min=1e-6)
         xs = (x - mean) / std
+        model, best_state, best, epochs = self._train(xs, goal, train, val, gen)
+        model.load_state_dict(best_state)
+        self.num_exits_ = e
+        self.num_classes_ = int(logits.shape[2])
+        self.num_features_ = int(x.shape[-1])
+        self.state_dict_ = {k: v.cpu() for k, v in best_state.items()}
+        self.feature_mean_ = mean.cpu()
+        self.feature_std_ = std.cpu()
+        self.epochs_ = epochs
+        self.validation_loss_ = best
+        self.isotonic_maps_ = []
+        if self.isotonic:
+            with torch.no_grad():
+                raw = torch.sigmoid(model(xs[val])).double().cpu().numpy()
+            g = goal[val].double().cpu().numpy()
+            self.isotonic_maps_ = [_fit_isotonic(raw[:, j], g[:, j]) for j in range(e)]
+        return self
+
+    def _train(
+        self,
+        xs: torch.Tensor,
+        goal: torch.Tensor,
+        train: torch.Tensor,
+        val: torch.Tensor,
+        gen: torch.Generator,
+    ) -> tuple[_MLP, dict[str, torch.Tensor], float, int]:
+        """Adam on the BCE over all exits, early-stopped on the validation rows; returns the
+        model, its best weights, the best validation loss and the epochs run."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(self.seed))
-            model = _MLP(x.shape[-1], self.hidden).to(logits.device)
+            model = _MLP(xs.shape[-1], self.hidden).to(xs.device)
         opt = torch.optim.Adam(model.parameters(), lr=self.learning_rate)
         loss_fn = nn.BCEWithLogitsLoss()
         best, best_state, stale, epochs = math.inf, None, 0, 0
         batch = 4096
         for epochs in range(1, self.max_epochs + 1):  # noqa: B007 - reported below
             model.train()
-            order = train[torch.randperm(train.numel(), generator=gen).to(logits.device)]
+            order = train[torch.randperm(train.numel(), generator=gen).to(xs.device)]
             for i in range(0, order.numel(), batch):
                 rows = order[i : i + batch]
                 loss = loss_fn(model(xs[rows]), goal[rows])
@@ -196,24 +224,9 @@ class HaltingNetwork(FittedEstimator):
                 f"HaltingNetwork stopped at max_epochs={self.max_epochs} while the validation "
                 "loss was still improving.",
                 ConvergenceWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-        model.load_state_dict(best_state)
-        self.num_exits_ = e
-        self.num_classes_ = int(logits.shape[2])
-        self.num_features_ = int(x.shape[-1])
-        self.state_dict_ = {k: v.cpu() for k, v in best_state.items()}
-        self.feature_mean_ = mean.cpu()
-        self.feature_std_ = std.cpu()
-        self.epochs_ = epochs
-        self.validation_loss_ = best
-        self.isotonic_maps_ = []
-        if self.isotonic:
-            with torch.no_grad():
-                raw = torch.sigmoid(model(xs[val])).double().cpu().numpy()
-            g = goal[val].double().cpu().numpy()
-            self.isotonic_maps_ = [_fit_isotonic(raw[:, j], g[:, j]) for j in range(e)]
-        return self
+        return model, best_state, best, epochs
 
     def _features(self, logits: torch.Tensor, features: Any) -> torch.Tensor:
         x = halting_features(logits)

@@ -26,7 +26,14 @@ import torch
 
 from exitwise._checks import check_choice, check_int
 from exitwise.metrics._inputs import finish, log_probabilities, probabilities, top_label
-from exitwise.metrics.binning import bin_totals, gaps, norm_of_gaps, uniform_bin_edges
+from exitwise.metrics.binning import (
+    Binning,
+    Norm,
+    bin_totals,
+    gaps,
+    norm_of_gaps,
+    uniform_bin_edges,
+)
 from exitwise.metrics.smooth import smooth_calibration_error
 
 __all__ = [
@@ -41,8 +48,6 @@ __all__ = [
     "smooth_calibration_error",
 ]
 
-Binning = Literal["uniform", "quantile"]
-Norm = Literal["l1", "l2", "max"]
 Mode = Literal["top_label", "classwise"]
 Input = Literal["probs", "logits"]
 

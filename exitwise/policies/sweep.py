@@ -120,21 +120,7 @@ def sweep_shared_threshold(
             counts = torch.full((1, 1), n, dtype=torch.int64, device=device)
         return _result(thresholds, outcome_curve, cost_curve, counts, n, bool_outcome, base_cost)
 
-    running = s[:, : e - 1].cummax(dim=1).values
-    record = torch.zeros(n, e, dtype=torch.bool, device=device)  # the last exit: no events
-    record[:, 0] = True
-    torch.gt(running[:, 1:], running[:, :-1], out=record[:, 1 : e - 1])
-    del running
-    # events in row-major order, as flat indices into [N, E] tables
-    flat = torch.nonzero(record.reshape(-1), as_tuple=True)[0]
-    del record
-    to_exit = torch.remainder(flat, e)
-    # exit 0 is always a record: an event at exit 0 starts a new sample. A sample's next
-    # deeper record is its next event, or the last exit when there is none.
-    next_is_new_row = torch.ones_like(flat, dtype=torch.bool)
-    torch.eq(to_exit[1:], 0, out=next_is_new_row[:-1])
-    from_exit = torch.full_like(to_exit, e - 1)
-    from_exit[:-1] = torch.where(next_is_new_row[:-1], from_exit[:-1], to_exit[1:])
+    flat, to_exit, from_exit = _record_events(s)
     flat_from = flat + (from_exit - to_exit)
 
     def delta(table: torch.Tensor) -> torch.Tensor:
@@ -142,47 +128,83 @@ def sweep_shared_threshold(
         entries = table.reshape(-1)
         return entries.index_select(0, flat) - entries.index_select(0, flat_from)
 
-    values = s.reshape(-1).index_select(0, flat)
     d_outcome = delta(o_sum)
     d_cost = c.index_select(0, to_exit) - c.index_select(0, from_exit) if c.ndim == 1 else delta(c)
+    groups = _EventGroups(s.reshape(-1).index_select(0, flat))
+    outcome_dtype = torch.int64 if bool_outcome else torch.float64
+    outcome_curve = groups.curve(d_outcome, base_outcome, outcome_dtype)
+    cost_curve = groups.curve(d_cost, base_cost, torch.float64)
+    counts = groups.exit_counts(to_exit, from_exit, n, e) if return_exit_counts else None
+    return _result(groups.thresholds, outcome_curve, cost_curve, counts, n, bool_outcome, base_cost)
 
-    # ascending order; a threshold tau applies every event with value >= tau, i.e. a
-    # suffix: state = base + (total - sum of the events before the threshold's group)
-    values, order = _sort(values)
-    first_of_group = torch.ones_like(values, dtype=torch.bool)
-    torch.ne(values[1:], values[:-1], out=first_of_group[1:])
-    keep = torch.nonzero(first_of_group, as_tuple=True)[0]
-    size = keep.shape[0] + 1
-    thresholds = torch.full((size,), float("inf"), dtype=torch.float64, device=device)
-    thresholds[:-1] = values.index_select(0, keep)
-    del values, first_of_group
 
-    def curve(d: torch.Tensor, base: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        d = d.index_select(0, order)
-        out = torch.empty(size, dtype=dtype, device=device)
+def _record_events(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The running-maximum records of every sample, in row-major order: flat indices into
+    ``[N, E]`` tables, the record's exit, and the exit the sample leaves at just above the
+    record's value (its next deeper record, or the last exit). Exit 0 is always a record."""
+    n, e = s.shape
+    running = s[:, : e - 1].cummax(dim=1).values
+    record = torch.zeros(n, e, dtype=torch.bool, device=s.device)  # the last exit: no events
+    record[:, 0] = True
+    torch.gt(running[:, 1:], running[:, :-1], out=record[:, 1 : e - 1])
+    del running
+    flat = torch.nonzero(record.reshape(-1), as_tuple=True)[0]
+    del record
+    to_exit = torch.remainder(flat, e)
+    # an event at exit 0 starts a new sample: the next event belongs to the same sample
+    # unless it is at exit 0
+    next_is_new_row = torch.ones_like(flat, dtype=torch.bool)
+    torch.eq(to_exit[1:], 0, out=next_is_new_row[:-1])
+    from_exit = torch.full_like(to_exit, e - 1)
+    from_exit[:-1] = torch.where(next_is_new_row[:-1], from_exit[:-1], to_exit[1:])
+    return flat, to_exit, from_exit
+
+
+class _EventGroups:
+    """Events sorted by value, grouped by equal value: one breakpoint per group.
+
+    A threshold tau applies every event with value >= tau (a suffix of the ascending order),
+    so the state at a group's threshold is base + (total - the sum of the events before it).
+    """
+
+    def __init__(self, values: torch.Tensor) -> None:
+        values, self.order = _sort(values)
+        first_of_group = torch.ones_like(values, dtype=torch.bool)
+        torch.ne(values[1:], values[:-1], out=first_of_group[1:])
+        self.keep = torch.nonzero(first_of_group, as_tuple=True)[0]
+        self.size = self.keep.shape[0] + 1
+        self.thresholds = torch.full(
+            (self.size,), float("inf"), dtype=torch.float64, device=values.device
+        )
+        self.thresholds[:-1] = values.index_select(0, self.keep)
+
+    def curve(self, d: torch.Tensor, base: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The summed state at every breakpoint, from per-event changes ``d``."""
+        d = d.index_select(0, self.order)
+        out = torch.empty(self.size, dtype=dtype, device=d.device)
         out[-1] = base
         total = d.sum(dtype=dtype)
         csum = d.cumsum(0, dtype=dtype)
-        out[:-1] = csum.index_select(0, keep)
-        out[:-1] -= d.index_select(0, keep)
+        out[:-1] = csum.index_select(0, self.keep)
+        out[:-1] -= d.index_select(0, self.keep)
         torch.sub(total + base, out[:-1], out=out[:-1])
         return out
 
-    outcome_curve = curve(d_outcome, base_outcome, torch.int64 if bool_outcome else torch.float64)
-    cost_curve = curve(d_cost, base_cost, torch.float64)
-
-    counts = None
-    if return_exit_counts:
-        m = order.shape[0]
+    def exit_counts(
+        self, to_exit: torch.Tensor, from_exit: torch.Tensor, n: int, e: int
+    ) -> torch.Tensor:
+        """Samples leaving at each exit ``[T, E]`` at every breakpoint."""
+        m = self.order.shape[0]
+        device = to_exit.device
         delta_counts = torch.zeros(m, e, dtype=torch.int64, device=device)
         ones = torch.ones(m, 1, dtype=torch.int64, device=device)
-        delta_counts.scatter_add_(1, to_exit[order].unsqueeze(1), ones)
-        delta_counts.scatter_add_(1, from_exit[order].unsqueeze(1), -ones)
-        before = delta_counts.cumsum(0)[keep] - delta_counts[keep]
-        counts = torch.zeros(size, e, dtype=torch.int64, device=device)
+        delta_counts.scatter_add_(1, to_exit[self.order].unsqueeze(1), ones)
+        delta_counts.scatter_add_(1, from_exit[self.order].unsqueeze(1), -ones)
+        before = delta_counts.cumsum(0)[self.keep] - delta_counts[self.keep]
+        counts = torch.zeros(self.size, e, dtype=torch.int64, device=device)
         counts[:-1] = delta_counts.sum(0, keepdim=True) - before
         counts[:, -1] += n
-    return _result(thresholds, outcome_curve, cost_curve, counts, n, bool_outcome, base_cost)
+        return counts
 
 
 def _sort(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -407,3 +407,50 @@ def test_nan_probabilities_are_located():
     probs[2, 1, 0] = float("nan")
     with pytest.raises(ValueError, match="1 NaN value, first at sample 2, exit 1, class 0"):
         M.expected_calibration_error(probs, torch.tensor([0, 1, 0, 1]))
+
+
+@pytest.mark.parametrize("n_bins", range(1, 51))
+def test_regression_confidences_exactly_on_every_bin_edge(n_bins):
+    # issue 10 defect 2: edges from torch.linspace put edge 11/15 at 0.7333333333333334, so a
+    # confidence of exactly 11/15 (isotonic and histogram outputs hit edges) fell in bin 10.
+    edges = np.array([k / n_bins for k in range(n_bins + 1)])  # the documented [a, b) edges
+    assert np.array_equal(M.uniform_bin_edges(n_bins).numpy(), edges)
+    conf = torch.tensor(edges, dtype=torch.float64)
+    expected = torch.tensor([min(k, n_bins - 1) for k in range(n_bins + 1)])
+    assert torch.equal(M.bin_indices(conf, n_bins), expected)
+    # the same through ECE: one sample exactly on each edge, hit when its bin index is even
+    probs = torch.stack([conf, 1 - conf], dim=1)
+    probs = torch.where(conf[:, None] >= 0.5, probs, probs.flip(1))  # top label = class 0
+    top = probs.max(dim=1).values
+    labels = (M.bin_indices(top, n_bins) % 2).long()
+    naive = 0.0
+    for b in range(n_bins):
+        inside = [
+            i
+            for i, x in enumerate(top.tolist())
+            if edges[b] <= x < edges[b + 1] or (b == n_bins - 1 and x == 1.0)
+        ]
+        if inside:
+            hit = np.mean([labels[i] == 0 for i in inside])
+            naive += len(inside) / len(top) * abs(hit - np.mean([top[i] for i in inside]))
+    ours = M.expected_calibration_error(probs, labels, n_bins)
+    assert float(ours) == pytest.approx(naive, abs=1e-12)
+    # and numpy's histogram agrees on every edge
+    counts, _ = np.histogram(top.numpy(), bins=edges)
+    assert np.array_equal(
+        torch.bincount(M.bin_indices(top, n_bins), minlength=n_bins).numpy(), counts
+    )
+
+
+def test_calibration_error_from_confidence_is_the_core_of_ece(real_outputs):
+    probs, labels = real_outputs.probs(), real_outputs.labels
+    conf, pred = probs.max(dim=-1)
+    hit = pred == labels[:, None]
+    for norm in ("l1", "l2", "max"):
+        a = M.calibration_error_from_confidence(conf, hit, 15, norm=norm)
+        b = M.expected_calibration_error(probs, labels, 15, norm=norm)
+        assert torch.allclose(a, b, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match=r"`confidence` in \[0, 1\]"):
+        M.calibration_error_from_confidence(torch.tensor([1.5]), torch.tensor([True]))
+    with pytest.raises(ValueError, match="`hit` of the shape"):
+        M.calibration_error_from_confidence(torch.tensor([0.5, 0.7]), torch.tensor([True]))
