@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import torch
 
 from exitwise._checks import (
@@ -93,6 +95,35 @@ def finish(result: torch.Tensor, squeeze: bool) -> torch.Tensor:
     return result[0] if squeeze else result
 
 
+def _numpy_argmax(tensor: torch.Tensor) -> torch.Tensor | None:
+    """Row argmax ``[N, E]`` of a contiguous CPU float32/float64 tensor with numpy (ties to
+    the lowest index, as torch), over row blocks in ``torch.get_num_threads()`` threads:
+    numpy's SIMD argmax is about twice as fast per thread as ``torch.max(dim=-1)``. ``None``
+    for other tensors (GPU, half precision, strided), which take ``torch.max``."""
+    if (
+        tensor.device.type != "cpu"
+        or tensor.dtype not in (torch.float32, torch.float64)
+        or not tensor.is_contiguous()
+    ):
+        return None
+    n, e, c = tensor.shape
+    flat = tensor.numpy().reshape(n * e, c)
+    out = np.empty(n * e, dtype=np.int64)
+    threads = max(1, torch.get_num_threads())
+    bounds = np.linspace(0, n * e, threads + 1).astype(np.int64)
+
+    def block(i: int) -> None:
+        a, b = bounds[i], bounds[i + 1]
+        np.argmax(flat[a:b], axis=-1, out=out[a:b])
+
+    if threads == 1:
+        block(0)
+    else:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(block, range(threads)))
+    return torch.from_numpy(out).reshape(n, e)
+
+
 def top_label(
     scores: Any, labels: Any, input: str, name: str = "probs"
 ) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -118,11 +149,17 @@ def top_label(
     work = (
         torch.empty((min(step, n), e, c), dtype=dtype, device=device) if input == "logits" else None
     )
+    numpy_pred = _numpy_argmax(tensor)
+    if numpy_pred is not None:
+        pred = numpy_pred
     for start in range(0, n, step):
         rows = slice(start, min(n, start + step))
         x = tensor[rows].to(dtype)
-        top, arg = x.max(dim=-1)
-        pred[rows] = arg
+        if numpy_pred is None:
+            top, arg = x.max(dim=-1)
+            pred[rows] = arg
+        else:
+            top = x.amax(dim=-1)
         low = x.amin()
         if work is not None:  # logits: confidence = 1 / sum_c exp(z_c - max z)
             w = work[: x.shape[0]]
