@@ -30,6 +30,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/metrics.py
 	$(PY) benchmarks/evaluator.py
 	$(PY) benchmarks/calibrators.py
+	$(PY) benchmarks/tuning.py
+	$(PY) benchmarks/vocabulary.py
 
 docs: $(STAMP)
 	$(PY) -m pip install -q -e ".[docs]"

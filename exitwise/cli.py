@@ -126,7 +126,7 @@ def _tune(args: argparse.Namespace) -> None:
             cal, args.signal, risk="disagreement", delta=args.risk, epsilon=args.epsilon
         )
         policy, feasible = res.policy, res.certified
-        achieved = {"certified_threshold": res.threshold}
+        achieved = {"certified_threshold": res.threshold, "vacuous": res.vacuous}
     payload: dict[str, Any] = {"feasible": feasible, "tune": achieved}
     if not feasible:
         _print(args, payload, "no policy meets the target on the tuning split")

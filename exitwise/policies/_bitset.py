@@ -114,34 +114,8 @@ def bitset_block_stats(
             indexes = list(pool.map(build, range(1, num_exits - 1)))
     else:
         indexes = [build(e) for e in range(1, num_exits - 1)]
-    all_ones = np.uint64(0xFFFFFFFFFFFFFFFF)
-
     def run(rows: np.ndarray) -> None:
-        ranks0 = r0[rows]
-        width = max(1, math.ceil(int(ranks0.max()) / 64))
-        word_idx = np.arange(width)
-        full = ranks0 // 64
-        alive = np.where(word_idx[None, :] < full[:, None], all_ones, np.uint64(0))
-        partial = ranks0 % 64
-        has_partial = (partial > 0) & (full < width)
-        alive[np.nonzero(has_partial)[0], full[has_partial]] = (
-            _ONE << partial[has_partial].astype(np.uint64)
-        ) - _ONE
-        alive_count = ranks0.astype(np.int64)
-        local_hits = np.zeros(rows.size, dtype=np.int64)
-        for e, index in enumerate(indexes, start=1):
-            ranks = np.searchsorted(index.sorted, thresholds[rows, e], side="left")
-            staying = index.prefix(ranks, width)
-            np.bitwise_and(staying, alive, out=staying)
-            stay_count = _popcount_rows(staying)
-            counts[rows, e] = alive_count - stay_count
-            np.bitwise_xor(alive, staying, out=alive)  # alive now holds the leavers
-            np.bitwise_and(alive, correct_bits[e][None, :width], out=alive)
-            local_hits += _popcount_rows(alive)
-            alive, alive_count = staying, stay_count
-        counts[rows, num_exits - 1] = alive_count
-        local_hits += _popcount_rows(alive & correct_bits[-1][None, :width])
-        hits[rows] += local_hits
+        _run_candidates(rows, r0, thresholds, indexes, correct_bits, counts, hits)
 
     # group candidates of similar exit-0 rank so each chunk touches few words
     by_rank = np.argsort(r0, kind="stable")
@@ -153,6 +127,51 @@ def bitset_block_stats(
         for rows in chunks:
             run(rows)
     return counts, hits
+
+
+def _prefix_bits(ranks: np.ndarray, width: int) -> np.ndarray:
+    """Bitsets ``[K, width]`` of the first ``ranks[k]`` positions (the exit-0 prefix)."""
+    all_ones = np.uint64(0xFFFFFFFFFFFFFFFF)
+    full = ranks // 64
+    bits = np.where(np.arange(width)[None, :] < full[:, None], all_ones, np.uint64(0))
+    partial = ranks % 64
+    has_partial = (partial > 0) & (full < width)
+    bits[np.nonzero(has_partial)[0], full[has_partial]] = (
+        _ONE << partial[has_partial].astype(np.uint64)
+    ) - _ONE
+    return bits
+
+
+def _run_candidates(
+    rows: np.ndarray,
+    r0: np.ndarray,
+    thresholds: np.ndarray,
+    indexes: list[_ExitIndex],
+    correct_bits: list[np.ndarray],
+    counts: np.ndarray,
+    hits: np.ndarray,
+) -> None:
+    """Counts and hits of the candidates ``rows`` at exits 1..E-1 (exit 0 is done): the
+    samples still running are a bitset, narrowed exit by exit; leavers are popcounted."""
+    num_exits = counts.shape[1]
+    ranks0 = r0[rows]
+    width = max(1, math.ceil(int(ranks0.max()) / 64))
+    alive = _prefix_bits(ranks0, width)
+    alive_count = ranks0.astype(np.int64)
+    local_hits = np.zeros(rows.size, dtype=np.int64)
+    for e, index in enumerate(indexes, start=1):
+        ranks = np.searchsorted(index.sorted, thresholds[rows, e], side="left")
+        staying = index.prefix(ranks, width)
+        np.bitwise_and(staying, alive, out=staying)
+        stay_count = _popcount_rows(staying)
+        counts[rows, e] = alive_count - stay_count
+        np.bitwise_xor(alive, staying, out=alive)  # alive now holds the leavers
+        np.bitwise_and(alive, correct_bits[e][None, :width], out=alive)
+        local_hits += _popcount_rows(alive)
+        alive, alive_count = staying, stay_count
+    counts[rows, num_exits - 1] = alive_count
+    local_hits += _popcount_rows(alive & correct_bits[-1][None, :width])
+    hits[rows] += local_hits
 
 
 def bitset_block_size(num_exits: int, memory_budget: int, checkpoint_every: int = 128) -> int:
