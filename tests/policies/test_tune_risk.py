@@ -266,7 +266,11 @@ def test_learn_then_test_validity_over_500_splits(real_outputs):
         real_outputs[:n_cal], "max_probability", delta=delta, epsilon=epsilon
     ).grid  # the fixed default sequence
     scores = compute_signal(real_outputs, "max_probability")
-    all_losses = naive_losses(real_outputs, scores, grid, "disagreement")  # [G, N]
+    # 0/1 losses [G, N] at every grid threshold, from the evaluator's kernel (itself checked
+    # against a per-sample loop)
+    pred = real_outputs.predictions()
+    exits = first_exit(scores, grid[:, None].expand(-1, scores.shape[1]).contiguous())
+    all_losses = (pred.gather(1, exits.T).T != pred[:, -1][None, :]).double()
     gen = torch.Generator().manual_seed(0)
     ours, naive = 0, 0
     for _ in range(trials):
