@@ -34,8 +34,9 @@ def _as_batched(
             raise ValueError(
                 "Fitting needs labels, but these ExitOutputs have none; pass labelled outputs."
             )
-        return outputs.logits, outputs.labels, False, outputs
+        return outputs.logits.detach(), outputs.labels, False, outputs
     logits, single = batched_logits(outputs, "logits")
+    logits = logits.detach()  # calibrators are fitted and applied outside autograd
     check_finite(logits, "logits")
     y = None
     if labels is not None:

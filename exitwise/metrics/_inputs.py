@@ -107,7 +107,7 @@ def _numpy_argmax(tensor: torch.Tensor) -> torch.Tensor | None:
     ):
         return None
     n, e, c = tensor.shape
-    flat = tensor.numpy().reshape(n * e, c)
+    flat = tensor.detach().numpy().reshape(n * e, c)
     out = np.empty(n * e, dtype=np.int64)
     threads = max(1, torch.get_num_threads())
     bounds = np.linspace(0, n * e, threads + 1).astype(np.int64)
@@ -137,6 +137,7 @@ def top_label(
     """
     check_choice(input, "input", INPUT_KINDS)
     tensor, squeeze = batched_scores(scores, name)
+    tensor = tensor.detach()  # binned metrics have no gradient
     n, e, c = tensor.shape
     labels_t = check_labels(as_tensor(labels, "labels", device=tensor.device), "labels", n, c)
     dtype = compute_dtype(tensor)

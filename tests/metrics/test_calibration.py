@@ -454,3 +454,21 @@ def test_calibration_error_from_confidence_is_the_core_of_ece(real_outputs):
         M.calibration_error_from_confidence(torch.tensor([1.5]), torch.tensor([True]))
     with pytest.raises(ValueError, match="`hit` of the shape"):
         M.calibration_error_from_confidence(torch.tensor([0.5, 0.7]), torch.tensor([True]))
+
+
+def test_tensors_that_require_grad_are_accepted():
+    # the one-pass top-label kernel works outside autograd; signals stay differentiable
+    from exitwise import signals
+    from exitwise.calibrate import TemperatureScaling
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(60, 2, 3, generator=g).requires_grad_()
+    labels = torch.arange(60) % 3
+    ece = M.expected_calibration_error(logits, labels, input="logits")
+    assert torch.allclose(
+        ece, M.expected_calibration_error(logits.detach(), labels, input="logits")
+    )
+    M.expected_calibration_error(torch.softmax(logits, -1), labels)
+    TemperatureScaling().fit(logits, labels).transform(logits)
+    signals.max_probability(logits).sum().backward()
+    assert logits.grad is not None and bool((logits.grad != 0).any())
