@@ -30,8 +30,8 @@ from exitwise.metrics.binning import (
     Binning,
     Norm,
     bin_totals,
+    calibration_error_from_confidence,
     gaps,
-    norm_of_gaps,
     uniform_bin_edges,
 )
 from exitwise.metrics.smooth import smooth_calibration_error
@@ -143,8 +143,7 @@ def expected_calibration_error(
         p, y, squeeze = probabilities(probs, labels, input)
         _, e, c = p.shape
         conf, hit = _classwise(p, y)
-    counts, sum_conf, sum_hit = bin_totals(conf, hit, n_bins, binning)
-    result = norm_of_gaps(counts, gaps(counts, sum_conf, sum_hit), conf.shape[0], norm)
+    result = calibration_error_from_confidence(conf, hit, n_bins, binning=binning, norm=norm)
     if mode == "classwise":
         result = result.reshape(e, c).mean(dim=-1)
     return finish(result, squeeze)
