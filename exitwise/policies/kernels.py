@@ -176,20 +176,29 @@ def _reduce_exits(
 def _bitset_totals(
     scores: torch.Tensor, outcome: torch.Tensor, thresholds: torch.Tensor, memory_budget: int
 ) -> _Totals:
-    from exitwise.policies._bitset import bitset_block_size, bitset_block_stats
+    from exitwise.policies._bitset import (
+        bitset_block_size,
+        bitset_block_stats,
+        checkpoint_interval,
+    )
 
     n, e = scores.shape
     dtype = torch.promote_types(scores.dtype, thresholds.dtype)
     s_np = scores.to(dtype).numpy()
     o_np = outcome.numpy()
     t_np = thresholds.to(dtype).numpy()
-    block = bitset_block_size(e, memory_budget)
+    every = checkpoint_interval(n, thresholds.shape[0])
+    block = bitset_block_size(e, memory_budget, every)
     counts = np.zeros((thresholds.shape[0], e), dtype=np.int64)
     hits = np.zeros(thresholds.shape[0], dtype=np.int64)
     threads = max(1, torch.get_num_threads())
     for n0 in range(0, n, block):
         c, h = bitset_block_stats(
-            s_np[n0 : n0 + block], o_np[n0 : n0 + block], t_np, threads=threads
+            s_np[n0 : n0 + block],
+            o_np[n0 : n0 + block],
+            t_np,
+            threads=threads,
+            checkpoint_every=every,
         )
         counts += c
         hits += h

@@ -262,3 +262,21 @@ def test_bitset_backend_refuses_what_it_cannot_do():
         )
     with pytest.raises(ValueError, match="at least one chunk"):
         evaluate_thresholds_streaming([], [[0.5, 0.5]])
+
+
+@pytest.mark.parametrize("every", [64, 128, 256, 1024])
+def test_bitset_kernel_is_exact_for_every_checkpoint_interval(every):
+    from exitwise.policies._bitset import bitset_block_stats
+
+    rng = np.random.default_rng(every)
+    scores = np.round(rng.random((5000, 5)), 3)  # ties, so ranks land inside tie groups
+    correct = rng.random((5000, 5)) < 0.6
+    thresholds = np.round(rng.random((150, 5)), 3)
+    thresholds[::9, 1] = np.inf
+    thresholds[::11, 2] = -np.inf
+    counts, hits = bitset_block_stats(
+        scores, correct, thresholds, checkpoint_every=every, threads=2
+    )
+    ref = evaluate_thresholds(scores, correct, np.arange(1.0, 6.0), thresholds, backend="dense")
+    assert np.array_equal(counts, ref.exit_counts.numpy())
+    assert np.array_equal(hits, np.round(ref.accuracy.numpy() * 5000).astype(np.int64))
