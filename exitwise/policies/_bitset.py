@@ -48,12 +48,13 @@ class _ExitIndex:
         self.order = np.argsort(scores)  # ties never straddle a rank r = #{s < t}
         self.sorted = scores[self.order]
         self.every = every
+        # the word and the bit of each sample, in sorted order
+        self.word = self.order >> 6
+        self.bit = _ONE << (self.order & 63).astype(np.uint64)
         segments = math.ceil(n / every)
         seg = np.zeros((segments + 1, words), dtype=np.uint64)
-        pos = self.order.astype(np.int64)
-        rank = np.arange(n)
-        flat = (rank // every + 1) * words + (pos >> 6)
-        np.add.at(seg.reshape(-1), flat, _ONE << (pos & 63).astype(np.uint64))
+        flat = (np.arange(n) // every + 1) * words + self.word
+        np.add.at(seg.reshape(-1), flat, self.bit)
         np.bitwise_or.accumulate(seg, axis=0, out=seg)  # running OR: prefix sets
         self.checkpoints = seg
 
@@ -62,15 +63,15 @@ class _ExitIndex:
         base = ranks // self.every
         out = self.checkpoints[base, :width]
         extra = ranks - base * self.every
-        cols = np.arange(self.every)
-        take = cols[None, :] < extra[:, None]
-        rows, jj = np.nonzero(take)
+        rows = np.repeat(np.arange(ranks.size), extra)  # candidate k, extra[k] times
         if rows.size:
-            pos = self.order[base[rows] * self.every + jj].astype(np.int64)
-            keep = (pos >> 6) < width
-            rows, pos = rows[keep], pos[keep]
-            flat = rows * width + (pos >> 6)  # disjoint bits: adding is OR-ing
-            np.add.at(out.reshape(-1), flat, _ONE << (pos & 63).astype(np.uint64))
+            ends = np.cumsum(extra)
+            jj = np.arange(rows.size) - np.repeat(ends - extra, extra)  # 0..extra[k]-1
+            at = base[rows] * self.every + jj  # sorted positions of the extra samples
+            word = self.word[at]
+            keep = word < width
+            flat = rows[keep] * width + word[keep]  # disjoint bits: adding is OR-ing
+            np.add.at(out.reshape(-1), flat, self.bit[at[keep]])
         return out
 
 
