@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from exitwise._checks import as_tensor, batched_logits, check_finite
-from exitwise._chunks import rows_per_chunk
+from exitwise._chunks import CHUNK_BYTES, rows_per_chunk
 from exitwise.data import ExitOutputs
 
 __all__ = [
@@ -159,7 +159,9 @@ def _scores_of_code(code: int, logits: torch.Tensor) -> torch.Tensor:
     the input's size: float64 work arrays exist for one chunk only)."""
     n, e, c = logits.shape
     out = torch.empty(n, e, dtype=torch.float64, device=logits.device)
-    step = rows_per_chunk(e * c * 8, min_rows=64)
+    # float64 work arrays of a few chunks: at most 1/16 of the input's float64 size each
+    budget = min(CHUNK_BYTES, max(1 << 23, n * e * c * 8 // 16))
+    step = rows_per_chunk(e * c * 8, budget, min_rows=1)
     for start in range(0, n, step):
         rows = slice(start, min(n, start + step))
         previous, run = initial_state([rows.stop - start], logits.device)

@@ -25,8 +25,7 @@ def test_regression_importing_calibrate_and_policies_stays_light():
 
 def test_modules_stay_small():
     sizes = {
-        str(p.relative_to(PACKAGE)): len(p.read_text().splitlines())
-        for p in PACKAGE.rglob("*.py")
+        str(p.relative_to(PACKAGE)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")
     }
     assert max(sizes.values()) <= 450, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
 
@@ -49,3 +48,51 @@ def test_one_registry_of_estimators():
         assert "Plugged" in REGISTRY and "_Private" not in REGISTRY
     finally:
         REGISTRY.pop("Plugged", None)
+
+
+MEMORY_PROBE = r"""
+import sys, numpy as np, torch
+from pathlib import Path
+from exitwise import ExitOutputs, metrics
+from exitwise.policies import risk_controlled_threshold
+from exitwise.signals import max_probability
+
+def rss(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+
+g = torch.Generator().manual_seed(0)
+logits = torch.randn(400, 4, 50_000, generator=g)          # 320 MB of float32
+labels = torch.randint(0, 50_000, (400,), generator=g)
+logits[torch.arange(400), :, labels] += 8.0
+out = ExitOutputs(logits, labels=labels)
+size = logits.numel() * 4
+what = sys.argv[1]
+Path("/proc/self/clear_refs").write_text("5")
+before = rss("VmRSS:")
+if what == "signal":
+    max_probability(out)
+elif what == "ece":
+    metrics.expected_calibration_error(logits, labels, input="logits")
+else:
+    small = ExitOutputs(torch.randn(20_000, 4, 3, generator=g), labels=torch.arange(20_000) % 3)
+    size = 200_001 * 20_000 * 8                                # the [G, N] float64 of before
+    risk_controlled_threshold(small, "max_probability", delta=0.3, epsilon=0.1,
+                              grid=np.linspace(0, 1, 200_001))
+print((rss("VmHWM:") - before) / size)
+"""
+
+
+def test_regression_signals_ece_and_risk_grids_do_not_copy_the_input():
+    # issue 10 defects 8 and 9: max_probability made float64 copies of ~7.8x the input, ECE
+    # 2x, and risk control a [grid, N] float64 loss matrix (1.1 GB at N = 1M, 1,400 points).
+    if not Path("/proc/self/clear_refs").exists():
+        import pytest
+
+        pytest.skip("needs Linux /proc to read the peak memory of a process")
+    for what, limit in (("signal", 0.3), ("ece", 0.3), ("risk", 0.01)):
+        run = subprocess.run(
+            [sys.executable, "-c", MEMORY_PROBE, what], capture_output=True, text=True, check=True
+        )
+        assert float(run.stdout.strip()) <= limit, (what, run.stdout)
