@@ -91,6 +91,12 @@ class ExitController(nn.Module):
                     "TemperatureScaling (or calibrate offline)."
                 )
             temps = calibrator.temperatures_.tolist()
+            if not isinstance(policy.thresholds, float) and len(policy.thresholds) != len(temps):
+                raise ValueError(
+                    f"The policy has {len(policy.thresholds)} thresholds (one per exit) but the "
+                    f"calibrator was fitted on {len(temps)} exits; use the calibrator the policy "
+                    "was tuned with."
+                )
             num_exits = len(temps)
         if isinstance(policy.thresholds, float):
             if num_exits is None:
@@ -124,7 +130,28 @@ class ExitController(nn.Module):
 
         The score is :func:`exitwise.signals.exit_signal` of the (temperature-scaled) logits:
         the very function offline evaluation uses, so decisions match it exactly.
+
+        Raises ``ValueError`` for an ``exit_index`` outside ``[0, E)``, logits that are not
+        ``[B, C]`` or hold NaN, and a state whose size is not B.
         """
+        if exit_index < 0 or exit_index >= self.num_exits:
+            raise ValueError(
+                f"Expected `exit_index` in [0, {self.num_exits - 1}] (the policy has "
+                f"{self.num_exits} exits), got {exit_index}."
+            )
+        if logits.dim() != 2:
+            raise ValueError(
+                f"Expected `logits` of one exit with shape [B, C], got {logits.dim()} dimensions."
+            )
+        if previous.shape[0] != logits.shape[0] or run.shape[0] != logits.shape[0]:
+            raise ValueError(
+                f"Expected a state of {logits.shape[0]} rows (one per sample in the batch), got "
+                f"{previous.shape[0]}; keep the state rows of the samples still running."
+            )
+        if bool(torch.isnan(logits).any()):
+            raise ValueError(
+                f"`logits` at exit {exit_index} hold NaN values; the controller cannot decide."
+            )
         z = logits
         if self.calibrated:
             z = scale_by_temperature(logits, self.temperatures[exit_index])
@@ -135,7 +162,11 @@ class ExitController(nn.Module):
             done = score >= self.thresholds[exit_index]
         return done, pred, new_run
 
-    def decide(self, exit_index: int, logits: torch.Tensor, state):
-        """``(exit_mask [B], new_state)`` for the batch's logits at exit ``exit_index``."""
-        done, pred, run = self(exit_index, logits, state[0], state[1])
+    @torch.jit.export
+    def decide(
+        self, exit_index: int, logits: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """``(exit_mask [B], new_state)`` for the batch's logits at exit ``exit_index``
+        (also on the TorchScript-compiled controller)."""
+        done, pred, run = self.forward(exit_index, logits, state[0], state[1])
         return done, (pred, run)

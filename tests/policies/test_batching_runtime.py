@@ -205,3 +205,30 @@ def test_controller_validation():
         simulate_batching(
             torch.zeros(2, dtype=torch.long), ExitOutputs(torch.zeros(2, 2, 2)), 2, "greedy"
         )
+
+
+@pytest.mark.parametrize("scripted", [False, True])
+def test_controller_input_errors_are_clear(scripted):
+    controller = ExitController("max_probability", [0.9, 0.8, float("inf")])
+    module = torch.jit.script(controller) if scripted else controller
+    state = controller.initial_state(2)
+    logits = torch.tensor([[5.0, 0.0], [0.1, 0.0]])
+    error = (ValueError, torch.jit.Error) if scripted else ValueError
+    with pytest.raises(error, match=r"`exit_index` in \[0, 2\]"):
+        module.decide(3, logits, state)
+    with pytest.raises(error, match="hold NaN"):
+        module.decide(0, torch.tensor([[float("nan"), 0.0], [0.1, 0.0]]), state)
+    with pytest.raises(error, match=r"shape \[B, C\]"):
+        module.decide(0, logits[0], state)
+    with pytest.raises(error, match="state of 2 rows"):
+        module.decide(0, logits, controller.initial_state(3))
+    done, (pred, _run) = module.decide(0, logits, state)  # the compiled controller keeps decide
+    assert done.tolist() == [True, False] and pred.tolist() == [0, 0]
+
+
+def test_controller_refuses_a_calibrator_of_other_exits():
+    g = torch.Generator().manual_seed(0)
+    out = ExitOutputs(torch.randn(200, 3, 4, generator=g), labels=torch.arange(200) % 4)
+    ts = TemperatureScaling().fit(out)
+    with pytest.raises(ValueError, match=r"has 2 thresholds .* fitted on 3 exits"):
+        ExitController.from_policy(ThresholdPolicy("margin", [0.5, 0.5]), ts)
