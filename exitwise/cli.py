@@ -126,21 +126,48 @@ def _tune(args: argparse.Namespace) -> None:
             cal, args.signal, risk="disagreement", delta=args.risk, epsilon=args.epsilon
         )
         policy, feasible = res.policy, res.certified
-        achieved = {"certified_threshold": res.threshold, "vacuous": res.vacuous}
+        i = int((res.grid == res.threshold).nonzero()[0, 0]) if res.certified else 0
+        achieved = {
+            "certified_threshold": res.threshold,
+            "empirical_disagreement": float(res.empirical_risk[i]),
+            "vacuous": res.vacuous,
+        }
     payload: dict[str, Any] = {"feasible": feasible, "tune": achieved}
     if not feasible:
         _print(args, payload, "no policy meets the target on the tuning split")
         sys.exit(1)
     from exitwise.policies import evaluate
 
-    ev = evaluate(policy, test, reference=_reference(test))
-    payload["test"] = {"accuracy": float(ev.accuracy[0]), "speed_up": float(ev.speed_up[0])}
     payload["policy"] = policy.to_dict()
+    if args.risk is not None:  # the certified risk is disagreement with the full model
+        ev = evaluate(policy, test, reference="final")
+        payload["test"] = {
+            "disagreement": float(ev.mean_loss[0]),
+            "risk_tolerance": args.risk,
+            "speed_up": float(ev.speed_up[0]),
+            "relative_cost": float(ev.mean_cost[0]) / ev.full_cost,
+        }
+        held_out = (
+            f"test: disagreement with the full model {payload['test']['disagreement']:.4f} "
+            f"(certified <= {args.risk:g} with probability >= {1 - args.epsilon:g}), "
+            f"speed-up {payload['test']['speed_up']:.2f}x"
+        )
+    else:
+        ev = evaluate(policy, test, reference=_reference(test))
+        payload["test"] = {
+            "accuracy": float(ev.accuracy[0]),
+            "speed_up": float(ev.speed_up[0]),
+            "relative_cost": float(ev.mean_cost[0]) / ev.full_cost,
+        }
+        held_out = (
+            f"test: accuracy {payload['test']['accuracy']:.4f}, mean cost "
+            f"{payload['test']['relative_cost']:.3f} of the full model, speed-up "
+            f"{payload['test']['speed_up']:.2f}x"
+        )
     if args.out:
         policy.save(args.out)
     text = (
-        f"policy: {policy!r}\ntune: {achieved}\ntest: accuracy "
-        f"{payload['test']['accuracy']:.4f}, speed-up {payload['test']['speed_up']:.2f}x"
+        f"policy: {policy!r}\ntune: {achieved}\n{held_out}"
         + (f"\npolicy written to {args.out}" if args.out else "")
     )
     _print(args, payload, text)

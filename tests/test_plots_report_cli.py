@@ -172,6 +172,22 @@ def test_cli_commands(tmp_path, capsys):
     assert "report written to" in capsys.readouterr().out
 
 
+def test_cli_tune_risk_reports_held_out_disagreement(tmp_path, capsys):
+    from exitwise.datasets import load_default
+    from exitwise.policies import evaluate, load_policy
+
+    data = tmp_path / "data.npz"
+    out = load_default()[:4000]
+    out.save(data)
+    args = ["tune", str(data), "--risk", "0.05", "--epsilon", "0.1", "--json"]
+    assert main([*args, "--out", str(tmp_path / "p.json")]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    test = out.split(0.5, seed=0)[1]
+    ev = evaluate(load_policy(tmp_path / "p.json"), test, reference="final")
+    assert payload["test"]["disagreement"] == pytest.approx(float(ev.mean_loss[0]))
+    assert "accuracy" not in payload["test"] and payload["tune"]["vacuous"] is False
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["info", str(tmp_path / "missing.npz")]) == 2
     err = capsys.readouterr().err.strip()

@@ -145,6 +145,19 @@ class RiskControlResult:
     def certified(self) -> bool:
         return self.policy is not None
 
+    def __repr__(self) -> str:
+        head = (
+            f"RiskControlResult(delta={self.delta:g}, epsilon={self.epsilon:g}, "
+            f"n={self.num_samples}, "
+        )
+        if self.policy is None:
+            return head + "certified=False)"
+        i = int(torch.nonzero(self.grid == self.threshold)[0, 0])
+        return head + (
+            f"threshold={self.threshold:.6g}, empirical_risk={float(self.empirical_risk[i]):.4f}, "
+            f"p_value={float(self.p_values[i]):.3g}, vacuous={self.vacuous})"
+        )
+
     @property
     def vacuous(self) -> bool:
         """A threshold is certified, but no calibration sample leaves early with it: the

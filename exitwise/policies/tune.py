@@ -82,6 +82,7 @@ def _summary(ev: ThresholdEvaluation, row: int = 0) -> dict[str, Any]:
     out = {
         "accuracy": float(ev.accuracy[row]) if ev.accuracy is not None else None,
         "mean_cost": float(ev.mean_cost[row]),
+        "relative_cost": float(ev.mean_cost[row]) / ev.full_cost,
         "speed_up": float(ev.speed_up[row]),
         "exit_fractions": ev.exit_fractions[row].tolist(),
     }

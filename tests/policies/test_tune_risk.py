@@ -315,3 +315,17 @@ def test_risk_constraints(split):
     err = tune(cal, "max_probability", "cost", [RiskAtMost(0.13, "error")])
     assert err.achieved["accuracy"] >= 0.87 - 1e-12
     assert not tune(cal, "max_probability", "cost", [RiskAtMost(0.01, "error")]).feasible
+
+
+def test_achieved_gives_cost_relative_to_the_full_model_and_risk_result_repr_is_short(split):
+    cal, test = split
+    tuned = tune_for_budget(cal, "max_probability", 0.5)
+    for rep in (tuned.achieved, tuned.report(test)):
+        assert rep["relative_cost"] == pytest.approx(rep["mean_cost"] / float(cal.costs[-1]))
+    res = risk_controlled_threshold(cal, "max_probability", delta=0.05, epsilon=0.1)
+    text = repr(res)
+    assert "\n" not in text and len(text) < 200 and "threshold=" in text
+    none = risk_controlled_threshold(
+        cal[:20], "max_probability", risk="error", delta=0.01, epsilon=0.01
+    )
+    assert repr(none).endswith("certified=False)")
