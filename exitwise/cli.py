@@ -134,7 +134,12 @@ def _tune(args: argparse.Namespace) -> None:
         }
     payload: dict[str, Any] = {"feasible": feasible, "tune": achieved}
     if not feasible:
-        _print(args, payload, "no policy meets the target on the tuning split")
+        payload["best_achievable"] = _best_achievable(cal, args)
+        _print(
+            args,
+            payload,
+            f"no policy meets the target on the tuning split; {_infeasible_text(args, payload)}",
+        )
         sys.exit(1)
     from exitwise.policies import evaluate
 
@@ -166,11 +171,48 @@ def _tune(args: argparse.Namespace) -> None:
         )
     if args.out:
         policy.save(args.out)
-    text = (
-        f"policy: {policy!r}\ntune: {achieved}\n{held_out}"
-        + (f"\npolicy written to {args.out}" if args.out else "")
+    text = f"policy: {policy!r}\ntune: {achieved}\n{held_out}" + (
+        f"\npolicy written to {args.out}" if args.out else ""
     )
     _print(args, payload, text)
+
+
+def _best_achievable(cal: Any, args: argparse.Namespace) -> dict[str, float]:
+    """What the tuning split allows at best: the highest accuracy of any shared threshold,
+    the least relative mean cost (the first exit)."""
+    from exitwise.policies import sweep_shared_threshold
+    from exitwise.signals import compute_signal
+
+    reference = _reference(cal)
+    sweep = sweep_shared_threshold(
+        compute_signal(cal, args.signal), cal.correct(reference), cal.costs
+    )
+    final = float(cal.correct(reference)[:, -1].double().mean())
+    return {
+        "accuracy": float(sweep.accuracy.max()),
+        "relative_accuracy": float(sweep.accuracy.max()) / final if final > 0 else float("nan"),
+        "relative_cost": float(cal.costs[0] / cal.costs[-1]),
+    }
+
+
+def _infeasible_text(args: argparse.Namespace, payload: dict[str, Any]) -> str:
+    best = payload["best_achievable"]
+    if args.target_accuracy is not None:
+        if args.relative:
+            return (
+                f"target {args.target_accuracy:g} x the final exit's accuracy, best "
+                f"achievable {best['relative_accuracy']:.4f} x"
+            )
+        return f"target accuracy {args.target_accuracy:g}, best achievable {best['accuracy']:.4f}"
+    if args.budget is not None:
+        return (
+            f"budget {args.budget:g} of the full model's cost, least achievable "
+            f"{best['relative_cost']:.4f} (everyone leaves at the first exit)"
+        )
+    return (
+        f"no threshold is certified for disagreement <= {args.risk:g} with probability >= "
+        f"{1 - args.epsilon:g}; more calibration data or a looser target may"
+    )
 
 
 def _evaluate(args: argparse.Namespace) -> None:

@@ -196,10 +196,18 @@ def pareto_plot(
     oracle: tuple[float, float] | None = None,
     chosen: tuple[float, float] | None = None,
     full_cost: float = 1.0,
+    target: float | None = None,
+    held_out: bool = False,
     ax: Any = None,
 ):
-    """Accuracy vs relative mean cost: the shared-threshold curve (``sweep``), the frontier
-    (per-exit points marked), fixed-exit baselines, the oracle and the chosen SLA point."""
+    """Accuracy vs relative mean cost: the shared-threshold curve (``sweep``: anything with
+    ``mean_cost`` and ``accuracy``), the frontier (per-exit points marked), fixed-exit
+    baselines, the oracle, the chosen SLA point and the accuracy ``target`` (a line).
+
+    ``held_out=True`` says the curves are policies tuned on another split and scored here
+    (see :func:`exitwise.policies.held_out_frontier`): they are drawn in tuning order, not
+    as a step frontier, and labelled so.
+    """
     ax = _axes(ax)
     if sweep is not None:
         ax.plot(
@@ -207,14 +215,23 @@ def pareto_plot(
             sweep.accuracy.cpu(),
             color="0.6",
             linewidth=1,
-            label="shared threshold (all breakpoints)",
+            label=(
+                "shared thresholds, tuned on the calibration half"
+                if held_out
+                else "shared threshold (all breakpoints)"
+            ),
         )
     cost = (frontier["mean_cost"] / full_cost).cpu()
     acc = frontier["accuracy"].cpu()
-    ax.step(cost, acc, where="post", color="C0", label="Pareto frontier")
+    if held_out:
+        ax.plot(cost, acc, color="C0", marker=".", label="calibration-half frontier, held out")
+    else:
+        ax.step(cost, acc, where="post", color="C0", label="Pareto frontier")
     per_exit = frontier["per_exit"].cpu()
     if bool(per_exit.any()):
         ax.scatter(cost[per_exit], acc[per_exit], color="C1", zorder=3, label="per-exit search")
+    if target is not None:
+        ax.axhline(target, color="red", linestyle=":", linewidth=1, label="accuracy target")
     if fixed is not None:
         ax.scatter(
             [c / full_cost for c in fixed["cost"]],
@@ -232,7 +249,7 @@ def pareto_plot(
             s=120,
             color="C4",
             zorder=3,
-            label="oracle exit",
+            label="oracle exit (knows the labels; not a policy)",
         )
     if chosen is not None:
         ax.scatter(

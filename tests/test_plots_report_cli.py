@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 from exitwise import metrics, plots
 from exitwise.cli import main
 from exitwise.policies import pareto_frontier, sweep_shared_threshold
-from exitwise.report import build_report
+from exitwise.report import build_report, summary_table
 from exitwise.signals import compute_signal
 
 
@@ -77,6 +77,36 @@ def test_report_files_and_numbers(real_outputs, tmp_path):
     html = (tmp_path / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4
     assert summary["policy"]["test"]["speed_up"] > 1.0
+
+
+def test_report_frontier_is_tuned_on_calibration_and_scored_on_test(real_outputs, tmp_path):
+    # issue 11 item 1: nothing is tuned on the data it is shown on
+    from exitwise.calibrate import TemperatureScaling
+    from exitwise.policies import ThresholdPolicy, evaluate
+
+    out = real_outputs[:3000]
+    summary = build_report(out, tmp_path, calibrators=["temperature"], n_resamples=5)
+    cal, test = out.split(0.5, seed=0)
+    ts = TemperatureScaling().fit(cal)
+    cal_c, test_c = ts.transform(cal), ts.transform(test)
+    tuned_on_cal = pareto_frontier(cal_c, "max_probability", budgets=[0.3, 0.5, 0.7])
+    front = summary["frontier"]
+    assert torch.equal(
+        torch.tensor(front["thresholds"], dtype=torch.float64), tuned_on_cal["thresholds"]
+    )
+    policies = [ThresholdPolicy("max_probability", t) for t in front["thresholds"]]
+    ev = evaluate(policies, test_c)
+    assert torch.allclose(torch.tensor(front["accuracy"], dtype=torch.float64), ev.accuracy)
+    assert torch.allclose(torch.tensor(front["mean_cost"], dtype=torch.float64), ev.mean_cost)
+    # issue 11 item 2: the target on each split and the held-out miss are stated
+    pol = summary["policy"]
+    final_test = float(test_c.correct()[:, -1].double().mean())
+    assert pol["target"]["test"] == pytest.approx(0.99 * final_test)
+    assert pol["missed_by"] == pytest.approx(
+        max(0.0, pol["target"]["test"] - pol["test"]["accuracy"])
+    )
+    table = summary_table(summary)
+    assert ("missed on held-out data by" in table) == (pol["missed_by"] > 0)
 
 
 def test_regression_plots_and_report_leave_the_matplotlib_backend_alone(real_outputs, tmp_path):
@@ -186,6 +216,23 @@ def test_cli_tune_risk_reports_held_out_disagreement(tmp_path, capsys):
     ev = evaluate(load_policy(tmp_path / "p.json"), test, reference="final")
     assert payload["test"]["disagreement"] == pytest.approx(float(ev.mean_loss[0]))
     assert "accuracy" not in payload["test"] and payload["tune"]["vacuous"] is False
+
+
+def test_cli_infeasible_tune_states_target_and_best_achievable(tmp_path, capsys):
+    from exitwise.datasets import load_default
+
+    data = tmp_path / "data.npz"
+    load_default()[:3000].save(data)
+    with pytest.raises(SystemExit) as info:
+        main(["tune", str(data), "--target-accuracy", "0.99", "--json"])
+    assert info.value.code == 1
+    payload = json.loads(capsys.readouterr().out)
+    cal = load_default()[:3000].split(0.5, seed=0)[0]
+    sw = sweep_shared_threshold(compute_signal(cal, "max_probability"), cal.correct(), cal.costs)
+    assert payload["best_achievable"]["accuracy"] == pytest.approx(float(sw.accuracy.max()))
+    with pytest.raises(SystemExit):
+        main(["tune", str(data), "--target-accuracy", "0.99"])
+    assert "target accuracy 0.99, best achievable" in capsys.readouterr().out
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -9,7 +9,11 @@ from exitwise.policies.evaluate import (
     first_exit,
 )
 from exitwise.policies.evaluate_policies import evaluate
-from exitwise.policies.frontier import geometric_budget_policy, pareto_frontier
+from exitwise.policies.frontier import (
+    geometric_budget_policy,
+    held_out_frontier,
+    pareto_frontier,
+)
 from exitwise.policies.risk import (
     RiskControlResult,
     binomial_p_value,
@@ -60,6 +64,7 @@ __all__ = [
     "evaluate_thresholds_streaming",
     "first_exit",
     "geometric_budget_policy",
+    "held_out_frontier",
     "hoeffding_bentkus_p_value",
     "load_policy",
     "pareto_frontier",

@@ -9,13 +9,14 @@ import torch
 
 from exitwise.data import ExitOutputs
 from exitwise.policies.constraints import CostAtMost
+from exitwise.policies.evaluate import evaluate_thresholds
 from exitwise.policies.evaluate_policies import evaluate
 from exitwise.policies.sweep import sweep_shared_threshold
 from exitwise.policies.threshold import ThresholdPolicy
 from exitwise.policies.tune import TunedPolicy, _summary, tune
 from exitwise.signals import compute_signal
 
-__all__ = ["geometric_budget_policy", "pareto_frontier"]
+__all__ = ["geometric_budget_policy", "held_out_frontier", "pareto_frontier"]
 
 
 def pareto_frontier(
@@ -140,3 +141,58 @@ def geometric_budget_policy(
     achieved = _summary(evaluate(policy, outputs, reference=reference))
     achieved["geometric_shares"] = p.tolist()
     return TunedPolicy(policy, True, achieved, math.inf, ())
+
+
+def held_out_frontier(
+    tune_outputs: ExitOutputs,
+    test_outputs: ExitOutputs,
+    signal: str,
+    *,
+    budgets: Any = None,
+    reference: Literal["labels", "final"] = "labels",
+) -> dict[str, torch.Tensor]:
+    """Policies chosen on ``tune_outputs``, evaluated on ``test_outputs``: honest curves.
+
+    Every shared-threshold breakpoint of the tuning split (``shared_*``) and the tuning
+    split's Pareto frontier with its per-exit points (``mean_cost``, ``accuracy``,
+    ``thresholds``, ``per_exit``), each scored on the held-out split. Nothing is chosen on
+    the data it is shown on, so the held-out curve need not be monotone.
+
+    Examples
+    --------
+    >>> from exitwise.datasets import load_default
+    >>> cal, test = load_default()[:4000].split(0.5, seed=0)
+    >>> curves = held_out_frontier(cal, test, "max_probability", budgets=[0.5])
+    >>> curves["accuracy"].shape == curves["mean_cost"].shape
+    True
+    """
+    front = pareto_frontier(tune_outputs, signal, budgets=budgets, reference=reference)
+    e = tune_outputs.num_exits
+    scores = compute_signal(test_outputs, signal).double()
+    correct = test_outputs.correct(reference)
+    on_test = evaluate_thresholds(
+        scores,
+        correct,
+        test_outputs.costs,
+        front["thresholds"].to(scores.device),
+        distributed=False,
+    )
+    tune_scores = compute_signal(tune_outputs, signal).double()
+    shared = sweep_shared_threshold(
+        tune_scores, tune_outputs.correct(reference), tune_outputs.costs
+    ).thresholds
+    shared_on_test = evaluate_thresholds(
+        scores,
+        correct,
+        test_outputs.costs,
+        shared[:, None].expand(-1, e).to(scores.device),
+        distributed=False,
+    )
+    return {
+        "mean_cost": on_test.mean_cost,
+        "accuracy": on_test.accuracy,
+        "thresholds": front["thresholds"],
+        "per_exit": front["per_exit"],
+        "shared_mean_cost": shared_on_test.mean_cost,
+        "shared_accuracy": shared_on_test.accuracy,
+    }
