@@ -80,8 +80,8 @@ def _report(args: argparse.Namespace) -> None:
         args.out,
         calibrators=args.calibrators,
         signal=args.signal,
-        target_accuracy=args.target_accuracy,
-        relative=not args.absolute,
+        target_accuracy=0.99 if args.target_accuracy is None else args.target_accuracy,
+        relative=args.target_accuracy is None or args.relative,
         n_resamples=args.resamples,
         seed=args.seed,
     )
@@ -114,12 +114,15 @@ def _tune(args: argparse.Namespace) -> None:
 
     out = _load_calibrated(args)
     cal, test = out.split(args.split, seed=args.seed)
+    reference = _reference(cal)  # unlabelled files: accuracy = agreement with the final exit
     if args.target_accuracy is not None:
-        tuned = tune_for_accuracy(cal, args.signal, args.target_accuracy, relative=args.relative)
+        tuned = tune_for_accuracy(
+            cal, args.signal, args.target_accuracy, relative=args.relative, reference=reference
+        )
         policy, feasible = tuned.policy, tuned.feasible
         achieved = tuned.achieved
     elif args.budget is not None:
-        tuned = tune_for_budget(cal, args.signal, args.budget)
+        tuned = tune_for_budget(cal, args.signal, args.budget, reference=reference)
         policy, feasible, achieved = tuned.policy, tuned.feasible, tuned.achieved
     else:
         res = risk_controlled_threshold(
@@ -170,7 +173,7 @@ def _tune(args: argparse.Namespace) -> None:
             f"{payload['test']['speed_up']:.2f}x"
         )
     if args.out:
-        policy.save(args.out)
+        policy.save(args.out, context=_tune_context(args))
     text = f"policy: {policy!r}\ntune: {achieved}\n{held_out}" + (
         f"\npolicy written to {args.out}" if args.out else ""
     )
@@ -215,29 +218,75 @@ def _infeasible_text(args: argparse.Namespace, payload: dict[str, Any]) -> str:
     )
 
 
+def _tune_context(args: argparse.Namespace) -> dict[str, Any]:
+    """What a policy file records about its making (read back by ``evaluate``)."""
+    return {
+        "data": str(args.file),
+        "calibrator": args.calibrator,
+        "signal": args.signal,
+        "split": args.split,
+        "seed": args.seed,
+        "tuned_on": "the first part of ExitOutputs.split(split, seed)",
+    }
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     from exitwise.policies import evaluate, load_policy
 
-    out = _load_calibrated(args)
     policy = load_policy(args.policy)
+    context = policy.context
+    notes = []
+    tuned_with = context.get("calibrator")
+    if tuned_with and not args.calibrator:
+        notes.append(
+            f"the policy was tuned on outputs calibrated with '{tuned_with}' but is applied to "
+            f"raw logits here: its thresholds mean something else; pass --calibrator {tuned_with}"
+        )
+    elif args.calibrator and context and not tuned_with:
+        notes.append("the policy was tuned on raw logits but is applied to calibrated outputs")
+    out = _load_calibrated(args)
+    split = context.get("split", args.split) if args.split is None else args.split
+    seed = context.get("seed", args.seed) if args.seed is None else args.seed
+    if args.all:
+        part = "all samples"
+    else:
+        out = out.split(split if split is not None else 0.5, seed=seed or 0)[1]
+        part = (
+            f"the held-out part of split({split if split is not None else 0.5}, seed={seed or 0})"
+        )
     ev = evaluate(policy, out, reference=_reference(out))
     payload = {
+        "evaluated_on": part,
         "accuracy": float(ev.accuracy[0]),
         "mean_cost": float(ev.mean_cost[0]),
+        "relative_cost": float(ev.mean_cost[0]) / ev.full_cost,
         "speed_up": float(ev.speed_up[0]),
         "exit_counts": ev.exit_counts[0].tolist(),
+        "warnings": notes,
     }
-    text = "\n".join(f"{k}: {v}" for k, v in payload.items())
+    text = "\n".join(f"{k}: {v}" for k, v in payload.items() if k != "warnings")
+    text += "".join(f"\nwarning: {note}" for note in notes)
     _print(args, payload, text)
 
 
+_TARGET_HELP = (
+    "accuracy target: an absolute accuracy, or with --relative a fraction of the final "
+    "exit's accuracy (the same in every command)"
+)
+_RELATIVE_HELP = "--target-accuracy is a fraction of the final exit's accuracy"
+
+
 def _parser() -> argparse.ArgumentParser:
+    from exitwise.calibrate import METHODS
+    from exitwise.signals import SIGNALS
+
+    signals = sorted(name for name, s in SIGNALS.items() if s.code is not None)
     parser = argparse.ArgumentParser(
         prog="exitwise", description="Calibrate early exits, tune exit policies, report."
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, help_text: str, file_required: bool = True) -> argparse.ArgumentParser:
+    def add(name: str, help_text: str, file_required: bool = True, seed: bool = True):
         p = sub.add_parser(name, help=help_text, description=help_text)
         if file_required:
             p.add_argument("file", help="ExitOutputs file (.safetensors or .npz)")
@@ -249,52 +298,81 @@ def _parser() -> argparse.ArgumentParser:
                 help="ExitOutputs file (default: the bundled Fashion-MNIST exits)",
             )
         p.add_argument("--json", action="store_true", help="machine-readable output")
-        p.add_argument("--seed", type=int, default=0, help="seed of the split")
+        if seed:
+            p.add_argument("--seed", type=int, default=0, help="seed of the split")
         return p
+
+    def signal_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--signal",
+            default="max_probability",
+            choices=signals,
+            help="confidence signal (default: max_probability)",
+        )
 
     p = add("report", "write report.html, PNGs and summary.json", file_required=False)
     p.add_argument("--out", default="report", help="output folder (default: report)")
-    p.add_argument("--calibrators", nargs="+", default=["temperature", "isotonic"])
-    p.add_argument("--signal", default="max_probability")
-    p.add_argument("--target-accuracy", type=float, default=0.99)
     p.add_argument(
-        "--absolute",
-        action="store_true",
-        help="the target is an absolute accuracy, not relative to the final exit",
+        "--calibrators",
+        nargs="+",
+        default=["temperature", "isotonic"],
+        choices=METHODS,
+        help="calibrators to compare; the first one is used to tune",
     )
+    signal_option(p)
+    p.add_argument(
+        "--target-accuracy",
+        type=float,
+        default=None,
+        help=_TARGET_HELP + " (default: 0.99 --relative)",
+    )
+    p.add_argument("--relative", action="store_true", help=_RELATIVE_HELP)
     p.add_argument("--resamples", type=int, default=200, help="bootstrap resamples")
     p.set_defaults(run=_report)
 
     p = add("calibrate", "fit a calibrator and compare it on a held-out split")
-    p.add_argument("--method", default="temperature")
+    p.add_argument(
+        "--method", default="temperature", choices=METHODS, help="calibrator (default: temperature)"
+    )
     p.add_argument("--split", type=float, default=0.5, help="calibration share")
     p.add_argument("--fit-all", action="store_true", help="refit the saved one on all data")
     p.add_argument("--out", help="calibrator file (.json)")
     p.set_defaults(run=_calibrate)
 
     p = add("tune", "tune an exit policy for an SLA")
-    p.add_argument("--signal", default="max_probability")
+    signal_option(p)
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--target-accuracy", type=float)
+    group.add_argument("--target-accuracy", type=float, help=_TARGET_HELP)
     group.add_argument("--budget", type=float, help="mean cost as a fraction of the full model")
     group.add_argument("--risk", type=float, help="disagreement tolerance (Learn-then-Test)")
-    p.add_argument(
-        "--relative",
-        action="store_true",
-        help="--target-accuracy is a fraction of the final exit's accuracy",
-    )
+    p.add_argument("--relative", action="store_true", help=_RELATIVE_HELP)
     p.add_argument("--epsilon", type=float, default=0.05, help="failure probability for --risk")
-    p.add_argument("--calibrator", help="calibrator file to apply first")
+    p.add_argument("--calibrator", help="calibrator file (.json) to apply first")
     p.add_argument("--split", type=float, default=0.5, help="tuning share")
     p.add_argument("--out", help="policy file (.json)")
     p.set_defaults(run=_tune)
 
-    p = add("evaluate", "evaluate a policy file on an ExitOutputs file")
-    p.add_argument("--policy", required=True)
-    p.add_argument("--calibrator", help="calibrator file to apply first")
+    p = add(
+        "evaluate", "evaluate a policy file on the held-out part of an ExitOutputs file", seed=False
+    )
+    p.add_argument("--policy", required=True, help="policy file (.json) from `exitwise tune --out`")
+    p.add_argument("--calibrator", help="calibrator file (.json) to apply first")
+    p.add_argument(
+        "--split",
+        type=float,
+        default=None,
+        help="tuning share to skip (default: the policy file's, else 0.5)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of that split (default: the policy file's, else 0)",
+    )
+    p.add_argument("--all", action="store_true", help="evaluate on every sample instead")
     p.set_defaults(run=_evaluate)
 
-    p = add("info", "summarise an ExitOutputs file", file_required=False)
+    p = add("info", "summarise an ExitOutputs file", file_required=False, seed=False)
     p.set_defaults(run=_info)
     return parser
 

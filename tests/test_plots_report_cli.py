@@ -242,7 +242,10 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "bad.npz").write_bytes(b"junk")
     assert main(["info", str(tmp_path / "bad.npz")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
-    assert main(["calibrate", str(tmp_path / "bad.npz"), "--method", "magic"]) == 2
+    with pytest.raises(SystemExit) as info:  # argparse names the valid choices
+        main(["calibrate", str(tmp_path / "bad.npz"), "--method", "magic"])
+    assert info.value.code == 2
+    assert "invalid choice: 'magic' (choose from" in capsys.readouterr().err
     capsys.readouterr()
     for data in (b"", b"PK\x03\x04" + b"\x00" * 20):  # empty, a truncated zip header
         (tmp_path / "cut.npz").write_bytes(data)
@@ -258,3 +261,109 @@ def test_every_command_has_help(command, capsys):
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert "usage: exitwise" in capsys.readouterr().out
+
+
+def test_cli_flags_mean_one_thing_and_list_their_choices(tmp_path, capsys):
+    # issue 11 item 5
+    for command, flag, choice in (
+        ("report", "--signal", "normalized_entropy_confidence"),
+        ("tune", "--signal", "normalized_entropy_confidence"),
+        ("calibrate", "--method", "dirichlet"),
+        ("report", "--calibrators", "dirichlet"),
+    ):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert flag in text and choice in text
+    with pytest.raises(SystemExit):
+        main(["tune", "--help"])
+    tune_help = capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["report", "--help"])
+    report_help = capsys.readouterr().out
+    for text in (tune_help, report_help):  # --target-accuracy: absolute unless --relative
+        assert "--relative" in text and "an absolute accuracy" in " ".join(text.split())
+    with pytest.raises(SystemExit):  # info has no split, so no --seed
+        main(["info", "--seed", "3"])
+    capsys.readouterr()
+    from exitwise.datasets import load_default
+
+    summary = build_report(
+        load_default()[:2000],
+        tmp_path / "r",
+        calibrators=["temperature"],
+        n_resamples=5,
+        target_accuracy=0.85,
+        relative=False,
+    )
+    assert summary["policy"]["sla"] == "accuracy >= 0.85"
+
+
+def test_cli_tunes_unlabelled_files_against_the_final_exit(tmp_path, capsys):
+    from exitwise import ExitOutputs
+    from exitwise.datasets import load_default
+
+    data = tmp_path / "unlabelled.npz"
+    ExitOutputs(load_default()[:3000].logits).save(data)
+    assert main(["tune", str(data), "--budget", "0.5", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["feasible"] and payload["test"]["accuracy"] > 0.8  # agreement with final
+
+
+def test_policy_files_carry_their_context(tmp_path, capsys):
+    # issue 11 item 6
+    from exitwise.datasets import load_default
+    from exitwise.policies import evaluate, load_policy
+
+    out = load_default()[:4000]
+    data, cal_file, pol_file = tmp_path / "d.npz", tmp_path / "ts.json", tmp_path / "p.json"
+    out.save(data)
+    assert main(["calibrate", str(data), "--out", str(cal_file)]) == 0
+    args = [
+        "tune",
+        str(data),
+        "--target-accuracy",
+        "0.99",
+        "--relative",
+        "--calibrator",
+        str(cal_file),
+        "--seed",
+        "3",
+        "--out",
+        str(pol_file),
+    ]
+    assert main(args) == 0
+    capsys.readouterr()
+    policy = load_policy(pol_file)
+    assert policy.context["calibrator"] == str(cal_file) and policy.context["seed"] == 3
+    # evaluated on the held-out part of the policy's own split by default
+    assert (
+        main(
+            [
+                "evaluate",
+                str(data),
+                "--policy",
+                str(pol_file),
+                "--calibrator",
+                str(cal_file),
+                "--json",
+            ]
+        )
+        == 0
+    )
+    payload = json.loads(capsys.readouterr().out)
+    from exitwise.calibrate import load_calibrator
+
+    held_out = load_calibrator(cal_file).transform(out.split(0.5, seed=3)[1])
+    assert payload["accuracy"] == pytest.approx(float(evaluate(policy, held_out).accuracy[0]))
+    assert "held-out" in payload["evaluated_on"] and payload["warnings"] == []
+    # a calibrated policy on raw logits: said, not silent
+    assert main(["evaluate", str(data), "--policy", str(pol_file), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["warnings"] and "--calibrator" in payload["warnings"][0]
+    # a calibrator whose sidecar is missing names it
+    cal_file.with_suffix(".safetensors").unlink()
+    assert (
+        main(["evaluate", str(data), "--policy", str(pol_file), "--calibrator", str(cal_file)]) == 2
+    )
+    assert "ts.safetensors" in capsys.readouterr().err

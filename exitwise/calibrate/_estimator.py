@@ -193,7 +193,13 @@ def load_estimator(path: str | Path) -> FittedEstimator:
     if doc.get("tensors"):
         from safetensors.torch import load_file
 
-        tensors = load_file(str(path.parent / doc["tensors"]))
+        sidecar = path.parent / doc["tensors"]
+        if not sidecar.is_file():
+            raise ValueError(
+                f"'{path}' keeps its arrays in '{sidecar.name}' beside it, which is missing; "
+                "copy both files written by save()."
+            )
+        tensors = load_file(str(sidecar))
         for key, value in list(state.items()):
             if isinstance(value, dict) and "tensor_list" in value:
                 state[key] = [tensors[f"{key}.{i}"] for i in range(value["tensor_list"])]

@@ -53,9 +53,21 @@ class ExitPolicy(ABC):
     def to_dict(self) -> dict[str, Any]:
         return {"format": _FORMAT, "kind": self.kind, "params": self.params()}
 
-    def save(self, path: str | Path) -> None:
-        """Write the policy as JSON (thresholds keep full float64 precision; inf as "inf")."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+    #: how the policy was made (calibrator, split, seed, data), read back from its file
+    context: dict[str, Any] = {}  # noqa: RUF012 - replaced per instance, never mutated
+
+    def save(self, path: str | Path, context: dict[str, Any] | None = None) -> None:
+        """Write the policy as JSON (thresholds keep full float64 precision; inf as "inf").
+
+        ``context`` (JSON values) records how the policy was made, e.g. the calibrator file
+        it was tuned with and the split and seed; :func:`load_policy` returns it as
+        ``policy.context``. It is not part of the policy's identity (``==``).
+        """
+        doc = self.to_dict()
+        context = self.context if context is None else context
+        if context:
+            doc["context"] = dict(context)
+        Path(path).write_text(json.dumps(doc, indent=2) + "\n")
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -85,7 +97,12 @@ def policy_from_dict(data: dict[str, Any]) -> ExitPolicy:
     params = data.get("params")
     if not isinstance(params, dict):
         raise ValueError(f"Expected `params` to be an object, got {type(params).__name__}.")
-    return ExitPolicy._registry[kind]._from_params(params)
+    policy = ExitPolicy._registry[kind]._from_params(params)
+    context = data.get("context", {})
+    if not isinstance(context, dict):
+        raise ValueError(f"Expected `context` to be an object, got {type(context).__name__}.")
+    policy.context = context
+    return policy
 
 
 def load_policy(path: str | Path) -> ExitPolicy:
