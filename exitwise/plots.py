@@ -49,17 +49,24 @@ def reliability_diagram(
     n_bins: int = 15,
     *,
     ax: Any = None,
+    count_ax: Any = None,
     label: str | None = None,
     color: str = "C0",
     show_counts: bool = True,
     outline: bool = False,
+    min_count: int = 20,
+    legend: bool = True,
     input: str = "probs",
 ):
-    """Accuracy per confidence bin as bars, the gap to the diagonal shaded, bin counts as a
-    histogram underneath, the ECE in the legend. ``probs`` is ``[N, C]`` (one exit).
-    ``outline=True`` draws unfilled bars without the gap (for overlaying a "before").
+    """Accuracy per confidence bin as bars with 95 % Wilson intervals, the gap to the
+    diagonal shaded, the ECE in the legend. ``probs`` is ``[N, C]`` (one exit).
 
-    Returns the Axes.
+    Bins holding fewer than ``min_count`` samples are drawn faint and hatched (their
+    accuracy is noise), so a full-height bar from one sample does not dominate. Bin counts
+    go to ``count_ax`` (a histogram panel below, as in scikit-learn's
+    ``CalibrationDisplay``) when given, else, with ``show_counts``, to a strip along the
+    bottom. ``outline=True`` draws unfilled bars without gap or intervals (to overlay a
+    "before"). Returns the Axes.
 
     Examples
     --------
@@ -79,26 +86,35 @@ def reliability_diagram(
     conf = torch.nan_to_num(bins.confidence, nan=0.0).cpu().numpy()
     count = bins.count.cpu().numpy()
     filled = count > 0
+    solid = count >= min_count
     text = f"{label + ': ' if label else ''}ECE {ece:.4f}"
     if outline:
         ax.bar(
             centers, acc, width=width * 0.95, fill=False, edgecolor=color, linewidth=1.2, label=text
         )
     else:
+        style = {"color": color, "alpha": 0.75, "edgecolor": "black", "linewidth": 0.5}
+        bars = ax.bar(centers, acc, width=width * 0.95, **style)
+        for bar, keep in zip(bars, solid, strict=True):
+            if not keep:  # few samples: faint and hatched
+                bar.set_alpha(0.2)
+                bar.set_hatch("..")
+        ax.bar([-1.0], [0.0], width=width, label=text, **style)  # the legend's swatch
+        if not solid[filled].all():
+            ax.bar(
+                [-1.0],
+                [0.0],
+                width=width,
+                color=color,
+                alpha=0.2,
+                hatch="..",
+                label=f"fewer than {min_count} samples",
+            )
+        gap = filled & solid
         ax.bar(
-            centers,
-            acc,
-            width=width * 0.95,
-            color=color,
-            alpha=0.75,
-            edgecolor="black",
-            linewidth=0.5,
-            label=text,
-        )
-        ax.bar(
-            centers[filled],
-            (conf - acc)[filled],
-            bottom=acc[filled],
+            centers[gap],
+            (conf - acc)[gap],
+            bottom=acc[gap],
             width=width * 0.95,
             color="red",
             alpha=0.25,
@@ -107,9 +123,28 @@ def reliability_diagram(
             linewidth=0.0,
             label="gap to the diagonal",
         )
+        low = bins.accuracy_low.cpu().numpy()
+        high = bins.accuracy_high.cpu().numpy()
+        ax.errorbar(
+            centers[filled],
+            acc[filled],
+            yerr=[(acc - low).clip(min=0)[filled], (high - acc).clip(min=0)[filled]],
+            fmt="none",
+            ecolor="black",
+            elinewidth=0.8,
+            capsize=2,
+            label="95 % interval (Wilson)",
+        )
     ax.plot([0, 1], [0, 1], "k--", linewidth=1)
-    if show_counts:
-        share = count / max(count.sum(), 1)
+    share = count / max(count.sum(), 1)
+    if count_ax is not None:
+        count_ax.bar(centers, count, width=width * 0.95, color="0.5")
+        count_ax.axhline(min_count, color="0.3", linestyle=":", linewidth=0.8)
+        count_ax.set_yscale("symlog", linthresh=max(1, min_count))
+        count_ax.set_xlim(0, 1)
+        count_ax.set_xlabel("confidence")
+        count_ax.set_ylabel("samples")
+    elif show_counts:
         ax.bar(
             centers,
             share * 0.25,
@@ -122,49 +157,80 @@ def reliability_diagram(
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
-    ax.legend(loc="upper left", fontsize=8)
+    if legend:
+        ax.legend(loc="upper left", fontsize=7, framealpha=0.6)
     return ax
 
 
 def reliability_grid(
-    before: ExitOutputs, after: ExitOutputs | None = None, n_bins: int = 15, *, fig: Any = None
+    before: ExitOutputs,
+    after: ExitOutputs | None = None,
+    n_bins: int = 15,
+    *,
+    fig: Any = None,
+    min_count: int = 20,
 ):
-    """One reliability panel per exit; with ``after``, before (gray) and after (blue)
-    calibration overlaid. Returns the Figure.
+    """One reliability panel per exit with its bin counts in a histogram panel below; with
+    ``after``, before (outline) and after (blue, with intervals) calibration overlaid.
+    Returns the Figure.
 
     Examples
     --------
     >>> from exitwise.datasets import load_default
     >>> fig = reliability_grid(load_default())
     >>> len(fig.axes)
-    4
+    8
     """
     e = before.num_exits
     if fig is None:
-        fig = new_figure((3.2 * e, 3.4))
-    axes = fig.subplots(1, e, squeeze=False)[0]
-    for j, ax in enumerate(axes):
-        if after is not None:
-            reliability_diagram(
-                after.probs()[:, j],
-                after.labels,
-                n_bins,
-                ax=ax,
-                label="after",
-                color="C0",
-                show_counts=False,
-            )
+        fig = new_figure((3.2 * e, 5.0))
+    axes = fig.subplots(2, e, squeeze=False, sharex="col", height_ratios=[3, 1])
+    shown = after if after is not None else before
+    for j in range(e):
+        ax, count_ax = axes[0, j], axes[1, j]
         reliability_diagram(
-            before.probs()[:, j],
-            before.labels,
+            shown.probs()[:, j],
+            shown.labels,
             n_bins,
             ax=ax,
-            label="before",
-            color="0.25",
-            outline=after is not None,
+            count_ax=count_ax,
+            label="after calibration" if after is not None else "accuracy per bin",
+            color="C0",
+            min_count=min_count,
+            legend=False,
         )
-        ax.set_title(before.exit_names[j])
-    fig.tight_layout()
+        ece = float(metrics.expected_calibration_error(shown.probs()[:, j], shown.labels, n_bins))
+        title = f"{before.exit_names[j]}\nECE {ece:.4f}"
+        if after is not None:
+            reliability_diagram(
+                before.probs()[:, j],
+                before.labels,
+                n_bins,
+                ax=ax,
+                label="before calibration",
+                color="0.25",
+                outline=True,
+                show_counts=False,
+                legend=False,
+            )
+            was = float(metrics.expected_calibration_error(before.probs()[:, j], before.labels))
+            title = f"{before.exit_names[j]}\nECE {was:.4f} -> {ece:.4f}"
+        ax.set_xlabel("")
+        ax.set_title(title, fontsize=10)
+    handles: dict[str, Any] = {}
+    for ax in axes[0]:  # one legend for the figure, below the panels
+        for handle, text in zip(*ax.get_legend_handles_labels(), strict=True):
+            key = text.split(":")[0]
+            handles.setdefault(key, handle)
+    fig.legend(
+        list(handles.values()),
+        list(handles),
+        loc="lower center",
+        ncol=len(handles),
+        fontsize=8,
+        frameon=False,
+    )
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
 
 

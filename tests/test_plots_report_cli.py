@@ -29,9 +29,34 @@ def test_reliability_diagram_draws_the_metric_values(real_outputs):
     assert ax.get_xlabel() == "confidence" and ax.get_ylabel() == "accuracy"
 
 
+def test_reliability_diagram_is_readable(real_outputs):
+    # issue 11 item 3: counts in their own panel, small bins faint, per-bin Wilson intervals
+    from scipy.stats import binomtest
+
+    from exitwise.plots import new_figure
+
+    out = real_outputs[:400]
+    probs, labels = out.probs()[:, 0], out.labels
+    ax, count_ax = new_figure().subplots(2, 1)
+    plots.reliability_diagram(probs, labels, 10, ax=ax, count_ax=count_ax, min_count=20)
+    bins = metrics.reliability_bins(probs, labels, 10)
+    assert [p.get_height() for p in count_ax.patches] == bins.count.tolist()
+    for bar, n in zip(ax.patches[:10], bins.count.tolist(), strict=True):
+        assert (bar.get_alpha() < 0.5) == (n < 20)
+    for b in range(10):
+        n = int(bins.count[b])
+        if n:
+            k = round(float(bins.accuracy[b]) * n)
+            ci = binomtest(k, n).proportion_ci(method="wilson")
+            assert float(bins.accuracy_low[b]) == pytest.approx(ci.low, abs=1e-9)
+            assert float(bins.accuracy_high[b]) == pytest.approx(ci.high, abs=1e-9)
+
+
 def test_grid_and_other_plots(real_outputs):
     fig = plots.reliability_grid(real_outputs, real_outputs)
-    assert [ax.get_title() for ax in fig.axes] == real_outputs.exit_names
+    e = real_outputs.num_exits
+    assert [ax.get_title().split("\n")[0] for ax in fig.axes[:e]] == real_outputs.exit_names
+    assert [ax.get_ylabel() for ax in fig.axes[e:]] == ["samples"] * e
     ax = plots.exit_distribution([0.5, 0.25, 0.125, 0.125], real_outputs.exit_names)
     assert [round(p.get_height(), 3) for p in ax.patches] == [0.5, 0.25, 0.125, 0.125]
     ax = plots.risk_coverage_plot(real_outputs)

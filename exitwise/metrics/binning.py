@@ -31,6 +31,7 @@ __all__ = [
     "calibration_error_from_confidence",
     "norm_of_gaps",
     "uniform_bin_edges",
+    "wilson_interval",
 ]
 
 Binning = Literal["uniform", "quantile"]
@@ -155,3 +156,36 @@ def calibration_error_from_confidence(
     counts, sum_conf, sum_hit = bin_totals(c2, h2, n_bins, binning)
     result = norm_of_gaps(counts, gaps(counts, sum_conf, sum_hit), conf.shape[0], norm)
     return result[0] if column else result
+
+
+def wilson_interval(
+    hits: torch.Tensor, counts: torch.Tensor, confidence: float = 0.95
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Wilson score interval of a proportion ``hits / counts`` (elementwise, float64):
+
+    .. math:: \frac{\hat p + \frac{z^2}{2n} \pm z\sqrt{\frac{\hat p(1-\hat p)}{n} +
+              \frac{z^2}{4n^2}}}{1 + \frac{z^2}{n}}
+
+    NaN where ``counts`` is 0. It stays inside [0, 1] and is sensible for small bins, where
+    the normal interval is not (Wilson 1927; scipy's ``binomtest(...).proportion_ci("wilson")``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> low, high = wilson_interval(torch.tensor([8.0]), torch.tensor([10.0]))
+    >>> round(float(low), 4), round(float(high), 4)
+    (0.4902, 0.9433)
+    """
+    level = torch.tensor(0.5 + confidence / 2, dtype=torch.float64)
+    z = float(torch.special.ndtri(level))
+    n = counts.to(torch.float64)
+    p = hits.to(torch.float64) / n.clamp(min=1.0)
+    denom = 1.0 + z * z / n.clamp(min=1.0)
+    center = (p + z * z / (2 * n.clamp(min=1.0))) / denom
+    half = z * torch.sqrt(p * (1 - p) / n.clamp(min=1.0) + z * z / (4 * n.clamp(min=1.0) ** 2))
+    half = half / denom
+    nan = torch.full_like(center, float("nan"))
+    return (
+        torch.where(n > 0, (center - half).clamp(0.0, 1.0), nan),
+        torch.where(n > 0, (center + half).clamp(0.0, 1.0), nan),
+    )

@@ -33,6 +33,7 @@ from exitwise.metrics.binning import (
     calibration_error_from_confidence,
     gaps,
     uniform_bin_edges,
+    wilson_interval,
 )
 from exitwise.metrics.smooth import smooth_calibration_error
 
@@ -309,12 +310,16 @@ class ReliabilityBins:
         Number of samples per bin (float64), same shape.
     edges : torch.Tensor or None
         Bin edges ``[n_bins + 1]`` for uniform bins; ``None`` for quantile bins.
+    accuracy_low, accuracy_high : torch.Tensor or None
+        95 % Wilson interval of each bin's accuracy (NaN where empty).
     """
 
     confidence: torch.Tensor
     accuracy: torch.Tensor
     count: torch.Tensor
     edges: torch.Tensor | None
+    accuracy_low: torch.Tensor | None = None
+    accuracy_high: torch.Tensor | None = None
 
 
 def reliability_bins(
@@ -345,6 +350,12 @@ def reliability_bins(
     edges = None
     if binning == "uniform":
         edges = uniform_bin_edges(n_bins, conf.device)
+    low, high = wilson_interval(sum_hit, counts)
     return ReliabilityBins(
-        finish(mean_conf, squeeze), finish(mean_acc, squeeze), finish(counts, squeeze), edges
+        finish(mean_conf, squeeze),
+        finish(mean_acc, squeeze),
+        finish(counts, squeeze),
+        edges,
+        finish(low, squeeze),
+        finish(high, squeeze),
     )
