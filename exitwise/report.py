@@ -22,7 +22,6 @@ summary and shown on the page, never swallowed. Figures are built as
 from __future__ import annotations
 
 import base64
-import html
 import json
 import warnings
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from exitwise import metrics
 from exitwise.calibrate import Calibrator, make_calibrator
 from exitwise.data import ExitOutputs
 from exitwise.demo import EXCLUDED_NOTE, interval_text
+from exitwise.report_html import render_html
 
 __all__ = ["build_report", "summary_table"]
 
@@ -307,30 +307,7 @@ def build_report(
         "warnings": steps.warnings,
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out_dir / "report.html").write_text(_html(summary, images))
+    (out_dir / "report.html").write_text(render_html(summary, images))
     steps.run("write", lambda: None)
     bar.close()
     return summary
-
-
-def _html(summary: dict[str, Any], images: dict[str, str]) -> str:
-    table = html.escape(summary_table(summary))
-    figs = "\n".join(
-        f'<figure><img alt="{name}" src="data:image/png;base64,{data}"><figcaption>{name}'
-        "</figcaption></figure>"
-        for name, data in images.items()
-    )
-    d = summary["data"]
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>exitwise report</title>
-<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}}
-pre{{background:#f6f6f6;padding:1em}} img{{max-width:100%}}</style></head>
-<body><h1>exitwise report</h1>
-<p>{d["num_samples"]} samples, {d["num_exits"]} exits ({", ".join(d["exit_names"])}),
-{d["num_classes"]} classes; calibration on {d["calibration_samples"]} samples, metrics on
-{d["test_samples"]} held-out samples with {d["bootstrap_resamples"]} bootstrap resamples
-({d["interval"]} intervals).</p>
-<h2>Calibration per exit and the tuned policy</h2><pre>{table}</pre>
-<h2>Figures</h2>{figs}
-</body></html>
-"""

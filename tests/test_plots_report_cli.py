@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 
 import matplotlib
@@ -170,7 +171,7 @@ def test_regression_report_records_warnings_instead_of_hiding_them(real_outputs,
     recorded = [w for w in summary["warnings"] if w["category"] == "ConvergenceWarning"]
     assert recorded and recorded[0]["step"] == "TemperatureScaling"
     page = (tmp_path / "report.html").read_text()
-    assert "warning (TemperatureScaling): ConvergenceWarning" in page
+    assert "TemperatureScaling: ConvergenceWarning" in page
 
 
 def test_cli_commands(tmp_path, capsys):
@@ -225,6 +226,25 @@ def test_cli_commands(tmp_path, capsys):
     assert main(["tune", str(data), "--risk", "0.05", "--epsilon", "0.1"]) == 0
     assert main(["report", str(data), "--out", str(tmp_path / "rep"), "--resamples", "20"]) == 0
     assert "report written to" in capsys.readouterr().out
+
+
+def test_report_page_reads_top_to_bottom(real_outputs, tmp_path):
+    # issue 11 item 4: summary first, HTML tables, captions, the policy file, one file
+    from exitwise.report_html import CAPTIONS
+
+    summary = build_report(
+        real_outputs[:3000], tmp_path, calibrators=["temperature"], n_resamples=5
+    )
+    page = (tmp_path / "report.html").read_text()
+    pol = summary["policy"]
+    assert page.index('class="summary"') < page.index("<table>") < page.index("<figure>")
+    assert f"held-out accuracy {pol['test']['accuracy']:.4f} against a target of" in page
+    assert page.count("<table>") == 2 and "<th>ECE 95% interval</th>" in page
+    for name in ("reliability", "pareto", "exits", "risk_coverage"):
+        assert html.escape(CAPTIONS[name][:40]) in page
+    assert html.escape('"kind": "threshold"') in page  # the policy file's content
+    assert 'src="data:image/png;base64,' in page and "<img" in page and '.png"' not in page
+    assert ("Missed on held-out data by" in page) == (pol["missed_by"] > 0)
 
 
 def test_cli_tune_risk_reports_held_out_disagreement(tmp_path, capsys):
