@@ -105,73 +105,68 @@ def _calibrate(args: argparse.Namespace) -> None:
     _print(args, {"table": table.rows, "out": args.out, "warnings": notes}, text)
 
 
-def _tune(args: argparse.Namespace) -> None:
-    from exitwise.policies import (
-        risk_controlled_threshold,
-        tune_for_accuracy,
-        tune_for_budget,
-    )
+def _tune_on(cal: Any, args: argparse.Namespace) -> tuple[Any, bool, dict[str, Any]]:
+    """The policy for the requested SLA on the tuning part: (policy, feasible, achieved)."""
+    from exitwise.policies import risk_controlled_threshold, tune_for_accuracy, tune_for_budget
 
-    out = _load_calibrated(args)
-    cal, test = out.split(args.split, seed=args.seed)
     reference = _reference(cal)  # unlabelled files: accuracy = agreement with the final exit
     if args.target_accuracy is not None:
         tuned = tune_for_accuracy(
             cal, args.signal, args.target_accuracy, relative=args.relative, reference=reference
         )
-        policy, feasible = tuned.policy, tuned.feasible
-        achieved = tuned.achieved
-    elif args.budget is not None:
+        return tuned.policy, tuned.feasible, tuned.achieved
+    if args.budget is not None:
         tuned = tune_for_budget(cal, args.signal, args.budget, reference=reference)
-        policy, feasible, achieved = tuned.policy, tuned.feasible, tuned.achieved
-    else:
-        res = risk_controlled_threshold(
-            cal, args.signal, risk="disagreement", delta=args.risk, epsilon=args.epsilon
+        return tuned.policy, tuned.feasible, tuned.achieved
+    res = risk_controlled_threshold(
+        cal, args.signal, risk="disagreement", delta=args.risk, epsilon=args.epsilon
+    )
+    i = int((res.grid == res.threshold).nonzero()[0, 0]) if res.certified else 0
+    achieved = {
+        "certified_threshold": res.threshold,
+        "empirical_disagreement": float(res.empirical_risk[i]),
+        "vacuous": res.vacuous,
+    }
+    return res.policy, res.certified, achieved
+
+
+def _held_out(policy: Any, test: Any, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """The policy on the held-out part: the certified risk (disagreement) for ``--risk``,
+    else accuracy; with cost relative to the full model."""
+    from exitwise.policies import evaluate
+
+    risk = args.risk is not None
+    ev = evaluate(policy, test, reference="final" if risk else _reference(test))
+    result: dict[str, Any] = {
+        "speed_up": float(ev.speed_up[0]),
+        "relative_cost": float(ev.mean_cost[0]) / ev.full_cost,
+    }
+    if risk:
+        result.update(disagreement=float(ev.mean_loss[0]), risk_tolerance=args.risk)
+        return result, (
+            f"test: disagreement with the full model {result['disagreement']:.4f} "
+            f"(certified <= {args.risk:g} with probability >= {1 - args.epsilon:g}), "
+            f"speed-up {result['speed_up']:.2f}x"
         )
-        policy, feasible = res.policy, res.certified
-        i = int((res.grid == res.threshold).nonzero()[0, 0]) if res.certified else 0
-        achieved = {
-            "certified_threshold": res.threshold,
-            "empirical_disagreement": float(res.empirical_risk[i]),
-            "vacuous": res.vacuous,
-        }
+    result["accuracy"] = float(ev.accuracy[0])
+    return result, (
+        f"test: accuracy {result['accuracy']:.4f}, mean cost {result['relative_cost']:.3f} of "
+        f"the full model, speed-up {result['speed_up']:.2f}x"
+    )
+
+
+def _tune(args: argparse.Namespace) -> None:
+    out = _load_calibrated(args)
+    cal, test = out.split(args.split, seed=args.seed)
+    policy, feasible, achieved = _tune_on(cal, args)
     payload: dict[str, Any] = {"feasible": feasible, "tune": achieved}
     if not feasible:
         payload["best_achievable"] = _best_achievable(cal, args)
-        _print(
-            args,
-            payload,
-            f"no policy meets the target on the tuning split; {_infeasible_text(args, payload)}",
-        )
+        text = f"no policy meets the target on the tuning split; {_infeasible_text(args, payload)}"
+        _print(args, payload, text)
         sys.exit(1)
-    from exitwise.policies import evaluate
-
     payload["policy"] = policy.to_dict()
-    if args.risk is not None:  # the certified risk is disagreement with the full model
-        ev = evaluate(policy, test, reference="final")
-        payload["test"] = {
-            "disagreement": float(ev.mean_loss[0]),
-            "risk_tolerance": args.risk,
-            "speed_up": float(ev.speed_up[0]),
-            "relative_cost": float(ev.mean_cost[0]) / ev.full_cost,
-        }
-        held_out = (
-            f"test: disagreement with the full model {payload['test']['disagreement']:.4f} "
-            f"(certified <= {args.risk:g} with probability >= {1 - args.epsilon:g}), "
-            f"speed-up {payload['test']['speed_up']:.2f}x"
-        )
-    else:
-        ev = evaluate(policy, test, reference=_reference(test))
-        payload["test"] = {
-            "accuracy": float(ev.accuracy[0]),
-            "speed_up": float(ev.speed_up[0]),
-            "relative_cost": float(ev.mean_cost[0]) / ev.full_cost,
-        }
-        held_out = (
-            f"test: accuracy {payload['test']['accuracy']:.4f}, mean cost "
-            f"{payload['test']['relative_cost']:.3f} of the full model, speed-up "
-            f"{payload['test']['speed_up']:.2f}x"
-        )
+    payload["test"], held_out = _held_out(policy, test, args)
     if args.out:
         policy.save(args.out, context=_tune_context(args))
     text = f"policy: {policy!r}\ntune: {achieved}\n{held_out}" + (
@@ -276,50 +271,49 @@ _TARGET_HELP = (
 _RELATIVE_HELP = "--target-accuracy is a fraction of the final exit's accuracy"
 
 
-def _parser() -> argparse.ArgumentParser:
-    from exitwise.calibrate import METHODS
+def _command(
+    sub: Any, name: str, help_text: str, file_required: bool = True, seed: bool = True
+) -> argparse.ArgumentParser:
+    """A subcommand with the options every command shares."""
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    if file_required:
+        p.add_argument("file", help="ExitOutputs file (.safetensors or .npz)")
+    else:
+        p.add_argument(
+            "file",
+            nargs="?",
+            default=None,
+            help="ExitOutputs file (default: the bundled Fashion-MNIST exits)",
+        )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    if seed:
+        p.add_argument("--seed", type=int, default=0, help="seed of the split")
+    return p
+
+
+def _signal_option(p: argparse.ArgumentParser) -> None:
     from exitwise.signals import SIGNALS
 
     signals = sorted(name for name, s in SIGNALS.items() if s.code is not None)
-    parser = argparse.ArgumentParser(
-        prog="exitwise", description="Calibrate early exits, tune exit policies, report."
+    p.add_argument(
+        "--signal",
+        default="max_probability",
+        choices=signals,
+        help="confidence signal (default: max_probability)",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, help_text: str, file_required: bool = True, seed: bool = True):
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        if file_required:
-            p.add_argument("file", help="ExitOutputs file (.safetensors or .npz)")
-        else:
-            p.add_argument(
-                "file",
-                nargs="?",
-                default=None,
-                help="ExitOutputs file (default: the bundled Fashion-MNIST exits)",
-            )
-        p.add_argument("--json", action="store_true", help="machine-readable output")
-        if seed:
-            p.add_argument("--seed", type=int, default=0, help="seed of the split")
-        return p
 
-    def signal_option(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--signal",
-            default="max_probability",
-            choices=signals,
-            help="confidence signal (default: max_probability)",
-        )
-
-    p = add("report", "write report.html, PNGs and summary.json", file_required=False)
+def _add_report(sub: Any, methods: tuple[str, ...]) -> None:
+    p = _command(sub, "report", "write report.html, PNGs and summary.json", file_required=False)
     p.add_argument("--out", default="report", help="output folder (default: report)")
     p.add_argument(
         "--calibrators",
         nargs="+",
         default=["temperature", "isotonic"],
-        choices=METHODS,
+        choices=methods,
         help="calibrators to compare; the first one is used to tune",
     )
-    signal_option(p)
+    _signal_option(p)
     p.add_argument(
         "--target-accuracy",
         type=float,
@@ -330,17 +324,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resamples", type=int, default=200, help="bootstrap resamples")
     p.set_defaults(run=_report)
 
-    p = add("calibrate", "fit a calibrator and compare it on a held-out split")
+
+def _add_calibrate(sub: Any, methods: tuple[str, ...]) -> None:
+    p = _command(sub, "calibrate", "fit a calibrator and compare it on a held-out split")
     p.add_argument(
-        "--method", default="temperature", choices=METHODS, help="calibrator (default: temperature)"
+        "--method", default="temperature", choices=methods, help="calibrator (default: temperature)"
     )
     p.add_argument("--split", type=float, default=0.5, help="calibration share")
     p.add_argument("--fit-all", action="store_true", help="refit the saved one on all data")
     p.add_argument("--out", help="calibrator file (.json)")
     p.set_defaults(run=_calibrate)
 
-    p = add("tune", "tune an exit policy for an SLA")
-    signal_option(p)
+
+def _add_tune(sub: Any) -> None:
+    p = _command(sub, "tune", "tune an exit policy for an SLA")
+    _signal_option(p)
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--target-accuracy", type=float, help=_TARGET_HELP)
     group.add_argument("--budget", type=float, help="mean cost as a fraction of the full model")
@@ -352,9 +350,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="policy file (.json)")
     p.set_defaults(run=_tune)
 
-    p = add(
-        "evaluate", "evaluate a policy file on the held-out part of an ExitOutputs file", seed=False
-    )
+
+def _add_evaluate(sub: Any) -> None:
+    help_text = "evaluate a policy file on the held-out part of an ExitOutputs file"
+    p = _command(sub, "evaluate", help_text, seed=False)
     p.add_argument("--policy", required=True, help="policy file (.json) from `exitwise tune --out`")
     p.add_argument("--calibrator", help="calibrator file (.json) to apply first")
     p.add_argument(
@@ -372,7 +371,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="evaluate on every sample instead")
     p.set_defaults(run=_evaluate)
 
-    p = add("info", "summarise an ExitOutputs file", file_required=False, seed=False)
+
+def _parser() -> argparse.ArgumentParser:
+    from exitwise.calibrate import METHODS
+
+    parser = argparse.ArgumentParser(
+        prog="exitwise", description="Calibrate early exits, tune exit policies, report."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_report(sub, METHODS)
+    _add_calibrate(sub, METHODS)
+    _add_tune(sub)
+    _add_evaluate(sub)
+    p = _command(sub, "info", "summarise an ExitOutputs file", file_required=False, seed=False)
     p.set_defaults(run=_info)
     return parser
 

@@ -83,58 +83,14 @@ def reliability_diagram(
     width = edges[1] - edges[0]
     centers = edges[:-1] + width / 2
     acc = torch.nan_to_num(bins.accuracy, nan=0.0).cpu().numpy()
-    conf = torch.nan_to_num(bins.confidence, nan=0.0).cpu().numpy()
     count = bins.count.cpu().numpy()
-    filled = count > 0
-    solid = count >= min_count
     text = f"{label + ': ' if label else ''}ECE {ece:.4f}"
     if outline:
         ax.bar(
             centers, acc, width=width * 0.95, fill=False, edgecolor=color, linewidth=1.2, label=text
         )
     else:
-        style = {"color": color, "alpha": 0.75, "edgecolor": "black", "linewidth": 0.5}
-        bars = ax.bar(centers, acc, width=width * 0.95, **style)
-        for bar, keep in zip(bars, solid, strict=True):
-            if not keep:  # few samples: faint and hatched
-                bar.set_alpha(0.2)
-                bar.set_hatch("..")
-        ax.bar([-1.0], [0.0], width=width, label=text, **style)  # the legend's swatch
-        if not solid[filled].all():
-            ax.bar(
-                [-1.0],
-                [0.0],
-                width=width,
-                color=color,
-                alpha=0.2,
-                hatch="..",
-                label=f"fewer than {min_count} samples",
-            )
-        gap = filled & solid
-        ax.bar(
-            centers[gap],
-            (conf - acc)[gap],
-            bottom=acc[gap],
-            width=width * 0.95,
-            color="red",
-            alpha=0.25,
-            hatch="//",
-            edgecolor="red",
-            linewidth=0.0,
-            label="gap to the diagonal",
-        )
-        low = bins.accuracy_low.cpu().numpy()
-        high = bins.accuracy_high.cpu().numpy()
-        ax.errorbar(
-            centers[filled],
-            acc[filled],
-            yerr=[(acc - low).clip(min=0)[filled], (high - acc).clip(min=0)[filled]],
-            fmt="none",
-            ecolor="black",
-            elinewidth=0.8,
-            capsize=2,
-            label="95 % interval (Wilson)",
-        )
+        _filled_bins(ax, bins, centers, width, color, text, min_count)
     ax.plot([0, 1], [0, 1], "k--", linewidth=1)
     share = count / max(count.sum(), 1)
     if count_ax is not None:
@@ -160,6 +116,59 @@ def reliability_diagram(
     if legend:
         ax.legend(loc="upper left", fontsize=7, framealpha=0.6)
     return ax
+
+
+def _filled_bins(
+    ax: Any, bins: Any, centers: Any, width: float, color: str, text: str, min_count: int
+) -> None:
+    """Accuracy bars (faint and hatched under ``min_count`` samples), the gap to the
+    diagonal, and 95 % Wilson intervals, for :func:`reliability_diagram`."""
+    acc = torch.nan_to_num(bins.accuracy, nan=0.0).cpu().numpy()
+    conf = torch.nan_to_num(bins.confidence, nan=0.0).cpu().numpy()
+    count = bins.count.cpu().numpy()
+    filled, solid = count > 0, count >= min_count
+    style = {"color": color, "alpha": 0.75, "edgecolor": "black", "linewidth": 0.5}
+    bars = ax.bar(centers, acc, width=width * 0.95, **style)
+    for bar, keep in zip(bars, solid, strict=True):
+        if not keep:  # few samples: faint and hatched
+            bar.set_alpha(0.2)
+            bar.set_hatch("..")
+    ax.bar([-1.0], [0.0], width=width, label=text, **style)  # the legend's swatch
+    if not solid[filled].all():
+        ax.bar(
+            [-1.0],
+            [0.0],
+            width=width,
+            color=color,
+            alpha=0.2,
+            hatch="..",
+            label=f"fewer than {min_count} samples",
+        )
+    gap = filled & solid
+    ax.bar(
+        centers[gap],
+        (conf - acc)[gap],
+        bottom=acc[gap],
+        width=width * 0.95,
+        color="red",
+        alpha=0.25,
+        hatch="//",
+        edgecolor="red",
+        linewidth=0.0,
+        label="gap to the diagonal",
+    )
+    low = bins.accuracy_low.cpu().numpy()
+    high = bins.accuracy_high.cpu().numpy()
+    ax.errorbar(
+        centers[filled],
+        acc[filled],
+        yerr=[(acc - low).clip(min=0)[filled], (high - acc).clip(min=0)[filled]],
+        fmt="none",
+        ecolor="black",
+        elinewidth=0.8,
+        capsize=2,
+        label="95 % interval (Wilson)",
+    )
 
 
 def reliability_grid(
