@@ -121,7 +121,7 @@ def _tune_on(cal: Any, args: argparse.Namespace) -> tuple[Any, bool, dict[str, A
     res = risk_controlled_threshold(
         cal, args.signal, risk="disagreement", delta=args.risk, epsilon=args.epsilon
     )
-    i = int((res.grid == res.threshold).nonzero()[0, 0]) if res.certified else 0
+    i = res.certified_index if res.certified else 0
     achieved = {
         "certified_threshold": res.threshold,
         "empirical_disagreement": float(res.empirical_risk[i]),
@@ -292,13 +292,12 @@ def _command(
 
 
 def _signal_option(p: argparse.ArgumentParser) -> None:
-    from exitwise.signals import SIGNALS
+    from exitwise.signals import built_in_signals
 
-    signals = sorted(name for name, s in SIGNALS.items() if s.code is not None)
     p.add_argument(
         "--signal",
         default="max_probability",
-        choices=signals,
+        choices=built_in_signals(),
         help="confidence signal (default: max_probability)",
     )
 

@@ -379,8 +379,7 @@ def _read_npz(path: Path) -> dict[str, Any]:
     except ValueError as err:
         if "pickle" in str(err):
             raise ValueError(
-                f"'{path}' holds object arrays, which need pickle; exitwise never unpickles "
-                "files."
+                f"'{path}' holds object arrays, which need pickle; exitwise never unpickles files."
             ) from None
         raise ValueError(f"'{path}' is not a readable npz file: {err}") from None
     except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as err:

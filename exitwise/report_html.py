@@ -11,6 +11,8 @@ import html
 import json
 from typing import Any
 
+from exitwise.demo import EXCLUDED_NOTE, interval_text
+
 __all__ = ["CAPTIONS", "render_html"]
 
 #: what each figure shows and how to read it
@@ -52,8 +54,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def _calibration_table(rows: list[dict[str, Any]]) -> str:
     body = []
     for r in rows:
-        mark = "*" if r.get("ece_excludes_estimate") else ""
-        interval = f"[{r['ece_low']:.4f}, {r['ece_high']:.4f}]{mark}" if "ece_low" in r else ""
+        interval = interval_text(r, "ece").strip() if "ece_low" in r else ""
         body.append(
             [
                 r["method"],
@@ -151,12 +152,7 @@ Calibrator used for tuning: <b>{html.escape(pol["calibrator"])}</b>.</p>
 </div>
 <h2>Calibration per exit (test half)</h2>
 {_calibration_table(summary["calibration"])}
-{
-        "<p>* The interval lies beside the estimate: the plug-in ECE is biased upwards on finite "
-        "samples, and the interval corrects for that bias.</p>"
-        if excluded
-        else ""
-    }
+{f"<p>{html.escape(EXCLUDED_NOTE)}.</p>" if excluded else ""}
 <h2>The tuned policy</h2>
 {policy_section}
 <h2>Figures</h2>

@@ -339,6 +339,17 @@ def register_signal(
     SIGNALS[name] = Signal(name, None, float(low), float(high), function=function)
 
 
+def built_in_signals() -> list[str]:
+    """Names of the signals :func:`exit_signal` computes (the runtime controller runs these).
+
+    Examples
+    --------
+    >>> "max_probability" in built_in_signals()
+    True
+    """
+    return sorted(name for name, s in SIGNALS.items() if s.code is not None)
+
+
 def get_signal(name: str) -> Signal:
     """The registered :class:`Signal` called ``name`` (a clear error naming the choices)."""
     if not isinstance(name, str) or name not in SIGNALS:

@@ -143,7 +143,6 @@ def top_label(
     dtype = compute_dtype(tensor)
     device = tensor.device
     conf = torch.empty(n, e, dtype=torch.float64, device=device)
-    pred = torch.empty(n, e, dtype=torch.int64, device=device)
     bad = torch.zeros((), dtype=torch.bool, device=device)
     worst_sum = torch.zeros((), dtype=torch.float64, device=device)
     step = rows_per_chunk(e * c * 4, _CHUNK_BYTES)
@@ -151,8 +150,11 @@ def top_label(
         torch.empty((min(step, n), e, c), dtype=dtype, device=device) if input == "logits" else None
     )
     numpy_pred = _numpy_argmax(tensor)
-    if numpy_pred is not None:
-        pred = numpy_pred
+    pred = (
+        numpy_pred
+        if numpy_pred is not None
+        else torch.empty(n, e, dtype=torch.int64, device=device)
+    )
     for start in range(0, n, step):
         rows = slice(start, min(n, start + step))
         x = tensor[rows].to(dtype)

@@ -120,8 +120,8 @@ def calibration_error_from_confidence(
     """Binned calibration error of confidences ``[N]`` (scalar) or ``[N, K]`` (``[K]``)
     against hits (bool or 0/1 float) of the same shape.
 
-    The binary core of every binned metric in exitwise: top-label ECE, classwise ECE,
-    histogram binning and the halting network's ECE all reduce to it.
+    The binary core of the binned errors in exitwise: top-label and classwise ECE, MCE and
+    the halting network's ECE call it; histogram binning fits on the same ``bin_totals``.
 
     Examples
     --------

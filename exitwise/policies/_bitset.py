@@ -118,6 +118,7 @@ def bitset_block_stats(
             indexes = list(pool.map(build, range(1, num_exits - 1)))
     else:
         indexes = [build(e) for e in range(1, num_exits - 1)]
+
     def run(rows: np.ndarray) -> None:
         _run_candidates(rows, r0, thresholds, indexes, correct_bits, counts, hits)
 

@@ -145,14 +145,21 @@ class RiskControlResult:
     def certified(self) -> bool:
         return self.policy is not None
 
+    @property
+    def certified_index(self) -> int | None:
+        """Position of the certified threshold in ``grid`` (``None`` when none is)."""
+        if self.policy is None:
+            return None
+        return int(torch.nonzero(self.grid == self.threshold)[0, 0])
+
     def __repr__(self) -> str:
         head = (
             f"RiskControlResult(delta={self.delta:g}, epsilon={self.epsilon:g}, "
             f"n={self.num_samples}, "
         )
-        if self.policy is None:
+        i = self.certified_index
+        if i is None:
             return head + "certified=False)"
-        i = int(torch.nonzero(self.grid == self.threshold)[0, 0])
         return head + (
             f"threshold={self.threshold:.6g}, empirical_risk={float(self.empirical_risk[i]):.4f}, "
             f"p_value={float(self.p_values[i]):.3g}, vacuous={self.vacuous})"
@@ -162,9 +169,9 @@ class RiskControlResult:
     def vacuous(self) -> bool:
         """A threshold is certified, but no calibration sample leaves early with it: the
         guarantee holds only because the policy is the full model (no speed-up)."""
-        if self.policy is None or self.early_exit_fraction is None:
+        i = self.certified_index
+        if i is None or self.early_exit_fraction is None:
             return False
-        i = int(torch.nonzero(self.grid == self.threshold)[0, 0])
         return float(self.early_exit_fraction[i]) == 0.0
 
 

@@ -27,9 +27,10 @@ from torch import nn
 from exitwise.calibrate.temperature import scale_by_temperature
 from exitwise.policies.base import load_policy
 from exitwise.policies.threshold import ThresholdPolicy
-from exitwise.signals import SIGNALS, exit_signal, initial_state
+from exitwise.signals import SIGNALS, built_in_signals, exit_signal, initial_state
 
 __all__ = ["ExitController"]
+
 
 class ExitController(nn.Module):
     """Per-batch exit decisions of a threshold policy (with optional temperatures).
@@ -55,7 +56,7 @@ class ExitController(nn.Module):
 
     def __init__(self, signal: str, thresholds, temperatures=None) -> None:
         super().__init__()
-        built_in = sorted(name for name, s in SIGNALS.items() if s.code is not None)
+        built_in = built_in_signals()
         if signal not in built_in:
             raise ValueError(f"ExitController supports the signals {built_in}, got {signal!r}.")
         thr = torch.as_tensor([float(t) for t in thresholds], dtype=torch.float64)
