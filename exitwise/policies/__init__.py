@@ -14,11 +14,17 @@ from exitwise.policies.frontier import (
     held_out_frontier,
     pareto_frontier,
 )
+from exitwise.policies.losses import RISKS, loss_table
+from exitwise.policies.p_values import (
+    binomial_p_value,
+    hoeffding_bentkus_p_value,
+    wsr_p_value,
+)
+from exitwise.policies.pareto_testing import CertifiedPolicy, certify
+from exitwise.policies.recall import recall_indices, recalled_outcome
 from exitwise.policies.risk import (
     RiskControlResult,
-    binomial_p_value,
     default_risk_grid,
-    hoeffding_bentkus_p_value,
     risk_controlled_threshold,
 )
 from exitwise.policies.runtime import ExitController
@@ -42,8 +48,10 @@ from exitwise.policies.tune import (
 )
 
 __all__ = [
+    "RISKS",
     "AccuracyAtLeast",
     "BatchingResult",
+    "CertifiedPolicy",
     "CostAtMost",
     "CostQuantileAtMost",
     "ExitController",
@@ -58,6 +66,7 @@ __all__ = [
     "ThresholdPolicy",
     "TunedPolicy",
     "binomial_p_value",
+    "certify",
     "default_risk_grid",
     "evaluate",
     "evaluate_thresholds",
@@ -67,8 +76,11 @@ __all__ = [
     "held_out_frontier",
     "hoeffding_bentkus_p_value",
     "load_policy",
+    "loss_table",
     "pareto_frontier",
     "policy_from_dict",
+    "recall_indices",
+    "recalled_outcome",
     "risk_controlled_threshold",
     "simulate_batching",
     "sweep_shared_threshold",
@@ -76,4 +88,5 @@ __all__ = [
     "tune_for_accuracy",
     "tune_for_budget",
     "tune_for_latency",
+    "wsr_p_value",
 ]

@@ -36,9 +36,14 @@ class ExitPolicy(ABC):
     def exit_indices(self, outputs: ExitOutputs) -> torch.Tensor:
         """The exit each sample leaves at, ``[N]`` int64 on the outputs' device."""
 
+    def answer_indices(self, outputs: ExitOutputs) -> torch.Tensor:
+        """The exit whose answer each sample returns, ``[N]`` int64: the exit it stops at,
+        or an earlier one for recall policies (:mod:`exitwise.policies.recall`)."""
+        return self.exit_indices(outputs)
+
     def predictions(self, outputs: ExitOutputs) -> torch.Tensor:
-        """The predicted class of each sample at its exit, ``[N]`` int64."""
-        index = self.exit_indices(outputs)
+        """The predicted class of each sample (its answering exit's), ``[N]`` int64."""
+        index = self.answer_indices(outputs)
         return outputs.predictions().gather(1, index[:, None]).squeeze(1)
 
     @abstractmethod

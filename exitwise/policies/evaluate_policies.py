@@ -19,6 +19,7 @@ from exitwise.policies.kernels import (
     _full_cost_sum,
     _reduce_exits,
 )
+from exitwise.policies.recall import recalled_outcome
 from exitwise.policies.threshold import ThresholdPolicy
 from exitwise.signals import compute_signal
 
@@ -36,9 +37,10 @@ def evaluate(
     """Evaluate one policy or a list of policies on :class:`~exitwise.ExitOutputs`.
 
     Threshold policies sharing a signal are evaluated together by
-    :func:`evaluate_thresholds`; other policies (fixed exit, oracle, SDN fallback) through
-    their exit indices. Correctness is against the labels, or agreement with the final exit
-    with ``reference="final"``; costs are ``outputs.costs``.
+    :func:`evaluate_thresholds` (recall policies on the recalled outcome); other policies
+    (fixed exit, oracle, SDN fallback) through their exit and answering-exit indices.
+    Correctness is against the labels, or agreement with the final exit with
+    ``reference="final"``; costs are ``outputs.costs``.
 
     Returns
     -------
@@ -64,7 +66,9 @@ def evaluate(
     e = outputs.num_exits
     qs = check_quantiles(quantiles)
     simple = [
-        type(p) is ThresholdPolicy and p.fallback == "last" and p.signal == items[0].signal
+        type(p) is ThresholdPolicy
+        and p.fallback == "last"
+        and (p.signal, p.recall) == (items[0].signal, items[0].recall)
         for p in items
     ]
     if all(simple):
@@ -72,7 +76,7 @@ def evaluate(
         thresholds = torch.stack([p.threshold_vector(e, scores.device) for p in items])
         return evaluate_thresholds(
             scores,
-            correct,
+            recalled_outcome(correct, scores, items[0].recall),
             outputs.costs,
             thresholds,
             quantiles=qs,
@@ -80,7 +84,8 @@ def evaluate(
             distributed=False,
         )
     exits = torch.stack([p.exit_indices(outputs) for p in items])
-    totals = _reduce_exits(exits, correct, outputs.costs, torch.int64, False)
+    answers = torch.stack([p.answer_indices(outputs) for p in items])
+    totals = _reduce_exits(exits, correct, outputs.costs, torch.int64, False, answers)
     thresholds = torch.full((len(items), e), float("nan"), dtype=torch.float64, device=exits.device)
     for i, policy in enumerate(items):
         if isinstance(policy, ThresholdPolicy):

@@ -154,13 +154,16 @@ def _reduce_exits(
     costs: torch.Tensor,
     sum_dtype: torch.dtype,
     keep_sample_costs: bool,
+    answers: torch.Tensor | None = None,
 ) -> _Totals:
-    """Sufficient statistics of exit decisions ``[K, n]`` on ``n`` samples."""
+    """Sufficient statistics of exit decisions ``[K, n]`` on ``n`` samples (``answers``
+    ``[K, n]``: the exit whose outcome counts, when it is not the exit itself)."""
     k, n = exits.shape
     e = outcome.shape[1]
     counts = torch.zeros(k, e, dtype=torch.int64, device=exits.device)
     counts.scatter_add_(1, exits, torch.ones_like(exits))
-    picked = outcome.unsqueeze(0).expand(k, -1, -1).gather(2, exits.unsqueeze(-1)).squeeze(-1)
+    at = exits if answers is None else answers
+    picked = outcome.unsqueeze(0).expand(k, -1, -1).gather(2, at.unsqueeze(-1)).squeeze(-1)
     outcome_sum = picked.sum(dim=1, dtype=sum_dtype)
     cost_sum = torch.zeros(k, dtype=torch.float64, device=exits.device)
     kept: list[torch.Tensor] = []

@@ -5,8 +5,11 @@ lowest shared threshold :math:`\lambda` whose risk is certified,
 
 .. math:: P\big(R(\hat\lambda) \le \delta\big) \ge 1 - \epsilon,
 
-where the risk is the share of samples whose early answer is wrong (``risk="error"``) or
-disagrees with the full model (``risk="disagreement"``).
+where the risk is the mean of a per-sample loss in [0, 1]
+(:mod:`~exitwise.policies.losses`): the share of samples whose early answer is wrong
+(``risk="error"``) or disagrees with the full model (``risk="disagreement"``), a clipped
+excess NLL, or the cost as a share of the full model's. Several risks and per-exit thresholds
+at once: :func:`~exitwise.policies.certify` (Pareto Testing).
 
 **Naming**: exitwise follows CALM: ``delta`` is the *risk tolerance* and ``epsilon`` the
 *failure probability*. Learn-then-Test, MAPIE and RC-EENN use the reverse names.
@@ -20,10 +23,9 @@ The procedure (fixed-sequence testing):
    :math:`\log(1 - p)` from :math:`1 - 10^{-6}` down (100 per decade); a 101-point grid has
    nothing between 0.99 and 1 and certifies only the full model on such heads.
 2. For each threshold, a valid p-value of :math:`H_0: R(\lambda) > \delta` from the
-   per-sample 0/1 losses of the calibration split: the exact binomial tail
-   :math:`P[\mathrm{Bin}(n, \delta) \le n\hat R]` (default), or Hoeffding–Bentkus
-   :math:`\min(e^{-n h_1(\min(\hat R, \delta), \delta)}, e\,P[\mathrm{Bin}(n, \delta) \le
-   \lceil n \hat R\rceil])`.
+   per-sample losses of the calibration split (:mod:`~exitwise.policies.p_values`): the exact
+   binomial tail (default for 0/1 losses), Hoeffding–Bentkus, or Waudby-Smith–Ramdas betting
+   (default for the other losses).
 3. Reject while :math:`p \le \epsilon`; stop at the first :math:`p > \epsilon`. The answer is
    the *last rejected* threshold (not the first non-rejected one: RC-EENN's off-by-one), or
    "no threshold certified". A certified threshold at which no calibration sample leaves
@@ -47,6 +49,15 @@ import torch
 from exitwise._checks import check_choice, check_open_unit
 from exitwise.data import ExitOutputs
 from exitwise.exceptions import VacuousGuaranteeWarning
+from exitwise.policies.kernels import first_exit
+from exitwise.policies.losses import RISKS, ZERO_ONE_RISKS, loss_table
+from exitwise.policies.p_values import (
+    P_VALUES,
+    binomial_p_value,
+    hoeffding_bentkus_p_value,
+    wsr_p_value,
+)
+from exitwise.policies.recall import Recall
 from exitwise.policies.sweep import sweep_shared_threshold
 from exitwise.policies.threshold import ThresholdPolicy
 from exitwise.signals import compute_signal, get_signal
@@ -74,40 +85,6 @@ def default_risk_grid() -> np.ndarray:
     """
     dense = 1.0 - np.logspace(-6.0, 0.0, 601)
     return np.unique(np.concatenate([np.linspace(0.0, 1.0, 101), dense]))
-
-
-def binomial_p_value(losses: int, n: int, delta: float) -> float:
-    r"""Exact p-value of :math:`H_0: R > \delta` for ``losses`` 0/1 losses out of ``n``:
-    :math:`P[\mathrm{Bin}(n, \delta) \le \text{losses}]`.
-
-    Examples
-    --------
-    >>> round(binomial_p_value(0, 100, 0.05), 6)    # (1 - 0.05) ** 100
-    0.005921
-    """
-    from scipy.stats import binom
-
-    return float(binom.cdf(losses, n, delta))
-
-
-def hoeffding_bentkus_p_value(mean_loss: float, n: int, delta: float) -> float:
-    r"""Hoeffding–Bentkus p-value of :math:`H_0: R > \delta` for losses in [0, 1].
-
-    Examples
-    --------
-    >>> hoeffding_bentkus_p_value(0.0, 100, 0.05) <= 1.0
-    True
-    """
-    a = min(mean_loss, delta)
-
-    def h1(x: float, y: float) -> float:
-        left = x * math.log(x / y) if x > 0 else 0.0
-        right = (1 - x) * math.log((1 - x) / (1 - y)) if x < 1 else 0.0
-        return left + right
-
-    hoeffding = math.exp(-n * h1(a, delta))
-    bentkus = math.e * binomial_p_value(math.ceil(n * mean_loss), n, delta)
-    return min(hoeffding, bentkus, 1.0)
 
 
 @dataclass(frozen=True)
@@ -176,35 +153,45 @@ class RiskControlResult:
 
 
 def grid_statistics(
-    outputs: ExitOutputs, scores: torch.Tensor, grid: torch.Tensor, risk: str
+    outputs: ExitOutputs,
+    scores: torch.Tensor,
+    grid: torch.Tensor,
+    risk: str,
+    *,
+    losses: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Number of 0/1 losses and share of early exits ``[G]`` at each shared grid threshold.
+    """Summed losses and share of early exits ``[G]`` at each shared grid threshold.
 
     One exact sweep over all breakpoints (O(N E) memory), read at the grid: sweep entry ``i``
-    holds every threshold in ``(t[i-1], t[i]]``.
+    holds every threshold in ``(t[i-1], t[i]]``. ``losses`` is the loss table ``[N, E]``
+    (:func:`~exitwise.policies.losses.loss_table` of ``risk`` by default); sums of 0/1 losses
+    are whole numbers.
     """
-    pred = outputs.predictions()
-    reference = pred[:, -1:] if risk == "disagreement" else outputs.labels[:, None]
+    table = loss_table(outputs, risk) if losses is None else losses
     e = outputs.num_exits
     at_last = torch.zeros(e, dtype=torch.float64, device=scores.device)
     at_last[-1] = 1.0  # the "cost" of a sample = whether it reaches the last exit
-    sweep = sweep_shared_threshold(scores, pred == reference, at_last)
+    sweep = sweep_shared_threshold(scores, table.to(scores.device), at_last)
     where = torch.searchsorted(sweep.thresholds, grid.to(sweep.thresholds.device), side="left")
     n = sweep.num_samples
-    losses = torch.round(sweep.mean_loss[where] * n)
+    sums = sweep.mean_loss[where] * n
+    if risk in ZERO_ONE_RISKS:
+        sums = torch.round(sums)
     early = n - torch.round(sweep.mean_cost[where] * n)
-    return losses.cpu(), (early / n).cpu(), n
+    return sums.cpu(), (early / n).cpu(), n
 
 
 def risk_controlled_threshold(
     outputs: ExitOutputs,
     signal: str,
     *,
-    risk: Literal["error", "disagreement"] = "disagreement",
+    risk: str = "disagreement",
     delta: float,
     epsilon: float,
     grid: Any = None,
-    p_value: Literal["binomial", "hoeffding_bentkus"] = "binomial",
+    p_value: Literal["binomial", "hoeffding_bentkus", "wsr"] | None = None,
+    recall: Recall = "none",
+    nll_bound: float = 1.0,
 ) -> RiskControlResult:
     """The lowest shared threshold whose risk is certified (Learn-then-Test, CALM).
 
@@ -213,8 +200,10 @@ def risk_controlled_threshold(
     outputs : ExitOutputs
         The calibration split (labels needed for ``risk="error"``).
     signal : str
-    risk : {"error", "disagreement"}, default="disagreement"
-        0/1 loss per sample: wrong answer, or answer different from the final exit's.
+    risk : {"error", "disagreement", "nll_excess", "cost"}, default="disagreement"
+        The per-sample loss in [0, 1] (:func:`~exitwise.policies.losses.loss_table`): wrong
+        answer, answer different from the final exit's, clipped excess NLL over the final
+        exit, or cost as a share of the full model's.
     delta : float in (0, 1)
         Risk tolerance (CALM's delta).
     epsilon : float in (0, 1)
@@ -223,7 +212,14 @@ def risk_controlled_threshold(
     grid : array-like, optional
         Candidate thresholds, fixed before seeing the data. Default: :func:`default_risk_grid`
         for signals in [0, 1]; other signals need an explicit grid.
-    p_value : {"binomial", "hoeffding_bentkus"}, default="binomial"
+    p_value : {"binomial", "hoeffding_bentkus", "wsr"}, optional
+        :mod:`~exitwise.policies.p_values`; default: the exact binomial tail for 0/1 risks,
+        Waudby-Smith–Ramdas betting for the others (it bets on the samples in a fixed random
+        order, so a file sorted by class does not bias it).
+    recall : {"none", "most_confident"}, default="none"
+        Certify a recall policy (:mod:`~exitwise.policies.recall`).
+    nll_bound : float, default=1.0
+        ``risk="nll_excess"`` only (see :func:`~exitwise.policies.losses.loss_table`).
 
     Returns
     -------
@@ -239,12 +235,17 @@ def risk_controlled_threshold(
     >>> res.certified, 0.0 < res.threshold < 1.0
     (True, True)
     """
-    check_choice(risk, "risk", ("error", "disagreement"))
-    check_choice(p_value, "p_value", ("binomial", "hoeffding_bentkus"))
+    check_choice(risk, "risk", RISKS)
+    if p_value is None:
+        p_value = "binomial" if risk in ZERO_ONE_RISKS else "wsr"
+    check_choice(p_value, "p_value", P_VALUES)
+    if p_value == "binomial" and risk not in ZERO_ONE_RISKS:
+        raise ValueError(
+            f"p_value='binomial' is exact for 0/1 losses only; risk={risk!r} has losses in "
+            "[0, 1]: use 'wsr' or 'hoeffding_bentkus'."
+        )
     delta = check_open_unit(delta, "delta")
     epsilon = check_open_unit(epsilon, "epsilon")
-    if risk == "error" and outputs.labels is None:
-        raise ValueError("risk='error' needs labels; use risk='disagreement' without them.")
     if grid is None:
         if not get_signal(signal).unit_interval:
             raise ValueError(
@@ -258,15 +259,20 @@ def risk_controlled_threshold(
     order = torch.cat([torch.tensor([math.inf], dtype=torch.float64), torch.unique(values).flip(0)])
     order = order[torch.cat([torch.tensor([True]), order[1:] != order[:-1]])]
     scores = compute_signal(outputs, signal).double()
-    counts, early, n = grid_statistics(outputs, scores, order.to(scores.device), risk)
-    risks = counts / n
+    table = loss_table(outputs, risk, scores=scores, recall=recall, nll_bound=nll_bound)
+    sums, early, n = grid_statistics(outputs, scores, order.to(scores.device), risk, losses=table)
+    risks = sums / n
     p_values = torch.full((order.numel(),), float("nan"), dtype=torch.float64)
     certified = None
+    shuffled = torch.randperm(n, generator=torch.Generator().manual_seed(0)).to(scores.device)
     for i in range(order.numel()):
         if p_value == "binomial":
-            p = binomial_p_value(int(counts[i]), n, delta)
-        else:
+            p = binomial_p_value(int(sums[i]), n, delta)
+        elif p_value == "hoeffding_bentkus":
             p = hoeffding_bentkus_p_value(float(risks[i]), n, delta)
+        else:
+            exits = first_exit(scores, order[i].to(scores).expand(scores.shape[1]))[shuffled]
+            p = wsr_p_value(table[shuffled].gather(1, exits[:, None])[:, 0], delta, epsilon)
         p_values[i] = p
         if p > epsilon:
             break
@@ -274,7 +280,7 @@ def risk_controlled_threshold(
     if certified is None:
         return RiskControlResult(None, math.inf, order, p_values, risks, delta, epsilon, n, early)
     threshold = float(order[certified])
-    policy = ThresholdPolicy(signal, threshold)
+    policy = ThresholdPolicy(signal, threshold, recall=recall)
     result = RiskControlResult(policy, threshold, order, p_values, risks, delta, epsilon, n, early)
     if result.vacuous:
         warnings.warn(

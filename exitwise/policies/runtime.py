@@ -19,13 +19,16 @@ A typical loop (compacting the batch as samples leave)::
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from exitwise._checks import check_choice
 from exitwise.calibrate.temperature import scale_by_temperature
 from exitwise.policies.base import load_policy
+from exitwise.policies.recall import RECALLS
 from exitwise.policies.threshold import ThresholdPolicy
 from exitwise.signals import SIGNALS, built_in_signals, exit_signal, initial_state
 
@@ -43,6 +46,8 @@ class ExitController(nn.Module):
         One per exit (the last exit always answers).
     temperatures : sequence of float, optional
         Per-exit temperatures applied to the logits before the signal.
+    recall : {"none", "most_confident"}, default="none"
+        The policy's recall rule (:meth:`decide_with_recall` applies it).
 
     Examples
     --------
@@ -54,7 +59,7 @@ class ExitController(nn.Module):
     tensor([ True, False])
     """
 
-    def __init__(self, signal: str, thresholds, temperatures=None) -> None:
+    def __init__(self, signal: str, thresholds, temperatures=None, recall: str = "none") -> None:
         super().__init__()
         built_in = built_in_signals()
         if signal not in built_in:
@@ -70,6 +75,8 @@ class ExitController(nn.Module):
         )
         if temps.shape != thr.shape or bool((temps <= 0).any()):
             raise ValueError("Expected one positive temperature per exit.")
+        check_choice(recall, "recall", RECALLS)
+        self.recall = recall
         self.signal = signal
         code = SIGNALS[signal].code
         self.signal_code: int = -1 if code is None else code
@@ -105,7 +112,7 @@ class ExitController(nn.Module):
             thresholds = [policy.thresholds] * num_exits
         else:
             thresholds = list(policy.thresholds)
-        return cls(policy.signal, thresholds, temps)
+        return cls(policy.signal, thresholds, temps, policy.recall)
 
     @classmethod
     def from_policy_file(cls, path: str | Path, calibrator=None, num_exits: int | None = None):
@@ -113,7 +120,7 @@ class ExitController(nn.Module):
 
     def policy(self) -> ThresholdPolicy:
         """The policy this controller applies (for ``save``)."""
-        return ThresholdPolicy(self.signal, self.thresholds.tolist())
+        return ThresholdPolicy(self.signal, self.thresholds.tolist(), recall=self.recall)
 
     # -- decisions ------------------------------------------------------------------------
     def initial_state(self, batch_size: int, device: torch.device | str = "cpu"):
@@ -135,6 +142,17 @@ class ExitController(nn.Module):
         Raises ``ValueError`` for an ``exit_index`` outside ``[0, E)``, logits that are not
         ``[B, C]`` or hold NaN, and a state whose size is not B.
         """
+        done, pred, run, _ = self._step(exit_index, logits, previous, run)
+        return done, pred, run
+
+    def _step(
+        self,
+        exit_index: int,
+        logits: torch.Tensor,
+        previous: torch.Tensor,
+        run: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward` plus the score."""
         if exit_index < 0 or exit_index >= self.num_exits:
             raise ValueError(
                 f"Expected `exit_index` in [0, {self.num_exits - 1}] (the policy has "
@@ -161,7 +179,7 @@ class ExitController(nn.Module):
             done = torch.ones_like(pred, dtype=torch.bool)
         else:
             done = score >= self.thresholds[exit_index]
-        return done, pred, new_run
+        return done, pred, new_run, score
 
     @torch.jit.export
     def decide(
@@ -169,5 +187,33 @@ class ExitController(nn.Module):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """``(exit_mask [B], new_state)`` for the batch's logits at exit ``exit_index``
         (also on the TorchScript-compiled controller)."""
-        done, pred, run = self.forward(exit_index, logits, state[0], state[1])
+        done, pred, run, _ = self._step(exit_index, logits, state[0], state[1])
         return done, (pred, run)
+
+    def initial_recall_state(self, batch_size: int, device: torch.device | str = "cpu"):
+        """``(previous prediction, run length, best score, best prediction)``, all ``[B]``
+        (the best score float64, starting at ``-inf``)."""
+        previous, run = initial_state([batch_size], torch.device(device))
+        best = torch.full((batch_size,), -math.inf, dtype=torch.float64, device=device)
+        return previous, run, best, previous.clone()
+
+    @torch.jit.export
+    def decide_with_recall(
+        self,
+        exit_index: int,
+        logits: torch.Tensor,
+        state: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    ) -> tuple[
+        torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+    ]:
+        """``(exit_mask [B], answer [B], new_state)``: the answer is the prediction of the most
+        confident exit so far (ties to the deepest) when ``recall="most_confident"``, else
+        this exit's prediction; it equals
+        :meth:`ThresholdPolicy.predictions <exitwise.policies.ExitPolicy.predictions>`
+        offline."""
+        done, pred, run, score = self._step(exit_index, logits, state[0], state[1])
+        take = score.to(torch.float64) >= state[2]
+        best = torch.where(take, score.to(torch.float64), state[2])
+        best_pred = torch.where(take, pred, state[3])
+        answer = best_pred if self.recall == "most_confident" else pred
+        return done, answer, (pred, run, best, best_pred)

@@ -20,6 +20,7 @@ from exitwise._checks import check_choice, check_int
 from exitwise.data import ExitOutputs
 from exitwise.policies.base import ExitPolicy
 from exitwise.policies.kernels import first_exit
+from exitwise.policies.recall import RECALLS, Recall, recall_indices
 from exitwise.signals import SIGNALS, compute_signal
 
 __all__ = ["FixedExitPolicy", "OracleExit", "PatiencePolicy", "ThresholdPolicy"]
@@ -51,6 +52,9 @@ class ThresholdPolicy(ExitPolicy):
     fallback : {"last", "most_confident"}, default="last"
         Who answers when no exit reaches its threshold: the last exit, or the exit with the
         highest signal (Shallow-Deep Networks' rule; it still costs the full network).
+    recall : {"none", "most_confident"}, default="none"
+        Who answers once a sample stops at exit ``e``: exit ``e`` itself, or the exit with the
+        highest signal among ``0..e`` (T-Tamer's recall; :mod:`exitwise.policies.recall`).
 
     Examples
     --------
@@ -69,6 +73,7 @@ class ThresholdPolicy(ExitPolicy):
         thresholds: float | Sequence[float] | torch.Tensor,
         *,
         fallback: Literal["last", "most_confident"] = "last",
+        recall: Recall = "none",
     ) -> None:
         if not isinstance(signal, str):
             raise TypeError(
@@ -80,6 +85,12 @@ class ThresholdPolicy(ExitPolicy):
                 f"Unknown signal {signal!r}; expected one of {', '.join(sorted(SIGNALS))}."
             )
         check_choice(fallback, "fallback", ("last", "most_confident"))
+        check_choice(recall, "recall", RECALLS)
+        if recall != "none" and fallback != "last":
+            raise ValueError(
+                "Expected `recall='none'` with fallback='most_confident' (that fallback already "
+                "answers with the most confident exit); use one of them."
+            )
         if isinstance(thresholds, torch.Tensor):
             values = thresholds.detach().cpu().to(torch.float64).reshape(-1).tolist()
             shared = thresholds.ndim == 0
@@ -94,6 +105,7 @@ class ThresholdPolicy(ExitPolicy):
         self.signal = signal
         self.thresholds = values[0] if shared else values
         self.fallback = fallback
+        self.recall = recall
 
     def threshold_vector(self, num_exits: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """Thresholds as a ``[E]`` float64 tensor."""
@@ -107,25 +119,41 @@ class ThresholdPolicy(ExitPolicy):
         return torch.tensor(self.thresholds, dtype=torch.float64, device=device)
 
     def exit_indices(self, outputs: ExitOutputs) -> torch.Tensor:
+        return self._indices(outputs)[0]
+
+    def answer_indices(self, outputs: ExitOutputs) -> torch.Tensor:
+        return self._indices(outputs)[1]
+
+    def _indices(self, outputs: ExitOutputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(exit, answering exit)`` per sample, from one computation of the signal."""
         scores = compute_signal(outputs, self.signal)
         thresholds = self.threshold_vector(outputs.num_exits, scores.device)
         index = first_exit(scores, thresholds)
         if self.fallback == "most_confident":
             none = ~(scores >= thresholds).any(dim=1)
             index = torch.where(none, scores.argmax(dim=1), index)
-        return index
+        if self.recall == "none":
+            return index, index
+        return index, recall_indices(scores).gather(1, index[:, None]).squeeze(1)
 
     def __repr__(self) -> str:
         if type(self) is not ThresholdPolicy:
             return super().__repr__()
-        return f"ThresholdPolicy({self.signal!r}, {self.thresholds!r}, fallback={self.fallback!r})"
+        tail = "" if self.recall == "none" else f", recall={self.recall!r}"
+        return (
+            f"ThresholdPolicy({self.signal!r}, {self.thresholds!r}, "
+            f"fallback={self.fallback!r}{tail})"
+        )
 
     def params(self) -> dict[str, Any]:
         thr = self.thresholds
         encoded = (
             _float_to_json(thr) if isinstance(thr, float) else [_float_to_json(v) for v in thr]
         )
-        return {"signal": self.signal, "thresholds": encoded, "fallback": self.fallback}
+        params = {"signal": self.signal, "thresholds": encoded, "fallback": self.fallback}
+        if self.recall != "none":  # files without the key stay the same as before
+            params["recall"] = self.recall
+        return params
 
     @classmethod
     def _from_params(cls, params: dict[str, Any]) -> ThresholdPolicy:
@@ -134,7 +162,12 @@ class ThresholdPolicy(ExitPolicy):
             thresholds: float | list[float] = [_float_from_json(v, "thresholds") for v in raw]
         else:
             thresholds = _float_from_json(raw, "thresholds")
-        return cls(params.get("signal"), thresholds, fallback=params.get("fallback", "last"))
+        return cls(
+            params.get("signal"),
+            thresholds,
+            fallback=params.get("fallback", "last"),
+            recall=params.get("recall", "none"),
+        )
 
 
 class PatiencePolicy(ThresholdPolicy):

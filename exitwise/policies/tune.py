@@ -32,6 +32,7 @@ from exitwise.policies.constraints import (
 from exitwise.policies.evaluate import evaluate_thresholds
 from exitwise.policies.evaluate_policies import evaluate
 from exitwise.policies.kernels import ThresholdEvaluation
+from exitwise.policies.recall import Recall, recalled_outcome
 from exitwise.policies.sweep import sweep_exit_threshold, sweep_shared_threshold
 from exitwise.policies.threshold import ThresholdPolicy
 from exitwise.signals import compute_signal
@@ -200,6 +201,7 @@ def tune(
     rounds: int = 3,
     quantiles: tuple[float, ...] = (),
     reference: Literal["labels", "final"] = "labels",
+    recall: Recall = "none",
     progress: bool | None = None,
 ) -> TunedPolicy:
     """General tuner: minimise mean cost (``objective="cost"``) or maximise accuracy
@@ -217,6 +219,9 @@ def tune(
     per_exit : bool, default=True
         Improve per-exit thresholds after the shared one (``rounds`` coordinate passes, each
         an exact line search per exit: :func:`~exitwise.policies.sweep_exit_threshold`).
+    recall : {"none", "most_confident"}, default="none"
+        Tune a recall policy (the most confident exit computed so far answers); the search
+        stays exact (:func:`~exitwise.policies.recall.recalled_outcome`).
     progress : bool, optional
         Show a progress bar over the per-exit line searches (default: when N * E >= 10^7).
 
@@ -231,12 +236,16 @@ def tune(
     check_choice(objective, "objective", ("cost", "accuracy"))
     rounds = check_int(rounds, "rounds", minimum=0)
     scores = compute_signal(outputs, signal).double().cpu()
-    correct = outputs.correct(reference).cpu()
+    correct = recalled_outcome(outputs.correct(reference).cpu(), scores, recall)
     costs = outputs.costs.cpu()
     needs_agreement = any(
         isinstance(c, RiskAtMost) and c.risk == "disagreement" for c in constraints
     )
-    agree = outputs.correct("final").cpu() if needs_agreement else None
+    agree = (
+        recalled_outcome(outputs.correct("final").cpu(), scores, recall)
+        if needs_agreement
+        else None
+    )
     thresholds, shared_tau = _search(
         scores,
         correct,
@@ -249,7 +258,7 @@ def tune(
     )
     if thresholds is None:
         return TunedPolicy(None, False, {}, math.inf, tuple(quantiles))
-    policy = ThresholdPolicy(signal, thresholds.tolist())
+    policy = ThresholdPolicy(signal, thresholds.tolist(), recall=recall)
     ev = evaluate_thresholds(
         scores,
         correct,
