@@ -1,4 +1,4 @@
-"""The ``exitwise`` command line: report, calibrate, tune, evaluate, info.
+"""The ``exitwise`` command line: report, calibrate, tune, evaluate, certify, monitor, info.
 
 Every command reads an ExitOutputs file (``.safetensors`` or ``.npz``); ``report`` and
 ``info`` default to the bundled Fashion-MNIST exits. Errors print one line and exit with
@@ -373,6 +373,7 @@ def _add_evaluate(sub: Any) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     from exitwise.calibrate import METHODS
+    from exitwise.cli_guarantees import add_certify, add_monitor
 
     parser = argparse.ArgumentParser(
         prog="exitwise", description="Calibrate early exits, tune exit policies, report."
@@ -382,6 +383,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_calibrate(sub, METHODS)
     _add_tune(sub)
     _add_evaluate(sub)
+    add_certify(sub)
+    add_monitor(sub)
     p = _command(sub, "info", "summarise an ExitOutputs file", file_required=False, seed=False)
     p.set_defaults(run=_info)
     return parser

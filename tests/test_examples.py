@@ -33,3 +33,11 @@ def test_sla_table_example_runs(capsys):
     runpy.run_path(str(EXAMPLES / "sla_table.py"), run_name="__main__")
     out = capsys.readouterr().out
     assert out.count("per-exit") == 4 and "Learn-then-Test" in out
+
+
+def test_certify_several_risks_example_runs(capsys):
+    example = runpy.run_path(str(EXAMPLES / "certify_several_risks.py"))
+    rows = example["compare_procedures"](example["load_default"](), splits=3)
+    out = capsys.readouterr().out
+    assert "Pareto Testing, disagreement <= 5% & cost <= 42%" in out
+    assert all(r["ok"] for r in rows["pt1"])  # the bundled data always certifies 5 %

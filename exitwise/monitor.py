@@ -1,0 +1,361 @@
+r"""Monitor a deployed exit policy: an anytime-valid alarm on its risk, exit-rate drift and
+windowed calibration per exit.
+
+A certified policy promises :math:`R \le \delta` on traffic like its calibration data. In
+production, a random share of requests is also run to full depth ("shadow" requests); for those
+the loss of the early answer is known (disagreement with the full model, or the error when the
+label is known). :class:`RiskMonitor` bets against :math:`H_0: R \le \delta` on the shadow
+losses as they arrive, with the capital process of :func:`~exitwise.policies.p_values
+.betting_capital` (``alternative="greater"``, bets for an open-ended stream). Under
+:math:`H_0` the capital is a non-negative supermartingale, so by Ville's inequality
+
+.. math:: P\big(\exists t: K_t(\delta) \ge 1/\alpha\big) \le \alpha:
+
+the monitor may be checked after every request, forever, and raises a false alarm with
+probability at most ``alpha``. The same processes on a grid of null values give a confidence
+sequence for the risk: at every time, the null values whose capital is below :math:`1/\alpha`
+(each factor of the capital is non-increasing in the null value, so the values shown too low
+form an interval ``[0, lower)``). It is valid at all times at once for a constant risk, and is
+not intersected over time, so after a drift it moves to the new risk instead of staying
+pinned to the old one. It is drawn by :func:`exitwise.plots.monitor_plot`.
+
+Beside the alarm: the share of requests leaving at each exit over the last ``window``
+requests against the calibration data's rates (total variation and a chi-square p-value), and
+the ECE of the answer's confidence per exit over the last ``window`` shadow/labelled requests.
+
+Logs are JSON lines, one request per line::
+
+    {"exit": 1, "confidence": 0.97, "prediction": 3, "full_prediction": 3, "label": 3}
+
+(``full_prediction`` on shadow requests only, ``label`` when known); ``exitwise monitor LOG
+--policy policy.json`` checks a log against a certified policy file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exitwise._checks import check_choice, check_int, check_open_unit
+from exitwise.policies.p_values import BettingState, continue_capital
+
+__all__ = ["RiskMonitor", "check_log", "read_log", "write_log"]
+
+_FIELDS = ("exit", "confidence", "prediction", "full_prediction", "label")
+
+
+class RiskMonitor:
+    """Streaming monitor of a deployed policy's risk (anytime-valid), exit rates and ECE.
+
+    Parameters
+    ----------
+    limit : float in (0, 1)
+        The certified risk limit :math:`\\delta`.
+    num_exits : int
+    risk : {"disagreement", "error"}, default="disagreement"
+        Loss of a request: its answer differs from the full model's (needs
+        ``full_prediction``), or from the label.
+    alpha : float in (0, 1), default=0.05
+        Probability of a false alarm, over the whole (unbounded) stream.
+    reference_exit_rates : sequence of float, optional
+        Share of requests per exit on the calibration data (drift is measured against it).
+    window : int, default=2000
+        Requests in the exit-rate and ECE windows.
+    grid_size : int, default=200
+        Null values in the confidence sequence.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> m = RiskMonitor(0.05, num_exits=3, alpha=0.05)
+    >>> pred = rng.integers(0, 5, 4000); full = np.where(rng.random(4000) < 0.2, 0, pred)
+    >>> _ = m.update(exit=rng.integers(0, 3, 4000), confidence=rng.random(4000),
+    ...              prediction=pred, full_prediction=full)
+    >>> m.alarm, m.alarm_at < 4000
+    (True, True)
+    """
+
+    def __init__(
+        self,
+        limit: float,
+        *,
+        num_exits: int,
+        risk: str = "disagreement",
+        alpha: float = 0.05,
+        reference_exit_rates: Any = None,
+        window: int = 2000,
+        grid_size: int = 200,
+    ) -> None:
+        self.limit = check_open_unit(limit, "limit")
+        self.alpha = check_open_unit(alpha, "alpha")
+        self.risk = check_choice(risk, "risk", ("disagreement", "error"))
+        self.num_exits = check_int(num_exits, "num_exits", minimum=1)
+        self.window = check_int(window, "window", minimum=1)
+        grid_size = check_int(grid_size, "grid_size", minimum=2)
+        self.reference_exit_rates = None
+        if reference_exit_rates is not None:
+            ref = np.asarray(reference_exit_rates, dtype=np.float64)
+            if ref.shape != (self.num_exits,) or (ref < 0).any() or abs(ref.sum() - 1) > 1e-6:
+                raise ValueError(
+                    f"Expected `reference_exit_rates`: {self.num_exits} shares summing to 1, "
+                    f"got {ref.tolist()}."
+                )
+            self.reference_exit_rates = ref
+        self.grid = np.unique(np.r_[np.linspace(0.0, 1.0, grid_size + 1)[1:-1], self.limit])
+        self._at_limit = int(np.searchsorted(self.grid, self.limit))
+        self._state = BettingState()
+        self._log_k = np.zeros(self.grid.size)
+        self._log_k_low = np.zeros(self.grid.size)  # "less" bets, for the upper bound
+        self._state_low = BettingState()
+        self.num_requests = 0
+        self.num_losses = 0
+        self.loss_sum = 0.0
+        self.alarm_at: int | None = None
+        self._exits: deque[int] = deque(maxlen=self.window)
+        self._scored: deque[tuple[int, float, bool]] = deque(maxlen=self.window)
+        self.history: dict[str, list[float]] = {
+            "request": [],
+            "estimate": [],
+            "lower": [],
+            "upper": [],
+        }
+
+    @classmethod
+    def from_policy(
+        cls, policy: Any, *, alpha: float = 0.05, risk: str | None = None, **kwargs: Any
+    ) -> RiskMonitor:
+        """From a certified policy (its ``context["guarantee"]``, written by
+        ``exitwise certify`` or :meth:`CertifiedPolicy.guarantee
+        <exitwise.policies.CertifiedPolicy.guarantee>`)."""
+        guarantee = (getattr(policy, "context", None) or {}).get("guarantee")
+        if not isinstance(guarantee, dict) or not isinstance(guarantee.get("risks"), dict):
+            raise ValueError(
+                "The policy records no guarantee (context['guarantee'] with its risks); certify "
+                "it with `exitwise certify` or pass `limit` to RiskMonitor directly."
+            )
+        risks = guarantee["risks"]
+        if risk is None:
+            known = [r for r in ("disagreement", "error") if r in risks]
+            if not known:
+                raise ValueError(
+                    f"The guarantee certifies {sorted(risks)}; the monitor watches "
+                    "'disagreement' or 'error'."
+                )
+            risk = known[0]
+        if risk not in risks:
+            raise ValueError(f"The guarantee has no limit for risk {risk!r}: {sorted(risks)}.")
+        rates = guarantee.get("exit_rates")
+        return cls(
+            float(risks[risk]),
+            num_exits=len(rates) if rates else kwargs.pop("num_exits"),
+            risk=risk,
+            alpha=alpha,
+            reference_exit_rates=rates,
+            **kwargs,
+        )
+
+    # -- feeding ----------------------------------------------------------------------------
+    def update(
+        self,
+        exit: Any,
+        confidence: Any,
+        prediction: Any,
+        full_prediction: Any = None,
+        label: Any = None,
+    ) -> bool:
+        """Add one request or a batch (arrays of equal length; ``full_prediction`` and
+        ``label`` may hold -1 or NaN where unknown). Returns :attr:`alarm`."""
+        ex = np.atleast_1d(np.asarray(exit))
+        n = ex.size
+        conf = _column(confidence, "confidence", n, float)
+        pred = _column(prediction, "prediction", n, int)
+        full = _column(full_prediction, "full_prediction", n, int)
+        lab = _column(label, "label", n, int)
+        if not np.issubdtype(ex.dtype, np.integer) or ((ex < 0) | (ex >= self.num_exits)).any():
+            raise ValueError(f"Expected `exit` to hold exits in [0, {self.num_exits - 1}].")
+        if ((conf < 0) | (conf > 1) | np.isnan(conf)).any():
+            raise ValueError("Expected `confidence` in [0, 1].")
+        reference = full if self.risk == "disagreement" else lab
+        known = reference >= 0
+        losses = (pred != reference)[known].astype(np.float64)
+        self._bet(losses, np.flatnonzero(known) + self.num_requests)
+        self._exits.extend(ex.tolist())
+        truth = np.where(lab >= 0, lab, full)
+        for i in np.flatnonzero(truth >= 0):
+            self._scored.append((int(ex[i]), float(conf[i]), bool(pred[i] == truth[i])))
+        self.num_requests += n
+        return self.alarm
+
+    def _bet(self, losses: np.ndarray, requests: np.ndarray) -> None:
+        if losses.size == 0:
+            return
+        up, self._state = continue_capital(
+            losses, self.grid, "greater", self.alpha, None, self._state
+        )
+        down, self._state_low = continue_capital(
+            losses, self.grid, "less", self.alpha, None, self._state_low
+        )
+        up += self._log_k[:, None]
+        down += self._log_k_low[:, None]
+        self._log_k, self._log_k_low = up[:, -1].copy(), down[:, -1].copy()
+        level = math.log(1.0 / self.alpha)
+        rejected_low = up >= level  # "risk > m" shown now, for these m
+        rejected_high = down >= level  # "risk < m" shown now
+        if self.alarm_at is None and rejected_low[self._at_limit].any():
+            self.alarm_at = int(requests[np.argmax(rejected_low[self._at_limit])])
+        lower = np.where(rejected_low.any(0), self.grid[_last_true(rejected_low)], 0.0)
+        upper = np.where(rejected_high.any(0), self.grid[_first_true(rejected_high)], 1.0)
+        sums = self.loss_sum + np.cumsum(losses)
+        counts = self.num_losses + np.arange(1, losses.size + 1)
+        self.history["request"].extend(requests.tolist())
+        self.history["estimate"].extend((sums / counts).tolist())
+        self.history["lower"].extend(lower.tolist())
+        self.history["upper"].extend(upper.tolist())
+        self.loss_sum, self.num_losses = float(sums[-1]), int(counts[-1])
+
+    # -- reading ----------------------------------------------------------------------------
+    @property
+    def alarm(self) -> bool:
+        """The risk is shown to exceed the limit (at level ``alpha``, anytime-valid)."""
+        return self.alarm_at is not None
+
+    @property
+    def lower_bound(self) -> float:
+        return self.history["lower"][-1] if self.history["lower"] else 0.0
+
+    @property
+    def upper_bound(self) -> float:
+        return self.history["upper"][-1] if self.history["upper"] else 1.0
+
+    def exit_rate_drift(self) -> dict[str, Any]:
+        """Exit shares over the last ``window`` requests, their total-variation distance to
+        the reference and a chi-square goodness-of-fit p-value (NaN without a reference)."""
+        counts = np.bincount(np.asarray(self._exits, dtype=np.int64), minlength=self.num_exits)
+        rates = counts / max(counts.sum(), 1)
+        if self.reference_exit_rates is None or counts.sum() == 0:
+            return {"rates": rates.tolist(), "total_variation": math.nan, "p_value": math.nan}
+        from scipy.stats import chisquare
+
+        ref = self.reference_exit_rates
+        used = ref > 0
+        outside = counts[~used].sum() > 0
+        p = (
+            0.0
+            if outside
+            else float(chisquare(counts[used], ref[used] / ref[used].sum() * counts.sum()).pvalue)
+        )
+        tv = 0.5 * float(np.abs(rates - ref).sum())
+        return {"rates": rates.tolist(), "total_variation": tv, "p_value": p}
+
+    def windowed_ece(self, n_bins: int = 10) -> list[float]:
+        """ECE of the answer's confidence per exit over the last ``window`` requests with a
+        label or a full-model answer (NaN for exits without any)."""
+        from exitwise.metrics.binning import calibration_error_from_confidence
+
+        out = [math.nan] * self.num_exits
+        if not self._scored:
+            return out
+        ex, conf, hit = (np.asarray(v) for v in zip(*self._scored, strict=True))
+        for e in range(self.num_exits):
+            sel = ex == e
+            if sel.any():
+                out[e] = float(calibration_error_from_confidence(conf[sel], hit[sel], n_bins))
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready state: requests, shadow losses, risk estimate and bounds, alarm, drift."""
+        return {
+            "risk": self.risk,
+            "limit": self.limit,
+            "alpha": self.alpha,
+            "requests": self.num_requests,
+            "scored_requests": self.num_losses,
+            "estimate": self.loss_sum / self.num_losses if self.num_losses else math.nan,
+            "lower_bound": self.lower_bound,
+            "upper_bound": self.upper_bound,
+            "alarm": self.alarm,
+            "alarm_at_request": self.alarm_at,
+            "exit_rates": self.exit_rate_drift(),
+            "windowed_ece": self.windowed_ece(),
+        }
+
+
+def _last_true(mask: np.ndarray) -> np.ndarray:
+    """Per column, the last row where ``mask`` is True (rows form a prefix of Trues)."""
+    return mask.shape[0] - 1 - np.argmax(mask[::-1], axis=0)
+
+
+def _first_true(mask: np.ndarray) -> np.ndarray:
+    return np.argmax(mask, axis=0)
+
+
+def _column(values: Any, name: str, n: int, kind: type) -> np.ndarray:
+    if values is None:
+        return np.full(n, -1 if kind is int else np.nan)
+    a = np.atleast_1d(np.asarray(values, dtype=np.float64))
+    if a.shape != (n,):
+        raise ValueError(f"Expected `{name}` of length {n} (one per request), got {a.shape}.")
+    if kind is int:
+        return np.where(np.isnan(a), -1, a).astype(np.int64)
+    return a
+
+
+def write_log(path: str | Path, records: dict[str, Any]) -> None:
+    """Write requests (a dict of equal-length columns named as in the module docstring) as
+    JSON lines; -1/NaN/None entries of ``full_prediction`` and ``label`` are left out."""
+    cols = {k: np.asarray(records[k]) for k in _FIELDS if records.get(k) is not None}
+    n = len(cols["exit"])
+    with Path(path).open("w") as f:
+        for i in range(n):
+            row = {}
+            for k, v in cols.items():
+                value = v[i].item()
+                if k in ("full_prediction", "label") and (
+                    value is None or value != value or value < 0
+                ):
+                    continue
+                row[k] = int(value) if k != "confidence" else float(value)
+            f.write(json.dumps(row) + "\n")
+
+
+def read_log(path: str | Path) -> dict[str, np.ndarray]:
+    """Read a JSON-lines request log into columns (-1 where ``full_prediction``/``label`` is
+    absent); errors name the line."""
+    rows: dict[str, list[Any]] = {k: [] for k in _FIELDS}
+    with Path(path).open() as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}, line {number}: not JSON ({err}).") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}, line {number}: expected an object per line.")
+            missing = [k for k in ("exit", "confidence", "prediction") if k not in record]
+            if missing:
+                raise ValueError(f"{path}, line {number}: missing {', '.join(missing)}.")
+            for k in _FIELDS:
+                rows[k].append(record.get(k, -1))
+    if not rows["exit"]:
+        raise ValueError(f"{path} holds no requests.")
+    return {
+        k: np.asarray(v, dtype=np.float64 if k == "confidence" else np.int64)
+        for k, v in rows.items()
+    }
+
+
+def check_log(path: str | Path, policy: Any, *, alpha: float = 0.05, **kwargs: Any) -> RiskMonitor:
+    """Replay a request log through a :class:`RiskMonitor` built from a certified policy."""
+    log = read_log(path)
+    monitor = RiskMonitor.from_policy(policy, alpha=alpha, **kwargs)
+    monitor.update(
+        log["exit"], log["confidence"], log["prediction"], log["full_prediction"], log["label"]
+    )
+    return monitor
