@@ -58,7 +58,9 @@ def compare_procedures(out, splits, epsilon=0.1):
             res = certify(cal, "max_probability", risks, epsilon, seed=s)
             thr = res.policy.thresholds if res.certified else [math.inf] * e
             rows[key].append(held_out(thr, scores, tables, test_idx) | {"ok": res.certified})
-    print(f"{splits} random 50/50 splits, epsilon {epsilon}; held-out figures (mean over splits)")
+    print(f"{splits} random 50/50 splits, epsilon {epsilon}; held-out figures")
+    print("(a violation: a certified policy whose held-out risk exceeds its limit; the cost is")
+    print(" the mean over splits where something was certified)")
     print(
         f"{'procedure':<50} {'certified':>9} {'cost':>6} {'P(disagr. > 5%)':>16} "
         f"{'P(cost > 42%)':>14}"
@@ -69,13 +71,16 @@ def compare_procedures(out, splits, epsilon=0.1):
         "pt2": "Pareto Testing, disagreement <= 5% & cost <= 42%",
     }
     for key, label in names.items():
+        ok = np.array([r["ok"] for r in rows[key]])
         d = np.array([r["disagreement"] for r in rows[key]])
         c = np.array([r["cost"] for r in rows[key]])
-        ok = np.mean([r["ok"] for r in rows[key]])
+        cost_text = f"{np.mean(c[ok] > 0.42):14.3f}" if key == "pt2" else f"{'not certified':>14}"
         print(
-            f"{label:<50} {ok:9.3f} {c.mean():6.3f} {np.mean(d > 0.05):16.3f} "
-            f"{np.mean(c > 0.42):14.3f}"
+            f"{label:<50} {ok.mean():9.3f} {c[ok].mean():6.3f} "
+            f"{np.mean(ok & (d > 0.05)):16.3f} {cost_text}"
         )
+    over = np.mean([r["cost"] > 0.42 for r in rows["ltt"]])
+    print(f"(shared LTT's policy breaks the 42 % budget on held-out data in {over:.1%} of splits)")
     return rows
 
 

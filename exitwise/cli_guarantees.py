@@ -37,7 +37,7 @@ def _fingerprint(path: str | None, outputs: Any) -> str:
 
 
 def _certify(args: argparse.Namespace) -> None:
-    from exitwise.cli import _load_calibrated, _print
+    from exitwise.cli import _load_calibrated, _print, _tune_context
     from exitwise.policies import certify, loss_table
 
     out = _load_calibrated(args)
@@ -87,15 +87,7 @@ def _certify(args: argparse.Namespace) -> None:
     guarantee.update(exit_rates=rates.tolist(), data_fingerprint=_fingerprint(args.file, out))
     payload.update(policy=policy.to_dict(), guarantee=guarantee, held_out=held)
     if args.out:
-        context = {
-            "data": str(args.file),
-            "calibrator": args.calibrator,
-            "signal": args.signal,
-            "split": args.split,
-            "seed": args.seed,
-            "tuned_on": "the first part of ExitOutputs.split(split, seed)",
-            "guarantee": guarantee,
-        }
+        context = {**_tune_context(args), "guarantee": guarantee}
         policy.save(args.out, context=context)
     lines = [f"policy: {policy!r}"]
     for name, limit in risks.items():
@@ -156,6 +148,7 @@ def _monitor(args: argparse.Namespace) -> None:
 def add_certify(sub: Any) -> None:
     from exitwise.cli import _command, _signal_option
     from exitwise.policies.p_values import P_VALUES
+    from exitwise.policies.recall import RECALLS
 
     help_text = "certify a policy for several risks at once (Pareto Testing)"
     p = _command(sub, "certify", help_text, file_required=False)
@@ -172,7 +165,7 @@ def add_certify(sub: Any) -> None:
     p.add_argument("--epsilon", type=float, default=0.05, help="failure probability")
     p.add_argument("--search", default="per_exit", choices=("per_exit", "shared"))
     p.add_argument("--p-value", default=None, choices=P_VALUES, help="default: per risk")
-    p.add_argument("--recall", default="none", choices=("none", "most_confident"))
+    p.add_argument("--recall", default="none", choices=RECALLS)
     p.add_argument("--calibrator", help="calibrator file (.json) to apply first")
     p.add_argument("--split", type=float, default=0.5, help="calibration share")
     p.add_argument("--out", help="policy file (.json) with its guarantee")

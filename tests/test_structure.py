@@ -91,7 +91,10 @@ def test_regression_signals_ece_and_risk_grids_do_not_copy_the_input():
         import pytest
 
         pytest.skip("needs Linux /proc to read the peak memory of a process")
-    for what, limit in (("signal", 0.3), ("ece", 0.3), ("risk", 0.01)):
+    # limits are shares of the input; one float32 copy would be 1.0. The signal's peak varies
+    # from 0.07 to 0.33 between runs (per-thread allocator arenas keep freed chunks), so its
+    # limit is 0.5: any copy of the input still fails.
+    for what, limit in (("signal", 0.5), ("ece", 0.3), ("risk", 0.01)):
         run = subprocess.run(
             [sys.executable, "-c", MEMORY_PROBE, what], capture_output=True, text=True, check=True
         )
