@@ -1,0 +1,24 @@
+"""Serving-aware planning: latency per exit segment, a discrete-event serving simulator and
+the capacity questions (highest rate, replicas, the best policy under load)."""
+
+from exitwise.serving.latency import LatencyModel, measure_latency_model
+from exitwise.serving.planning import ServingPlan, max_rate, replicas_needed, tune_for_serving
+from exitwise.serving.simulator import (
+    SCHEDULERS,
+    ServingResult,
+    poisson_arrivals,
+    simulate_serving,
+)
+
+__all__ = [
+    "SCHEDULERS",
+    "LatencyModel",
+    "ServingPlan",
+    "ServingResult",
+    "max_rate",
+    "measure_latency_model",
+    "poisson_arrivals",
+    "replicas_needed",
+    "simulate_serving",
+    "tune_for_serving",
+]

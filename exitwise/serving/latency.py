@@ -1,0 +1,269 @@
+r"""Latency of each exit segment as a function of batch size, measured and modelled.
+
+Segment ``e`` is the work between exit ``e - 1`` and exit ``e`` (segment 0: input to exit 0),
+including exit ``e``'s head. :func:`measure_latency_model` times the cumulative latency to each
+exit at several batch sizes (:func:`~exitwise.collect.measure_costs` with
+``method="latency"``: warm-up, median of repeats, CUDA events on GPU) and takes differences.
+:class:`LatencyModel` keeps the table and answers ``time(segment, batch)`` by linear
+interpolation between measured batch sizes, and beyond the largest by the least-squares line
+:math:`a_e + b_e \cdot \text{batch}` of that segment. It saves to and loads from JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exitwise._checks import check_int
+
+__all__ = ["LatencyModel", "measure_latency_model"]
+
+_FORMAT = "exitwise.LatencyModel/1"
+
+
+class LatencyModel:
+    """Seconds to run each exit segment for a batch, from a measured table.
+
+    Parameters
+    ----------
+    batch_sizes : sequence of int
+        Increasing batch sizes the table was measured at (>= 1).
+    seconds : array-like of shape (len(batch_sizes), E)
+        ``seconds[i, e]``: time of segment ``e`` for a batch of ``batch_sizes[i]``.
+    unit : str, default="s"
+        Only recorded.
+    wake_up : float or sequence of (idle seconds, extra seconds), default=0.0
+        Extra time of the first segment a server runs after waiting idle for a request (cold
+        caches, a clocked-down core, the wake-up itself): a constant, or a table over the
+        idle time (linear interpolation from (0, 0), constant beyond the last entry). The
+        simulator adds it.
+
+    Examples
+    --------
+    >>> model = LatencyModel([1, 4], [[0.001, 0.002], [0.002, 0.005]])
+    >>> round(model.time(1, 2), 6), round(model.time(1, 8), 6)   # interpolated, extrapolated
+    (0.003, 0.009)
+    >>> model.num_segments
+    2
+    """
+
+    def __init__(
+        self, batch_sizes: Sequence[int], seconds: Any, unit: str = "s", wake_up: float = 0.0
+    ) -> None:
+        sizes = np.asarray(batch_sizes, dtype=np.float64)
+        table = np.asarray(seconds, dtype=np.float64)
+        if sizes.ndim != 1 or sizes.size == 0 or (sizes < 1).any() or (np.diff(sizes) <= 0).any():
+            raise ValueError(
+                f"Expected `batch_sizes`: increasing integers >= 1, got {sizes.tolist()}."
+            )
+        if table.ndim != 2 or table.shape[0] != sizes.size or table.shape[1] == 0:
+            raise ValueError(
+                f"Expected `seconds` of shape [{sizes.size}, E] (one row per batch size), got "
+                f"{list(table.shape)}."
+            )
+        if not np.isfinite(table).all() or (table < 0).any():
+            raise ValueError("Expected `seconds` to be finite and >= 0.")
+        self.batch_sizes = sizes.astype(np.int64)
+        self.seconds = table
+        self.unit = unit
+        self.wake_up = _wake_up_table(wake_up)
+        if sizes.size >= 2:
+            design = np.c_[np.ones_like(sizes), sizes]
+            coef, *_ = np.linalg.lstsq(design, table, rcond=None)
+            self.intercept, self.slope = coef[0], np.maximum(coef[1], 0.0)
+        else:
+            self.intercept, self.slope = np.zeros(table.shape[1]), table[0] / sizes[0]
+
+    def wake_up_time(self, idle: float) -> float:
+        """Extra seconds after ``idle`` seconds without work (0 for ``idle <= 0``)."""
+        if idle <= 0:
+            return 0.0
+        w = self.wake_up
+        if isinstance(w, float):
+            return w
+        return float(np.interp(idle, np.r_[0.0, w[:, 0]], np.r_[0.0, w[:, 1]]))
+
+    @property
+    def num_segments(self) -> int:
+        return int(self.seconds.shape[1])
+
+    def time(self, segment: int, batch: int) -> float:
+        """Seconds for ``batch`` requests to run ``segment`` (0 for an empty batch)."""
+        return float(self.table(int(batch) + 1)[int(batch), int(segment)])
+
+    def table(self, max_batch: int) -> np.ndarray:
+        """``[max_batch, E]``: row ``b`` holds the segment times for a batch of ``b`` (row 0
+        is zeros), for fast lookups in the simulator."""
+        max_batch = check_int(max_batch, "max_batch", minimum=1)
+        b = np.arange(max_batch, dtype=np.float64)
+        out = np.empty((max_batch, self.num_segments))
+        sizes = self.batch_sizes.astype(np.float64)
+        for e in range(self.num_segments):
+            inside = np.interp(b, sizes, self.seconds[:, e])
+            top = self.seconds[-1, e] + self.slope[e] * (b - sizes[-1])
+            below = self.seconds[0, e] * b / sizes[0]
+            out[:, e] = np.where(b > sizes[-1], top, np.where(b < sizes[0], below, inside))
+        out[0] = 0.0
+        return out
+
+    def full_time(self, batch: int) -> float:
+        """Seconds for a batch to run every segment."""
+        return float(self.table(int(batch) + 1)[int(batch)].sum())
+
+    @classmethod
+    def from_observations(
+        cls, segments: Any, batches: Any, seconds: Any, num_segments: int, idle: Any = None
+    ) -> LatencyModel:
+        """Fit the table from timings logged by a real server: one entry per executed
+        segment (its index, its batch size, its seconds, and optionally whether the server
+        had been waiting idle just before). Each (segment, batch size) gets the median of its
+        busy timings; ``wake_up`` is how much longer segment 0 of one request takes after
+        idling (difference of medians, >= 0); a batch size some segment never ran at gets that
+        segment's interpolation (linear; beyond its range the least-squares line, or a time
+        proportional to the batch when it ran at one size only).
+
+        Examples
+        --------
+        >>> lm = LatencyModel.from_observations([0, 0, 1, 0], [1, 1, 1, 4], [1.0, 3.0, 5.0, 8.0], 2)
+        >>> lm.batch_sizes.tolist(), lm.seconds.tolist()
+        ([1, 4], [[2.0, 5.0], [8.0, 20.0]])
+        """
+        seg = np.asarray(segments, dtype=np.int64)
+        bat = np.asarray(batches, dtype=np.int64)
+        sec = np.asarray(seconds, dtype=np.float64)
+        cold = np.zeros(seg.shape, bool) if idle is None else np.asarray(idle, dtype=bool)
+        if (
+            not (seg.shape == bat.shape == sec.shape == cold.shape)
+            or seg.ndim != 1
+            or seg.size == 0
+        ):
+            raise ValueError(
+                "Expected `segments`, `batches`, `seconds` (and `idle`) of one equal length."
+            )
+        first = (seg == 0) & (bat == 1)
+        wake_up = 0.0
+        if (first & cold).any() and (first & ~cold).any():
+            wake_up = max(0.0, float(np.median(sec[first & cold]) - np.median(sec[first & ~cold])))
+        seg, bat, sec = seg[~cold], bat[~cold], sec[~cold]
+        if seg.min() < 0 or seg.max() >= num_segments or bat.min() < 1:
+            raise ValueError(f"Expected segments in [0, {num_segments - 1}] and batch sizes >= 1.")
+        sizes = np.unique(bat)
+        table = np.empty((sizes.size, num_segments))
+        for e in range(num_segments):
+            seen = np.unique(bat[seg == e])
+            if seen.size == 0:
+                raise ValueError(f"No timing of segment {e} was observed.")
+            med = np.array([np.median(sec[(seg == e) & (bat == b)]) for b in seen])
+            fill = cls(seen.tolist(), med[:, None]).table(int(sizes.max()) + 1)[:, 0]
+            table[:, e] = fill[sizes]
+        return cls(sizes.tolist(), table, wake_up=wake_up)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": _FORMAT,
+            "unit": self.unit,
+            "batch_sizes": self.batch_sizes.tolist(),
+            "seconds": self.seconds.tolist(),
+            "wake_up": self.wake_up if isinstance(self.wake_up, float) else self.wake_up.tolist(),
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write the table as JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatencyModel:
+        """Read a table written by :meth:`save` (validated)."""
+        try:
+            doc = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"'{path}' is not a JSON latency model: {err}") from None
+        if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
+            raise ValueError(f"Expected a latency model with format {_FORMAT!r} in '{path}'.")
+        return cls(
+            doc["batch_sizes"], doc["seconds"], doc.get("unit", "s"), doc.get("wake_up", 0.0)
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"LatencyModel(segments={self.num_segments}, batch_sizes="
+            f"{self.batch_sizes.tolist()}, full batch-1 time={self.full_time(1):.3g} {self.unit})"
+        )
+
+
+def _wake_up_table(wake_up: Any) -> float | np.ndarray:
+    if isinstance(wake_up, (int, float)) and not isinstance(wake_up, bool):
+        if not (math.isfinite(wake_up) and wake_up >= 0):
+            raise ValueError(f"Expected `wake_up` >= 0 seconds, got {wake_up!r}.")
+        return float(wake_up)
+    table = np.asarray(wake_up, dtype=np.float64)
+    if (
+        table.ndim != 2
+        or table.shape[1] != 2
+        or table.shape[0] == 0
+        or not np.isfinite(table).all()
+        or (table < 0).any()
+        or (np.diff(table[:, 0]) <= 0).any()
+    ):
+        raise ValueError(
+            "Expected `wake_up`: seconds >= 0, or rows of (idle seconds, extra seconds) with "
+            f"increasing idle times, got {wake_up!r}."
+        )
+    return table
+
+
+def measure_latency_model(
+    model: Any,
+    make_batch: Callable[[int], Any],
+    *,
+    exits: Sequence[str],
+    heads: Any = None,
+    batch_sizes: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),
+    warmup: int = 3,
+    repeats: int = 10,
+) -> LatencyModel:
+    """Measure each segment's latency at several batch sizes.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    make_batch : callable ``batch_size -> inputs``
+        An example batch of that size (on the model's device).
+    exits, heads
+        As for :func:`~exitwise.collect.measure_costs`.
+    batch_sizes : sequence of int
+    warmup, repeats : int
+        Per batch size (median of ``repeats``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> body = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU())
+    >>> lm = measure_latency_model(body, lambda b: torch.randn(b, 8), exits=["1", "3"],
+    ...                            batch_sizes=(1, 8), repeats=3)
+    >>> lm.num_segments, bool((lm.seconds > 0).all())
+    (2, True)
+    """
+    from exitwise.exit_costs import measure_costs
+
+    rows = []
+    for b in batch_sizes:
+        b = check_int(b, "batch_sizes", minimum=1)
+        cumulative = measure_costs(
+            model,
+            make_batch(b),
+            exits=exits,
+            heads=heads,
+            method="latency",
+            per_sample=False,
+            warmup=warmup,
+            repeats=repeats,
+        ).numpy()
+        rows.append(np.maximum(np.diff(cumulative, prepend=0.0), 0.0))
+    return LatencyModel(list(batch_sizes), np.stack(rows))

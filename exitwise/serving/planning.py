@@ -1,0 +1,212 @@
+"""Capacity questions, answered with the serving simulator.
+
+* :func:`max_rate`: the highest Poisson arrival rate at which a latency percentile stays under
+  a limit (bisection on the rate; every run uses the same seed, so the answer is monotone in
+  practice and reproducible).
+* :func:`replicas_needed`: the fewest replicas that meet the limit at a rate.
+* :func:`tune_for_serving`: among exit policies on the accuracy-cost frontier, the one with the
+  best accuracy (or, with a target accuracy, the least mean cost) whose latency percentile
+  meets the limit at the given load; beside it the full model and the policy
+  :func:`~exitwise.policies.tune_for_accuracy` picks without looking at the load.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from exitwise._checks import check_int
+from exitwise.data import ExitOutputs
+from exitwise.serving.latency import LatencyModel
+from exitwise.serving.simulator import simulate_serving
+
+__all__ = ["ServingPlan", "max_rate", "replicas_needed", "tune_for_serving"]
+
+
+def _meets(exits, latency, rate, limit, percentile, **kwargs) -> tuple[bool, float]:
+    result = simulate_serving(exits, latency, rate=rate, **kwargs)
+    value = result.percentiles((percentile,))[percentile]
+    return value <= limit, value
+
+
+def max_rate(
+    exits: Any,
+    latency: LatencyModel,
+    *,
+    limit: float,
+    percentile: float = 99.0,
+    tolerance: float = 0.01,
+    **kwargs: Any,
+) -> float:
+    """Highest arrival rate (requests/s) at which the ``percentile`` latency is <= ``limit``
+    seconds (0.0 when even a trickle misses it).
+
+    ``kwargs`` go to :func:`~exitwise.serving.simulate_serving` (``scheduler``, ``max_batch``,
+    ``replicas``, ``num_requests``, ``seed``). The search brackets the rate by doubling, then
+    bisects to a relative ``tolerance``.
+
+    Examples
+    --------
+    >>> from exitwise.serving import LatencyModel
+    >>> lm = LatencyModel([1, 8], [[0.001, 0.002], [0.002, 0.006]])
+    >>> rate = max_rate([0, 1], lm, limit=0.02, num_requests=4000)
+    >>> 500 < rate < 5000
+    True
+    """
+    if not limit > 0:
+        raise ValueError(f"Expected `limit` > 0 seconds, got {limit!r}.")
+    replicas = kwargs.get("replicas", 1)
+    low = 0.05 / latency.full_time(1) * replicas  # a trickle: 5 % busy at batch 1
+    ok, _ = _meets(exits, latency, low, limit, percentile, **kwargs)
+    if not ok:
+        return 0.0
+    high = low * 2
+    while _meets(exits, latency, high, limit, percentile, **kwargs)[0]:
+        low, high = high, high * 2
+        if high > 1e9:
+            raise ValueError("The limit is met at every rate tried; check the latency model.")
+    while high - low > tolerance * low:
+        mid = 0.5 * (low + high)
+        if _meets(exits, latency, mid, limit, percentile, **kwargs)[0]:
+            low = mid
+        else:
+            high = mid
+    return low
+
+
+def replicas_needed(
+    exits: Any,
+    latency: LatencyModel,
+    *,
+    rate: float,
+    limit: float,
+    percentile: float = 99.0,
+    max_replicas: int = 1024,
+    **kwargs: Any,
+) -> int | None:
+    """Fewest replicas meeting the ``percentile`` latency ``limit`` at ``rate`` (``None``
+    when ``max_replicas`` do not: the limit is below one request's own service time).
+
+    Examples
+    --------
+    >>> from exitwise.serving import LatencyModel
+    >>> lm = LatencyModel([1, 8], [[0.001, 0.002], [0.002, 0.006]])
+    >>> replicas_needed([0, 1], lm, rate=4000.0, limit=0.02, num_requests=4000)
+    3
+    """
+    max_replicas = check_int(max_replicas, "max_replicas", minimum=1)
+    kwargs.pop("replicas", None)
+    low, high = 0, 1
+    while not _meets(exits, latency, rate, limit, percentile, replicas=high, **kwargs)[0]:
+        low, high = high, high * 2
+        if high > max_replicas:
+            return None
+    while high - low > 1:
+        mid = (low + high) // 2
+        if _meets(exits, latency, rate, limit, percentile, replicas=mid, **kwargs)[0]:
+            high = mid
+        else:
+            low = mid
+    return high
+
+
+@dataclass(frozen=True)
+class ServingPlan:
+    """Outcome of :func:`tune_for_serving`.
+
+    Attributes
+    ----------
+    policy : ThresholdPolicy or None
+        ``None`` when no candidate meets the limit (and the target).
+    candidates : list of dict
+        Per candidate: thresholds, accuracy, relative cost, latency percentile, stable.
+    chosen, full_model, accuracy_tuned : dict or None
+        The chosen candidate's row; the full model's; the row of the policy
+        ``tune_for_accuracy`` picks (when ``target_accuracy`` is given).
+    """
+
+    policy: Any
+    candidates: list[dict[str, Any]]
+    chosen: dict[str, Any] | None
+    full_model: dict[str, Any]
+    accuracy_tuned: dict[str, Any] | None
+
+
+def tune_for_serving(
+    outputs: ExitOutputs,
+    signal: str,
+    latency: LatencyModel,
+    *,
+    rate: float,
+    limit: float,
+    percentile: float = 99.0,
+    target_accuracy: float | None = None,
+    num_candidates: int = 40,
+    **kwargs: Any,
+) -> ServingPlan:
+    """The exit policy that serves best at ``rate`` with its ``percentile`` latency <= ``limit``.
+
+    Candidates are points of the accuracy-cost frontier of ``outputs`` (the tuning split;
+    :func:`~exitwise.policies.pareto_frontier`: every shared threshold and per-exit tuned
+    points), ``num_candidates`` of them evenly spread over cost. Each is simulated with its
+    own exit depths on ``outputs``. Without ``target_accuracy`` the most accurate feasible one
+    wins; with it, the cheapest feasible one with accuracy >= the target.
+
+    Examples
+    --------
+    >>> from exitwise.datasets import load_default
+    >>> from exitwise.serving import LatencyModel
+    >>> cal = load_default().split(0.5, seed=0)[0]
+    >>> lm = LatencyModel([1, 32], [[1e-4] * 4, [1e-3, 4e-3, 4e-3, 3e-3]])
+    >>> plan = tune_for_serving(cal, "max_probability", lm, rate=3000.0, limit=0.02,
+    ...                         num_candidates=8, num_requests=3000)
+    >>> plan.chosen["p"] <= 0.02, plan.full_model["p"] > 0.02
+    (True, True)
+    """
+    from exitwise.policies import ThresholdPolicy, evaluate, pareto_frontier, tune_for_accuracy
+
+    num_candidates = check_int(num_candidates, "num_candidates", minimum=1)
+    front = pareto_frontier(outputs, signal)
+    cost = front["mean_cost"].numpy()
+    picks = np.unique(np.searchsorted(cost, np.linspace(cost.min(), cost.max(), num_candidates)))
+    picks = np.minimum(picks, cost.size - 1)
+    full_cost = float(outputs.costs[-1])
+
+    def row(policy: Any) -> dict[str, Any]:
+        exits = policy.exit_indices(outputs).cpu().numpy()
+        result = simulate_serving(exits, latency, rate=rate, **kwargs)
+        ev = evaluate(policy, outputs)
+        return {
+            "policy": policy,
+            "accuracy": float(ev.accuracy[0]),
+            "relative_cost": float(ev.mean_cost[0]) / full_cost,
+            "p": result.percentiles((percentile,))[percentile],
+            "stable": result.stable,
+        }
+
+    rows = []
+    for i in np.unique(picks).tolist():
+        thresholds = front["thresholds"][i]
+        rows.append(row(ThresholdPolicy(signal, [float(t) for t in thresholds])))
+    full = row(ThresholdPolicy(signal, math.inf))
+    ok = [
+        r
+        for r in rows
+        if r["p"] <= limit and (target_accuracy is None or r["accuracy"] >= target_accuracy)
+    ]
+    chosen = None
+    if ok:
+        key = (
+            (lambda r: r["relative_cost"])
+            if target_accuracy is not None
+            else (lambda r: -r["accuracy"])
+        )
+        chosen = min(ok, key=key)
+    tuned_row = None
+    if target_accuracy is not None:
+        tuned = tune_for_accuracy(outputs, signal, target_accuracy)
+        tuned_row = row(tuned.policy) if tuned.feasible else None
+    return ServingPlan(chosen["policy"] if chosen else None, rows, chosen, full, tuned_row)
