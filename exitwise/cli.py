@@ -1,4 +1,5 @@
-"""The ``exitwise`` command line: report, calibrate, tune, evaluate, certify, monitor, info.
+"""The ``exitwise`` command line: report, calibrate, tune, evaluate, certify, monitor,
+serve-plan, info.
 
 Every command reads an ExitOutputs file (``.safetensors`` or ``.npz``); ``report`` and
 ``info`` default to the bundled Fashion-MNIST exits. Errors print one line and exit with
@@ -71,6 +72,14 @@ def _info(args: argparse.Namespace) -> None:
     _print(args, payload, "\n".join(lines))
 
 
+def _latency_model(path: str | None):
+    if path is None:
+        return None
+    from exitwise.serving import LatencyModel
+
+    return LatencyModel.load(path)
+
+
 def _report(args: argparse.Namespace) -> None:
     from exitwise.report import build_report, summary_table
 
@@ -84,6 +93,7 @@ def _report(args: argparse.Namespace) -> None:
         relative=args.target_accuracy is None or args.relative,
         n_resamples=args.resamples,
         seed=args.seed,
+        latency=_latency_model(args.latency),
     )
     _print(args, summary, summary_table(summary) + f"\n\nreport written to {args.out}/report.html")
 
@@ -321,6 +331,7 @@ def _add_report(sub: Any, methods: tuple[str, ...]) -> None:
     )
     p.add_argument("--relative", action="store_true", help=_RELATIVE_HELP)
     p.add_argument("--resamples", type=int, default=200, help="bootstrap resamples")
+    p.add_argument("--latency", help="latency model (.json): adds latency against rate")
     p.set_defaults(run=_report)
 
 
@@ -374,6 +385,7 @@ def _add_evaluate(sub: Any) -> None:
 def _parser() -> argparse.ArgumentParser:
     from exitwise.calibrate import METHODS
     from exitwise.cli_guarantees import add_certify, add_monitor
+    from exitwise.cli_serving import add_serve_plan
 
     parser = argparse.ArgumentParser(
         prog="exitwise", description="Calibrate early exits, tune exit policies, report."
@@ -385,6 +397,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     add_certify(sub)
     add_monitor(sub)
+    add_serve_plan(sub)
     p = _command(sub, "info", "summarise an ExitOutputs file", file_required=False, seed=False)
     p.set_defaults(run=_info)
     return parser

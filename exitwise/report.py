@@ -230,6 +230,22 @@ def _figures(
     return images
 
 
+def _serving_curves(
+    test_c: ExitOutputs, policy: dict[str, Any], latency: Any, max_batch: int = 32
+) -> dict[str, Any]:
+    """p99 latency against arrival rate for the chosen policy (per scheduler) and the full
+    model, on the test half's exit depths; rates up to 1.5x the full model's capacity."""
+    from exitwise.policies import FixedExitPolicy, policy_from_dict
+    from exitwise.serving import latency_by_rate
+
+    chosen = policy_from_dict(policy["policy_file"]) if policy["feasible"] else FixedExitPolicy(-1)
+    exits = chosen.exit_indices(test_c).cpu().numpy()
+    capacity = max_batch / latency.full_time(max_batch)
+    rates = [float(capacity * (0.1 + 0.125 * k)) for k in range(12)]
+    curves = latency_by_rate(exits, latency, rates, max_batch=max_batch, num_requests=5000)
+    return {"rates": rates, "p99_seconds": curves, "max_batch": max_batch}
+
+
 def build_report(
     outputs: ExitOutputs,
     out_dir: str | Path,
@@ -242,11 +258,15 @@ def build_report(
     n_resamples: int = 200,
     seed: int = 0,
     progress: bool = False,
+    latency: Any = None,
 ) -> dict[str, Any]:
     """Write the report files to ``out_dir`` and return the summary (as in summary.json).
 
     ``calibrators`` are method names (see ``exitwise.calibrate.METHODS``) or unfitted
     calibrator objects; ``progress=True`` shows a progress bar over the steps (on stderr).
+    With a ``latency`` model (:class:`~exitwise.serving.LatencyModel`) the report adds p99
+    latency against arrival rate for the chosen policy under each scheduler and for the full
+    model (``latency.png``).
 
     The SLA is "accuracy >= ``target_accuracy`` (x the final exit's accuracy if
     ``relative``) at the least mean cost", tuned on the calibration half after the first
@@ -285,6 +305,15 @@ def build_report(
     )
     curves = steps.run("frontier", _frontier, cal_c, test_c, signal)
     images = steps.run("figures", _figures, test, test_c, policy, curves, out_dir)
+    serving = None
+    if latency is not None:
+        serving = steps.run("serving", _serving_curves, test_c, policy, latency)
+        from exitwise.plots_serving import latency_rate_plot
+
+        ax = latency_rate_plot(serving["rates"], serving["p99_seconds"])
+        path = out_dir / "latency.png"
+        ax.figure.savefig(path, dpi=110, bbox_inches="tight")
+        images["latency"] = base64.b64encode(path.read_bytes()).decode("ascii")
     frontier, fixed, oracle = curves["frontier"], curves["fixed"], curves["oracle"]
     frontier = {k: v for k, v in frontier.items() if not k.startswith("shared_")}
     summary = {
@@ -306,6 +335,8 @@ def build_report(
         "oracle": {"accuracy": float(oracle.accuracy[0]), "mean_cost": float(oracle.mean_cost[0])},
         "warnings": steps.warnings,
     }
+    if serving is not None:
+        summary["serving"] = serving
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out_dir / "report.html").write_text(render_html(summary, images))
     steps.run("write", lambda: None)

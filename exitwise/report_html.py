@@ -35,6 +35,13 @@ CAPTIONS = {
         "Where the test half's samples leave under the chosen policy: the share answered at "
         "each exit. Early exits are where compute is saved."
     ),
+    "latency": (
+        "p99 latency (log scale) against the arrival rate, simulated with the latency model: "
+        "the chosen policy's exits on the test half under each scheduler (static: a batch "
+        "runs to its deepest member; compact: finished requests leave at each exit; refill: "
+        "freed slots take new requests) and the full model. A line ends with x where the "
+        "queue grows without bound."
+    ),
     "risk_coverage": (
         "Risk (error rate) against coverage on the test half for each exit, ordering samples "
         "by the signal: a good signal keeps the risk low while most samples are covered. "

@@ -9,7 +9,7 @@ from typing import Any
 from exitwise._checks import check_choice
 from exitwise.data import ExitOutputs, load
 
-__all__ = ["DATASET_NAMES", "dataset_card", "load_dataset", "load_default"]
+__all__ = ["DATASET_NAMES", "dataset_card", "load_dataset", "load_default", "load_default_latency"]
 
 DATASET_NAMES = ("fashion_mnist_cnn",)
 
@@ -62,3 +62,19 @@ def load_default() -> ExitOutputs:
     (10000, 4, 10)
     """
     return load_dataset("fashion_mnist_cnn")
+
+
+def load_default_latency():
+    """The latency model of the bundled default model (its 4 exit segments, batch sizes 1 to
+    64, one CPU thread), made by ``examples/make_default_latency.py`` on a 2-core CPU.
+
+    Examples
+    --------
+    >>> lm = load_default_latency()
+    >>> lm.num_segments, lm.batch_sizes.tolist()[-1]
+    (4, 64)
+    """
+    from exitwise.serving.latency import LatencyModel
+
+    with resources.as_file(_path("fashion_mnist_cnn", "_latency.json")) as path:
+        return LatencyModel.load(path)

@@ -2,7 +2,13 @@
 the capacity questions (highest rate, replicas, the best policy under load)."""
 
 from exitwise.serving.latency import LatencyModel, measure_latency_model
-from exitwise.serving.planning import ServingPlan, max_rate, replicas_needed, tune_for_serving
+from exitwise.serving.planning import (
+    ServingPlan,
+    latency_by_rate,
+    max_rate,
+    replicas_needed,
+    tune_for_serving,
+)
 from exitwise.serving.simulator import (
     SCHEDULERS,
     ServingResult,
@@ -15,6 +21,7 @@ __all__ = [
     "LatencyModel",
     "ServingPlan",
     "ServingResult",
+    "latency_by_rate",
     "max_rate",
     "measure_latency_model",
     "poisson_arrivals",

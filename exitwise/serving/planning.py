@@ -23,7 +23,7 @@ from exitwise.data import ExitOutputs
 from exitwise.serving.latency import LatencyModel
 from exitwise.serving.simulator import simulate_serving
 
-__all__ = ["ServingPlan", "max_rate", "replicas_needed", "tune_for_serving"]
+__all__ = ["ServingPlan", "latency_by_rate", "max_rate", "replicas_needed", "tune_for_serving"]
 
 
 def _meets(exits, latency, rate, limit, percentile, **kwargs) -> tuple[bool, float]:
@@ -111,6 +111,37 @@ def replicas_needed(
         else:
             low = mid
     return high
+
+
+def latency_by_rate(
+    exits: Any,
+    latency: LatencyModel,
+    rates: Any,
+    *,
+    schedulers: tuple[str, ...] = ("full", "static", "compact", "refill"),
+    percentile: float = 99.0,
+    **kwargs: Any,
+) -> dict[str, list[float]]:
+    """The ``percentile`` latency (seconds; ``inf`` where the queue is unstable) at each
+    rate, per scheduler: the curves of :func:`exitwise.plots_serving.latency_rate_plot`.
+
+    Examples
+    --------
+    >>> from exitwise.serving import LatencyModel
+    >>> lm = LatencyModel([1, 8], [[0.001, 0.002], [0.002, 0.006]])
+    >>> curves = latency_by_rate([0, 1], lm, [100.0, 1e5], num_requests=2000)
+    >>> sorted(curves), curves["full"][1]
+    (['compact', 'full', 'refill', 'static'], inf)
+    """
+    out: dict[str, list[float]] = {}
+    for scheduler in schedulers:
+        out[scheduler] = [
+            simulate_serving(
+                exits, latency, rate=float(r), scheduler=scheduler, **kwargs
+            ).percentiles((percentile,))[percentile]
+            for r in rates
+        ]
+    return out
 
 
 @dataclass(frozen=True)

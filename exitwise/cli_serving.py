@@ -1,0 +1,98 @@
+"""The ``serve-plan`` command of the ``exitwise`` CLI: a policy under load, per scheduler."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+__all__ = ["add_serve_plan"]
+
+
+def _ms(value: float) -> str:
+    return "unstable" if not math.isfinite(value) else f"{value * 1e3:.2f}"
+
+
+def _serve_plan(args: argparse.Namespace) -> None:
+    from exitwise.cli import _load_calibrated, _print
+    from exitwise.policies import load_policy
+    from exitwise.serving import (
+        SCHEDULERS,
+        LatencyModel,
+        max_rate,
+        replicas_needed,
+        simulate_serving,
+    )
+
+    out = _load_calibrated(args)
+    policy = load_policy(args.policy)
+    latency = LatencyModel.load(args.latency)
+    if latency.num_segments != out.num_exits:
+        raise ValueError(
+            f"The latency model has {latency.num_segments} segments but the outputs have "
+            f"{out.num_exits} exits; measure it on the same model."
+        )
+    exits = policy.exit_indices(out).cpu().numpy()
+    common = {"max_batch": args.max_batch, "num_requests": args.requests, "seed": args.seed}
+    rows: list[dict[str, Any]] = []
+    for scheduler in SCHEDULERS:
+        res = simulate_serving(
+            exits, latency, rate=args.rate, scheduler=scheduler, replicas=args.replicas, **common
+        )
+        row = res.summary()
+        low, high = res.percentile_intervals((99,), n_resamples=100)[99]
+        row["p99_interval"] = [low, high]
+        if args.p99 is not None:
+            row["max_rate"] = max_rate(
+                exits,
+                latency,
+                limit=args.p99,
+                scheduler=scheduler,
+                replicas=args.replicas,
+                **common,
+            )
+            row["replicas_needed"] = replicas_needed(
+                exits, latency, rate=args.rate, limit=args.p99, scheduler=scheduler, **common
+            )
+        rows.append(row)
+    head = f"{'scheduler':<9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
+    head += f"{'req/s':>8} {'busy':>5}"
+    if args.p99 is not None:
+        head += f" {'max rate':>9} {'replicas':>8}"
+    lines = [
+        f"{policy!r} at {args.rate:g} requests/s, {args.replicas} replica(s), batches of at "
+        f"most {args.max_batch} ({args.requests} simulated requests; exits of the policy on "
+        f"{out.num_samples} samples)",
+        head,
+    ]
+    for r in rows:
+        line = (
+            f"{r['scheduler']:<9} {_ms(r['p50']):>8} {_ms(r['p90']):>8} {_ms(r['p99']):>8} "
+            f"{_ms(r['p99.9']):>9} {r['throughput']:8.0f} {r['utilisation']:5.0%}"
+        )
+        if args.p99 is not None:
+            need = r["replicas_needed"]
+            line += f" {r['max_rate']:9.0f} {need if need is not None else '-':>8}"
+        lines.append(line)
+    if args.p99 is not None:
+        lines.append(
+            f"max rate: highest rate with p99 <= {args.p99 * 1e3:g} ms on {args.replicas} "
+            f"replica(s); replicas: fewest meeting it at {args.rate:g} requests/s"
+        )
+    _print(args, {"rate": args.rate, "schedulers": rows}, "\n".join(lines))
+
+
+def add_serve_plan(sub: Any) -> None:
+    from exitwise.cli import _command
+
+    help_text = "latency percentiles, throughput and capacity of a policy under load"
+    p = _command(sub, "serve-plan", help_text)
+    p.add_argument("--policy", required=True, help="policy file (.json)")
+    p.add_argument("--latency", required=True, help="latency model (.json, LatencyModel.save)")
+    p.add_argument("--rate", type=float, required=True, help="arrival rate (requests/s)")
+    p.add_argument("--p99", type=float, help="p99 latency limit in seconds: adds capacity")
+    p.add_argument("--max-batch", type=int, default=32, help="largest batch (default: 32)")
+    p.add_argument("--replicas", type=int, default=1, help="servers (default: 1)")
+    p.add_argument("--requests", type=int, default=20000, help="simulated requests")
+    p.add_argument("--calibrator", help="calibrator file (.json) to apply first")
+    p.set_defaults(run=_serve_plan)

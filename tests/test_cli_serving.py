@@ -1,0 +1,103 @@
+"""``exitwise serve-plan``, the report's latency figure and the serving check example."""
+
+from __future__ import annotations
+
+import json
+import math
+import runpy
+from pathlib import Path
+
+import pytest
+
+from exitwise.cli import main
+from exitwise.datasets import load_default, load_default_latency
+from exitwise.policies import ThresholdPolicy
+from exitwise.serving import simulate_serving
+
+
+def test_serve_plan_prints_what_the_simulator_gives(tmp_path, capsys):
+    policy = ThresholdPolicy("max_probability", [0.9, 0.9, 0.9, -math.inf])
+    policy.save(tmp_path / "p.json")
+    latency = load_default_latency()
+    latency.save(tmp_path / "lm.json")
+    load_default()[:3000].save(tmp_path / "d.npz")
+    args = [
+        "serve-plan",
+        str(tmp_path / "d.npz"),
+        "--policy",
+        str(tmp_path / "p.json"),
+        "--latency",
+        str(tmp_path / "lm.json"),
+        "--rate",
+        "4000",
+        "--requests",
+        "4000",
+        "--p99",
+        "0.005",
+        "--json",
+    ]
+    assert main(args) == 0
+    rows = {r["scheduler"]: r for r in json.loads(capsys.readouterr().out)["schedulers"]}
+    assert set(rows) == {"full", "static", "compact", "refill"}
+    exits = policy.exit_indices(load_default()[:3000]).numpy()
+    direct = simulate_serving(
+        exits, latency, rate=4000, scheduler="compact", max_batch=32, num_requests=4000
+    )
+    assert rows["compact"]["p99"] == pytest.approx(direct.percentiles((99,))[99])
+    assert rows["compact"]["max_rate"] > rows["full"]["max_rate"] > 0
+    lo, hi = rows["compact"]["p99_interval"]
+    assert lo <= rows["compact"]["p99"] <= hi
+    assert main(args[:-1]) == 0
+    assert "max rate" in capsys.readouterr().out
+    bad = ThresholdPolicy("max_probability", [0.9, -math.inf])
+    bad.save(tmp_path / "bad.json")
+    (tmp_path / "lm3.json").write_text(
+        json.dumps(
+            {"format": "exitwise.LatencyModel/1", "batch_sizes": [1], "seconds": [[1e-3] * 3]}
+        )
+    )
+    assert (
+        main(
+            [
+                "serve-plan",
+                str(tmp_path / "d.npz"),
+                "--policy",
+                str(tmp_path / "p.json"),
+                "--latency",
+                str(tmp_path / "lm3.json"),
+                "--rate",
+                "100",
+            ]
+        )
+        == 2
+    )
+    assert "3 segments but the outputs have 4 exits" in capsys.readouterr().err
+
+
+def test_report_with_a_latency_model_adds_the_latency_figure(tmp_path):
+    from exitwise.report import build_report
+
+    summary = build_report(
+        load_default()[:2000], tmp_path, n_resamples=10, latency=load_default_latency()
+    )
+    assert (tmp_path / "latency.png").stat().st_size > 0
+    curves = summary["serving"]["p99_seconds"]
+    assert set(curves) == {"full", "static", "compact", "refill"}
+    assert math.isinf(curves["full"][-1])  # 1.5x the full model's capacity: unstable
+    assert "p99 latency (log scale) against the arrival rate" in (tmp_path / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_serving_check_example_compares_simulated_and_measured(capsys):
+    example = runpy.run_path(str(Path(__file__).parents[1] / "examples" / "serving_check.py"))
+    rows = example["main"](requests=300)
+    assert len(rows) == 12 and {r["scheduler"] for r in rows} == {
+        "full",
+        "static",
+        "compact",
+        "refill",
+    }
+    # timings on a shared CI machine are noisy: only check the medians are in the same range
+    for r in rows:
+        assert 0.3 < r["p50_sim"] / r["p50_real"] < 3.0
+    assert "within 15 % of measured" in capsys.readouterr().out
