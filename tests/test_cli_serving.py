@@ -84,7 +84,9 @@ def test_report_with_a_latency_model_adds_the_latency_figure(tmp_path):
     curves = summary["serving"]["p99_seconds"]
     assert set(curves) == {"full", "static", "compact", "refill"}
     assert math.isinf(curves["full"][-1])  # 1.5x the full model's capacity: unstable
-    assert "p99 latency (log scale) against the arrival rate" in (tmp_path / "report.html").read_text()
+    assert (
+        "p99 latency (log scale) against the arrival rate" in (tmp_path / "report.html").read_text()
+    )
 
 
 @pytest.mark.slow

@@ -122,6 +122,11 @@ def test_latency_model_table_save_load_and_errors(tmp_path):
     model.save(tmp_path / "lm.json")
     again = LatencyModel.load(tmp_path / "lm.json")
     assert np.array_equal(again.seconds, model.seconds)
+    noisy = LatencyModel([1], [[1.0]], wake_up=[(0.001, 0.1), (0.01, 0.3)], jitter=[0.9, 1.2])
+    noisy.save(tmp_path / "noisy.json")
+    back = LatencyModel.load(tmp_path / "noisy.json")
+    assert np.array_equal(back.jitter, noisy.jitter)
+    assert back.wake_up_time(0.0055) == pytest.approx(0.2) and back.wake_up_time(1.0) == 0.3
     with pytest.raises(ValueError, match="increasing integers"):
         LatencyModel([4, 1], [[1.0], [2.0]])
     with pytest.raises(ValueError, match=r"shape \[2, E\]"):
@@ -165,3 +170,27 @@ def test_a_server_waking_from_idle_pays_the_wake_up_once(scheduler):
         ).wake_up
         == 1.9
     )
+
+
+def test_jitter_multiplies_segment_times_and_is_fitted_from_logged_timings():
+    base = LatencyModel([1, 2], [[0.001, 0.002], [0.0015, 0.003]])
+    ones = LatencyModel([1, 2], base.seconds, jitter=[1.0, 1.0])
+    double = LatencyModel([1, 2], base.seconds, jitter=[2.0])
+    for scheduler in ("compact", "static", "refill", "full"):
+        a = simulate_serving(
+            np.array([0, 1]), base, rate=200.0, num_requests=500, scheduler=scheduler
+        )
+        b = simulate_serving(
+            np.array([0, 1]), ones, rate=200.0, num_requests=500, scheduler=scheduler
+        )
+        assert np.array_equal(a.answers, b.answers)
+    one = run([0.0], [1], "compact", model=double)
+    assert one.answers == pytest.approx([0.006])
+    # fitted: quantiles of every busy timing over its cell's median (cells of >= 5 timings)
+    rng = np.random.default_rng(0)
+    seg = np.repeat([0, 1], 50)
+    bat = np.ones(100, dtype=int)
+    sec = np.where(seg == 0, 0.001, 0.002) * rng.lognormal(0, 0.2, 100)
+    lm = LatencyModel.from_observations(seg, bat, sec, 2)
+    ratios = np.r_[sec[:50] / np.median(sec[:50]), sec[50:] / np.median(sec[50:])]
+    assert np.allclose(lm.jitter, np.quantile(ratios, np.linspace(0.0025, 0.9975, 200)))

@@ -42,6 +42,10 @@ class LatencyModel:
         caches, a clocked-down core, the wake-up itself): a constant, or a table over the
         idle time (linear interpolation from (0, 0), constant beyond the last entry). The
         simulator adds it.
+    jitter : array-like of float, optional
+        Multiplicative factors (time over the typical time) that real segment timings show;
+        the simulator multiplies each segment it runs by one drawn at random, so service times
+        vary as measured (``None``: every segment takes exactly its table time).
 
     Examples
     --------
@@ -53,7 +57,12 @@ class LatencyModel:
     """
 
     def __init__(
-        self, batch_sizes: Sequence[int], seconds: Any, unit: str = "s", wake_up: float = 0.0
+        self,
+        batch_sizes: Sequence[int],
+        seconds: Any,
+        unit: str = "s",
+        wake_up: Any = 0.0,
+        jitter: Any = None,
     ) -> None:
         sizes = np.asarray(batch_sizes, dtype=np.float64)
         table = np.asarray(seconds, dtype=np.float64)
@@ -72,6 +81,17 @@ class LatencyModel:
         self.seconds = table
         self.unit = unit
         self.wake_up = _wake_up_table(wake_up)
+        self.jitter = None
+        if jitter is not None:
+            factors = np.asarray(jitter, dtype=np.float64)
+            if (
+                factors.ndim != 1
+                or factors.size == 0
+                or not np.isfinite(factors).all()
+                or (factors <= 0).any()
+            ):
+                raise ValueError("Expected `jitter`: a non-empty 1-D array of factors > 0.")
+            self.jitter = factors
         if sizes.size >= 2:
             design = np.c_[np.ones_like(sizes), sizes]
             coef, *_ = np.linalg.lstsq(design, table, rcond=None)
@@ -123,9 +143,11 @@ class LatencyModel:
         segment (its index, its batch size, its seconds, and optionally whether the server
         had been waiting idle just before). Each (segment, batch size) gets the median of its
         busy timings; ``wake_up`` is how much longer segment 0 of one request takes after
-        idling (difference of medians, >= 0); a batch size some segment never ran at gets that
-        segment's interpolation (linear; beyond its range the least-squares line, or a time
-        proportional to the batch when it ran at one size only).
+        idling (difference of medians, >= 0); ``jitter`` holds 200 quantiles of each busy
+        timing over its (segment, batch size) median, from cells with at least 5 timings.
+        A batch size some segment never ran at gets that segment's interpolation (linear;
+        beyond its range the least-squares line, or a time proportional to the batch when it
+        ran at one size only).
 
         Examples
         --------
@@ -150,6 +172,14 @@ class LatencyModel:
         if (first & cold).any() and (first & ~cold).any():
             wake_up = max(0.0, float(np.median(sec[first & cold]) - np.median(sec[first & ~cold])))
         seg, bat, sec = seg[~cold], bat[~cold], sec[~cold]
+        ratios = []
+        for e, b in {(int(x), int(y)) for x, y in zip(seg, bat, strict=True)}:
+            cell = sec[(seg == e) & (bat == b)]
+            if cell.size >= 5 and np.median(cell) > 0:
+                ratios.append(cell / np.median(cell))
+        jitter = None
+        if ratios:
+            jitter = np.quantile(np.concatenate(ratios), np.linspace(0.0025, 0.9975, 200))
         if seg.min() < 0 or seg.max() >= num_segments or bat.min() < 1:
             raise ValueError(f"Expected segments in [0, {num_segments - 1}] and batch sizes >= 1.")
         sizes = np.unique(bat)
@@ -161,7 +191,7 @@ class LatencyModel:
             med = np.array([np.median(sec[(seg == e) & (bat == b)]) for b in seen])
             fill = cls(seen.tolist(), med[:, None]).table(int(sizes.max()) + 1)[:, 0]
             table[:, e] = fill[sizes]
-        return cls(sizes.tolist(), table, wake_up=wake_up)
+        return cls(sizes.tolist(), table, wake_up=wake_up, jitter=jitter)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -170,6 +200,7 @@ class LatencyModel:
             "batch_sizes": self.batch_sizes.tolist(),
             "seconds": self.seconds.tolist(),
             "wake_up": self.wake_up if isinstance(self.wake_up, float) else self.wake_up.tolist(),
+            "jitter": None if self.jitter is None else self.jitter.tolist(),
         }
 
     def save(self, path: str | Path) -> None:
@@ -186,7 +217,11 @@ class LatencyModel:
         if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
             raise ValueError(f"Expected a latency model with format {_FORMAT!r} in '{path}'.")
         return cls(
-            doc["batch_sizes"], doc["seconds"], doc.get("unit", "s"), doc.get("wake_up", 0.0)
+            doc["batch_sizes"],
+            doc["seconds"],
+            doc.get("unit", "s"),
+            doc.get("wake_up", 0.0),
+            doc.get("jitter"),
         )
 
     def __repr__(self) -> str:

@@ -266,8 +266,9 @@ def simulate_serving(
         depths = np.full(arr.size, e - 1, dtype=np.int64)
     table = latency.table(max_batch + 1)
     run = _refill if scheduler == "refill" else _batches
+    noise = _Jitter(latency.jitter, e, seed)
     starts, answers, ready, busy = run(
-        arr, depths, table, scheduler, max_batch, replicas, latency.wake_up_time
+        arr, depths, table, scheduler, max_batch, replicas, latency.wake_up_time, noise
     )
     stable = _stable(arr, starts, max_batch * replicas)
     return ServingResult(
@@ -285,7 +286,25 @@ def simulate_serving(
     )
 
 
-def _batches(arr, depths, table, scheduler, max_batch, replicas, wake_up):
+class _Jitter:
+    """Per-segment time factors drawn from the latency model's ``jitter`` (ones without)."""
+
+    def __init__(self, factors: np.ndarray | None, num_segments: int, seed: int) -> None:
+        self.factors, self.e = factors, num_segments
+        self.rng = np.random.default_rng(seed + 2)
+        self.buffer, self.used = np.empty((0, num_segments)), 0
+
+    def next(self) -> np.ndarray:
+        if self.factors is None:
+            return np.ones(self.e)
+        if self.used == len(self.buffer):
+            self.buffer = self.rng.choice(self.factors, size=(4096, self.e))
+            self.used = 0
+        self.used += 1
+        return self.buffer[self.used - 1]
+
+
+def _batches(arr, depths, table, scheduler, max_batch, replicas, wake_up, noise):
     """``full``, ``static`` and ``compact``: one batch at a time per server."""
     n, e = arr.size, table.shape[1]
     starts, answers, ready = np.empty(n), np.empty(n), np.empty(n)
@@ -299,12 +318,13 @@ def _batches(arr, depths, table, scheduler, max_batch, replicas, wake_up):
         j = i + int(np.searchsorted(arr[i : i + max_batch], t, side="right"))
         d = depths[i:j]
         deepest = int(d.max())
+        factor = noise.next()[: deepest + 1]
         if scheduler == "compact":
             alive = (d[:, None] >= segments[None, : deepest + 1]).sum(axis=0)
-            done = begin + np.cumsum(table[alive, segments[: deepest + 1]])
+            done = begin + np.cumsum(table[alive, segments[: deepest + 1]] * factor)
             answers[i:j] = ready[i:j] = done[d]
         else:  # full / static: everyone runs to the deepest exit, answers at the end
-            done = begin + np.cumsum(table[j - i, : deepest + 1])
+            done = begin + np.cumsum(table[j - i, : deepest + 1] * factor)
             answers[i:j] = done[-1]
             ready[i:j] = done[d]
         starts[i:j] = t
@@ -314,7 +334,7 @@ def _batches(arr, depths, table, scheduler, max_batch, replicas, wake_up):
     return starts, answers, ready, busy
 
 
-def _refill(arr, depths, table, scheduler, max_batch, replicas, wake_up):
+def _refill(arr, depths, table, scheduler, max_batch, replicas, wake_up, noise):
     """Layer-level continuous batching: steps of one segment per request in the slots."""
     n, e = arr.size, table.shape[1]
     starts, answers = np.full(n, np.nan), np.full(n, np.nan)
@@ -336,7 +356,8 @@ def _refill(arr, depths, table, scheduler, max_batch, replicas, wake_up):
                 heapq.heappush(events, (float(arr[queued]), r))
             continue
         extra = 0.0 if idle_from[r] is None else wake_up(t - idle_from[r])
-        step = float(table[np.bincount([s for _, s in active], minlength=e), np.arange(e)].sum())
+        counts = np.bincount([s for _, s in active], minlength=e)
+        step = float((table[counts, np.arange(e)] * noise.next()).sum())
         step += extra
         idle_from[r] = None
         end = t + step
