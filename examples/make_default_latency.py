@@ -5,8 +5,8 @@ Latency depends on the architecture, not on the trained weights, so this builds
 head) at batch sizes 1 to 64 on one CPU thread with
 :func:`exitwise.serving.measure_latency_model`, plus the extra time of a request that finds
 the core idle. Writes ``exitwise/datasets/fashion_mnist_cnn_latency.json`` (read by
-``exitwise.datasets.load_default_latency``). Figures are for the machine it ran on (the card
-says which).
+``exitwise.datasets.load_default_latency``). The figures are those of the machine it ran on
+(the bundled file: the project's 2-core CPU development VM, whose speed drifts by up to 30 %).
 
 Usage::
 
@@ -17,36 +17,14 @@ from __future__ import annotations
 
 import argparse
 import runpy
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from exitwise.serving import LatencyModel, measure_latency_model
+from exitwise.serving import LatencyModel, measure_latency_model, measure_wake_up
 
 HERE = Path(__file__).parent
-
-
-def wake_up_curve(model, idles=(0.0005, 0.001, 0.002, 0.004, 0.008, 0.016)) -> np.ndarray:
-    """Extra seconds of a one-image pass after sleeping ``idle`` (from when it was due)."""
-    x = torch.randn(1, 1, 28, 28)
-
-    def one(due=None) -> float:
-        t0 = time.perf_counter() if due is None else due
-        model(x)
-        return time.perf_counter() - t0
-
-    warm = np.median([one() for _ in range(50)])
-    rows = []
-    for idle in idles:
-        times = []
-        for _ in range(30):
-            due = time.perf_counter() + idle
-            time.sleep(idle)
-            times.append(one(due))
-        rows.append((idle, max(0.0, float(np.median(times) - warm))))
-    return np.maximum.accumulate(np.array(rows), axis=0)
 
 
 def main() -> None:
@@ -64,7 +42,9 @@ def main() -> None:
             batch_sizes=(1, 2, 4, 8, 16, 32, 64),
             repeats=15,
         )
-        model = LatencyModel(measured.batch_sizes, measured.seconds, wake_up=wake_up_curve(cnn))
+        one = torch.randn(1, 1, 28, 28)
+        wake_up = measure_wake_up(lambda: cnn(one))
+        model = LatencyModel(measured.batch_sizes, measured.seconds, wake_up=wake_up)
     path = Path(args.out) / "fashion_mnist_cnn_latency.json"
     model.save(path)
     print(model)

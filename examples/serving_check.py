@@ -37,7 +37,7 @@ from torch import nn
 from exitwise.calibrate import TemperatureScaling
 from exitwise.collect import collect
 from exitwise.policies import ExitController, tune_for_accuracy
-from exitwise.serving import LatencyModel, simulate_serving
+from exitwise.serving import LatencyModel, measure_wake_up, simulate_serving
 
 CHANNELS = (64, 128, 256)
 MAX_BATCH = 16
@@ -134,28 +134,17 @@ class Server:
             rows.append(np.median(times, axis=0))
         return LatencyModel(list(batch_sizes), np.array(rows))
 
-    def measure_wake_up(self, images, idles=(0.0005, 0.001, 0.002, 0.004, 0.008, 0.016)):
-        """Extra seconds a one-request pass takes after sleeping ``idle`` seconds (timed from
-        when it was due, so the sleep's own lateness counts, as it does when serving),
-        against back-to-back passes: rows (idle, extra) for ``LatencyModel(wake_up=...)``."""
+    def one_request(self, images):
+        """A callable serving one request alone (all segments at batch 1)."""
+        count = iter(range(10**9))
 
-        def one_pass(r: int, t0: float | None = None) -> float:
-            t0 = time.perf_counter() if t0 is None else t0
-            h, state = images[r % len(images)][None], self.controller.initial_state(1)
+        def run() -> None:
+            r = next(count) % len(images)
+            h, state = images[r][None], self.controller.initial_state(1)
             for e in range(self.num_segments):
                 h, _, state = self.segment(e, h, state)
-            return time.perf_counter() - t0
 
-        warm = np.median([one_pass(r) for r in range(60)])
-        rows = []
-        for idle in idles:
-            times = []
-            for r in range(40):
-                due = time.perf_counter() + idle
-                time.sleep(idle)
-                times.append(one_pass(r, due))  # from when the request was due, as served
-            rows.append((idle, max(0.0, float(np.median(times) - warm))))
-        return np.maximum.accumulate(np.array(rows), axis=0)
+        return run
 
     def serve(self, scheduler, images, arrivals, exits_out, answers, inbox):
         """Serve ``len(arrivals)`` requests from ``inbox`` (request ids) with ``scheduler``."""
@@ -329,7 +318,7 @@ def main(requests: int = 2000) -> list[dict]:
                 which = images[rng.integers(0, len(images), requests // 2)]
                 replay(server, scheduler, which, trace)
         # a core that sleeps between requests comes back slower the longer it slept
-        wake_up = server.measure_wake_up(images)
+        wake_up = measure_wake_up(server.one_request(images), repeats=40)
 
         def fitted(exclude: int) -> LatencyModel:
             """The model from every logged segment except those of run ``exclude``."""

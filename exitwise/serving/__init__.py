@@ -1,7 +1,7 @@
 """Serving-aware planning: latency per exit segment, a discrete-event serving simulator and
 the capacity questions (highest rate, replicas, the best policy under load)."""
 
-from exitwise.serving.latency import LatencyModel, measure_latency_model
+from exitwise.serving.latency import LatencyModel, measure_latency_model, measure_wake_up
 from exitwise.serving.planning import (
     ServingPlan,
     latency_by_rate,
@@ -24,6 +24,7 @@ __all__ = [
     "latency_by_rate",
     "max_rate",
     "measure_latency_model",
+    "measure_wake_up",
     "poisson_arrivals",
     "replicas_needed",
     "simulate_serving",

@@ -21,7 +21,7 @@ import numpy as np
 
 from exitwise._checks import check_int
 
-__all__ = ["LatencyModel", "measure_latency_model"]
+__all__ = ["LatencyModel", "measure_latency_model", "measure_wake_up"]
 
 _FORMAT = "exitwise.LatencyModel/1"
 
@@ -302,3 +302,46 @@ def measure_latency_model(
         ).numpy()
         rows.append(np.maximum(np.diff(cumulative, prepend=0.0), 0.0))
     return LatencyModel(list(batch_sizes), np.stack(rows))
+
+
+def measure_wake_up(
+    run_one: Callable[[], Any],
+    idles: Sequence[float] = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016),
+    *,
+    repeats: int = 30,
+) -> np.ndarray:
+    """How much longer one request takes after the server slept ``idle`` seconds, for
+    ``LatencyModel(wake_up=...)``: rows ``(idle, extra seconds)``.
+
+    ``run_one()`` serves one request (e.g. a full pass at batch 1). Each timing starts when
+    the request was *due* (the end of the intended sleep), so the sleep's own lateness counts,
+    as it does for a server woken by a request; ``extra`` is the median against back-to-back
+    calls, made non-decreasing in the idle time.
+
+    Examples
+    --------
+    >>> rows = measure_wake_up(lambda: sum(range(1000)), idles=(0.0005, 0.002), repeats=5)
+    >>> rows.shape, bool((rows[:, 1] >= 0).all())
+    ((2, 2), True)
+    """
+    import time
+
+    repeats = check_int(repeats, "repeats", minimum=1)
+
+    def timed(due: float | None = None) -> float:
+        start = time.perf_counter() if due is None else due
+        run_one()
+        return time.perf_counter() - start
+
+    warm = float(np.median([timed() for _ in range(2 * repeats)]))
+    rows = []
+    for idle in idles:
+        if not idle > 0:
+            raise ValueError(f"Expected `idles` > 0 seconds, got {idle!r}.")
+        times = []
+        for _ in range(repeats):
+            due = time.perf_counter() + idle
+            time.sleep(idle)
+            times.append(timed(due))
+        rows.append((float(idle), max(0.0, float(np.median(times)) - warm)))
+    return np.maximum.accumulate(np.array(rows), axis=0)
