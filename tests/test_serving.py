@@ -194,3 +194,23 @@ def test_jitter_multiplies_segment_times_and_is_fitted_from_logged_timings():
     lm = LatencyModel.from_observations(seg, bat, sec, 2)
     ratios = np.r_[sec[:50] / np.median(sec[:50]), sec[50:] / np.median(sec[50:])]
     assert np.allclose(lm.jitter, np.quantile(ratios, np.linspace(0.0025, 0.9975, 200)))
+
+
+def test_tune_for_serving_picks_the_best_feasible_candidate(real_outputs):
+    from exitwise.serving import tune_for_serving
+
+    cal = real_outputs.split(0.5, seed=0)[0]
+    lm = LatencyModel([1, 32], [[1e-4] * 4, [1e-3, 4e-3, 4e-3, 3e-3]])
+    kw = {"rate": 3000.0, "limit": 0.02, "num_candidates": 10, "num_requests": 3000}
+    plan = tune_for_serving(cal, "max_probability", lm, **kw)
+    feasible = [r for r in plan.candidates if r["p"] <= 0.02]
+    assert plan.chosen["accuracy"] == max(r["accuracy"] for r in feasible)
+    assert plan.full_model["relative_cost"] == 1.0 and plan.full_model["p"] > 0.02
+    target = tune_for_serving(cal, "max_probability", lm, target_accuracy=0.87, **kw)
+    ok = [r for r in feasible if r["accuracy"] >= 0.87]
+    assert target.chosen["relative_cost"] == min(r["relative_cost"] for r in ok)
+    assert target.accuracy_tuned["accuracy"] >= 0.87
+    cheap = tune_for_serving(cal, "max_probability", lm, budget=0.5, **kw)
+    assert cheap.chosen["relative_cost"] <= 0.5
+    with pytest.raises(ValueError, match="not both"):
+        tune_for_serving(cal, "max_probability", lm, budget=0.5, target_accuracy=0.8, **kw)

@@ -175,6 +175,7 @@ def tune_for_serving(
     limit: float,
     percentile: float = 99.0,
     target_accuracy: float | None = None,
+    budget: float | None = None,
     num_candidates: int = 40,
     **kwargs: Any,
 ) -> ServingPlan:
@@ -184,7 +185,8 @@ def tune_for_serving(
     :func:`~exitwise.policies.pareto_frontier`: every shared threshold and per-exit tuned
     points), ``num_candidates`` of them evenly spread over cost. Each is simulated with its
     own exit depths on ``outputs``. Without ``target_accuracy`` the most accurate feasible one
-    wins; with it, the cheapest feasible one with accuracy >= the target.
+    wins (with ``budget``, among those whose mean cost is at most that share of the full
+    model's); with it, the cheapest feasible one with accuracy >= the target.
 
     Examples
     --------
@@ -223,10 +225,14 @@ def tune_for_serving(
         thresholds = front["thresholds"][i]
         rows.append(row(ThresholdPolicy(signal, [float(t) for t in thresholds])))
     full = row(ThresholdPolicy(signal, math.inf))
+    if target_accuracy is not None and budget is not None:
+        raise ValueError("Pass `target_accuracy` or `budget`, not both.")
     ok = [
         r
         for r in rows
-        if r["p"] <= limit and (target_accuracy is None or r["accuracy"] >= target_accuracy)
+        if r["p"] <= limit
+        and (target_accuracy is None or r["accuracy"] >= target_accuracy)
+        and (budget is None or r["relative_cost"] <= budget + 1e-12)
     ]
     chosen = None
     if ok:
