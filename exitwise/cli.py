@@ -122,7 +122,12 @@ def _tune_on(cal: Any, args: argparse.Namespace) -> tuple[Any, bool, dict[str, A
     reference = _reference(cal)  # unlabelled files: accuracy = agreement with the final exit
     if args.target_accuracy is not None:
         tuned = tune_for_accuracy(
-            cal, args.signal, args.target_accuracy, relative=args.relative, reference=reference
+            cal,
+            args.signal,
+            args.target_accuracy,
+            relative=args.relative,
+            reference=reference,
+            confidence=args.confidence,
         )
         return tuned.policy, tuned.feasible, tuned.achieved
     if args.budget is not None:
@@ -179,7 +184,19 @@ def _tune(args: argparse.Namespace) -> None:
     payload["test"], held_out = _held_out(policy, test, args)
     if args.out:
         policy.save(args.out, context=_tune_context(args))
-    text = f"policy: {policy!r}\ntune: {achieved}\n{held_out}" + (
+    bound = ""
+    if "p_value" in achieved:
+        bound = (
+            f"\nnew data: accuracy >= {achieved['target']:.4f} with probability >= "
+            f"{achieved['confidence']:.0%} (Learn-then-Test, p-value {achieved['p_value']:.3g})"
+        )
+    elif "accuracy_lower_bound" in achieved:
+        bound = (
+            f"\nnew data may fall to accuracy {achieved['accuracy_lower_bound']:.4f} (one-sided "
+            f"{achieved['confidence']:.0%} Clopper-Pearson bound of the tuning accuracy; the "
+            "target is met on the tuning split only: --confidence makes it hold on new data)"
+        )
+    text = f"policy: {policy!r}\ntune: {achieved}{bound}\n{held_out}" + (
         f"\npolicy written to {args.out}" if args.out else ""
     )
     _print(args, payload, text)
@@ -354,6 +371,12 @@ def _add_tune(sub: Any) -> None:
     group.add_argument("--budget", type=float, help="mean cost as a fraction of the full model")
     group.add_argument("--risk", type=float, help="disagreement tolerance (Learn-then-Test)")
     p.add_argument("--relative", action="store_true", help=_RELATIVE_HELP)
+    p.add_argument(
+        "--confidence",
+        type=float,
+        help="with --target-accuracy: the target holds on new data with this probability "
+        "(a shared threshold certified by Learn-then-Test)",
+    )
     p.add_argument("--epsilon", type=float, default=0.05, help="failure probability for --risk")
     p.add_argument("--calibrator", help="calibrator file (.json) to apply first")
     p.add_argument("--split", type=float, default=0.5, help="tuning share")

@@ -4,14 +4,37 @@ statistics, which candidates meet it (bool ``[K]``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from exitwise._checks import check_choice
 from exitwise.policies.kernels import quantiles_from_counts
 
-__all__ = ["AccuracyAtLeast", "CostAtMost", "CostQuantileAtMost", "RiskAtMost"]
+__all__ = [
+    "AccuracyAtLeast",
+    "CostAtMost",
+    "CostQuantileAtMost",
+    "RiskAtMost",
+    "accuracy_lower_bound",
+]
+
+
+def accuracy_lower_bound(accuracy: Any, num_samples: int, confidence: float) -> torch.Tensor:
+    """Clopper–Pearson lower bounds of accuracies measured on ``num_samples`` samples
+    (:func:`~exitwise.policies.p_values.clopper_pearson_lower`), as float64 tensors.
+
+    Examples
+    --------
+    >>> import torch
+    >>> accuracy_lower_bound(torch.tensor([0.9, 1.0]), 500, 0.9)
+    tensor([0.8806, 0.9954], dtype=torch.float64)
+    """
+    from exitwise.policies.p_values import clopper_pearson_lower
+
+    acc = torch.as_tensor(accuracy, dtype=torch.float64)
+    hits = torch.round(acc * num_samples).cpu().numpy()
+    return torch.as_tensor(clopper_pearson_lower(hits, num_samples, confidence)).to(acc.device)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ __all__ = [
     "BettingState",
     "betting_capital",
     "binomial_p_value",
+    "clopper_pearson_lower",
     "continue_capital",
     "hoeffding_bentkus_p_value",
     "p_value_of_losses",
@@ -62,6 +63,29 @@ def binomial_p_value(losses: int, n: int, delta: float) -> float:
     from scipy.stats import binom
 
     return float(binom.cdf(losses, n, delta))
+
+
+def clopper_pearson_lower(successes: Any, n: int, confidence: float) -> np.ndarray:
+    r"""One-sided Clopper–Pearson lower confidence bound of a binomial proportion: the
+    smallest :math:`p` not rejected by the exact binomial test at level :math:`1 - c`,
+    :math:`\mathrm{Beta}^{-1}(1 - c;\ k,\ n - k + 1)` (0 for :math:`k = 0`), elementwise.
+
+    Examples
+    --------
+    >>> round(float(clopper_pearson_lower(450, 500, 0.9)), 4)
+    0.8806
+    >>> float(clopper_pearson_lower(0, 10, 0.9))
+    0.0
+    """
+    from scipy.stats import beta
+
+    confidence = check_open_unit(confidence, "confidence")
+    k = np.asarray(successes, dtype=np.float64)
+    if n < 1 or (k < 0).any() or (k > n).any():
+        raise ValueError(f"Expected 0 <= successes <= n with n >= 1, got n = {n}.")
+    with np.errstate(invalid="ignore"):
+        low = beta.ppf(1.0 - confidence, k, n - k + 1.0)
+    return np.where(k > 0, low, 0.0)
 
 
 def hoeffding_bentkus_p_value(mean_loss: float, n: int, delta: float) -> float:

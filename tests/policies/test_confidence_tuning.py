@@ -1,0 +1,78 @@
+"""Tuning with a confidence level: Clopper-Pearson bounds and the Learn-then-Test tuner."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from scipy.stats import binomtest
+
+from exitwise.cli import main
+from exitwise.policies import evaluate, risk_controlled_threshold, tune_for_accuracy
+from exitwise.policies.p_values import clopper_pearson_lower
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "c"), [(450, 500, 0.9), (3, 10, 0.95), (10, 10, 0.9), (1, 7, 0.5), (0, 20, 0.9)]
+)
+def test_clopper_pearson_lower_equals_scipy(k, n, c):
+    expected = binomtest(k, n, alternative="greater").proportion_ci(c, method="exact").low
+    assert float(clopper_pearson_lower(k, n, c)) == pytest.approx(expected, abs=1e-10)
+
+
+def test_confidence_tuner_is_learn_then_test_on_error(real_outputs):
+    cal = real_outputs[:2000]
+    tuned = tune_for_accuracy(cal, "max_probability", 0.85, confidence=0.9)
+    res = risk_controlled_threshold(cal, "max_probability", risk="error", delta=0.15, epsilon=0.1)
+    assert tuned.policy == res.policy and tuned.shared_threshold == res.threshold
+    assert tuned.achieved["p_value"] <= 0.1 and tuned.achieved["target"] == 0.85
+    ev = evaluate(tuned.policy, cal)
+    assert tuned.achieved["accuracy"] == pytest.approx(float(ev.accuracy[0]))
+    hits = round(tuned.achieved["accuracy"] * 2000)
+    assert tuned.achieved["accuracy_lower_bound"] == pytest.approx(
+        float(clopper_pearson_lower(hits, 2000, 0.9))
+    )
+    plain = tune_for_accuracy(cal, "max_probability", 0.85)
+    assert plain.achieved["confidence"] == 0.95
+    assert plain.achieved["accuracy_lower_bound"] < plain.achieved["accuracy"]
+    relative = tune_for_accuracy(cal, "max_probability", 0.97, relative=True, confidence=0.9)
+    final = float(cal.correct()[:, -1].double().mean())
+    assert relative.achieved["target"] == pytest.approx(0.97 * final)
+    assert not tune_for_accuracy(cal[:50], "max_probability", 0.99, confidence=0.9).feasible
+    with pytest.raises(ValueError, match="`confidence` to be in"):
+        tune_for_accuracy(cal, "max_probability", 0.85, confidence=1.0)
+
+
+def test_cli_prints_the_guarantee_or_the_lower_bound(real_outputs, tmp_path, capsys):
+    real_outputs.save(tmp_path / "d.npz")
+    data = str(tmp_path / "d.npz")
+    assert main(["tune", data, "--target-accuracy", "0.86", "--confidence", "0.9"]) == 0
+    assert "accuracy >= 0.8600 with probability >= 90%" in capsys.readouterr().out
+    assert main(["tune", data, "--target-accuracy", "0.86"]) == 0
+    assert "95% Clopper-Pearson bound of the tuning accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_confidence_tuner_keeps_its_promise_over_400_small_splits(real_outputs):
+    """Tuning on 500 samples, checked on the other 9,500: P(a policy is returned and misses
+    the target) <= 1 - confidence; the point-estimate tuner misses it most of the time."""
+    gen = torch.Generator().manual_seed(0)
+    trials, target = 400, 0.85
+    missed = {None: 0, 0.9: 0}
+    returned = 0
+    for _ in range(trials):
+        perm = torch.randperm(real_outputs.num_samples, generator=gen)
+        tune_split, new = real_outputs[perm[:500]], real_outputs[perm[500:]]
+        for confidence in (None, 0.9):
+            tuned = tune_for_accuracy(tune_split, "max_probability", target, confidence=confidence)
+            if not tuned.feasible:
+                continue
+            returned += confidence is not None
+            missed[confidence] += float(evaluate(tuned.policy, new).accuracy[0]) < target
+    assert missed[0.9] / trials <= 0.1 + 3 * math.sqrt(0.1 * 0.9 / trials), missed
+    assert missed[None] / trials > 0.5 and returned / trials > 0.6
+    print(
+        f"missed: point estimate {missed[None] / trials:.3f}, confidence 0.9 "
+        f"{missed[0.9] / trials:.3f} (returned a policy in {returned / trials:.1%})"
+    )
