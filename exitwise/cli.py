@@ -131,7 +131,9 @@ def _tune_on(cal: Any, args: argparse.Namespace) -> tuple[Any, bool, dict[str, A
         )
         return tuned.policy, tuned.feasible, tuned.achieved
     if args.budget is not None:
-        tuned = tune_for_budget(cal, args.signal, args.budget, reference=reference)
+        tuned = tune_for_budget(
+            cal, args.signal, args.budget, reference=reference, confidence=args.confidence
+        )
         return tuned.policy, tuned.feasible, tuned.achieved
     res = risk_controlled_threshold(
         cal, args.signal, risk="disagreement", delta=args.risk, epsilon=args.epsilon
@@ -186,9 +188,14 @@ def _tune(args: argparse.Namespace) -> None:
         policy.save(args.out, context=_tune_context(args))
     bound = ""
     if "p_value" in achieved:
+        claim = (
+            f"mean cost <= {args.budget:g} of the full model"
+            if args.budget is not None
+            else f"accuracy >= {achieved['target']:.4f}"
+        )
         bound = (
-            f"\nnew data: accuracy >= {achieved['target']:.4f} with probability >= "
-            f"{achieved['confidence']:.0%} (Learn-then-Test, p-value {achieved['p_value']:.3g})"
+            f"\nnew data: {claim} with probability >= {achieved['confidence']:.0%} "
+            f"(Learn-then-Test, p-value {achieved['p_value']:.3g})"
         )
     elif "accuracy_lower_bound" in achieved:
         bound = (
@@ -374,7 +381,7 @@ def _add_tune(sub: Any) -> None:
     p.add_argument(
         "--confidence",
         type=float,
-        help="with --target-accuracy: the target holds on new data with this probability "
+        help="with --target-accuracy or --budget: it holds on new data with this probability "
         "(a shared threshold certified by Learn-then-Test)",
     )
     p.add_argument("--epsilon", type=float, default=0.05, help="failure probability for --risk")

@@ -46,7 +46,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from exitwise._checks import check_choice, check_open_unit
+from exitwise._checks import as_tensor, check_choice, check_open_unit
 from exitwise.data import ExitOutputs
 from exitwise.exceptions import VacuousGuaranteeWarning
 from exitwise.policies.kernels import first_exit
@@ -159,13 +159,14 @@ def grid_statistics(
     risk: str,
     *,
     losses: torch.Tensor | None = None,
+    zero_one: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Summed losses and share of early exits ``[G]`` at each shared grid threshold.
 
     One exact sweep over all breakpoints (O(N E) memory), read at the grid: sweep entry ``i``
     holds every threshold in ``(t[i-1], t[i]]``. ``losses`` is the loss table ``[N, E]``
     (:func:`~exitwise.policies.losses.loss_table` of ``risk`` by default); sums of 0/1 losses
-    are whole numbers.
+    (``zero_one``, by default: ``risk`` is a 0/1 risk) are whole numbers.
     """
     table = loss_table(outputs, risk) if losses is None else losses
     e = outputs.num_exits
@@ -175,7 +176,7 @@ def grid_statistics(
     where = torch.searchsorted(sweep.thresholds, grid.to(sweep.thresholds.device), side="left")
     n = sweep.num_samples
     sums = sweep.mean_loss[where] * n
-    if risk in ZERO_ONE_RISKS:
+    if (risk in ZERO_ONE_RISKS) if zero_one is None else zero_one:
         sums = torch.round(sums)
     early = n - torch.round(sweep.mean_cost[where] * n)
     return sums.cpu(), (early / n).cpu(), n
@@ -192,6 +193,8 @@ def risk_controlled_threshold(
     p_value: Literal["binomial", "hoeffding_bentkus", "wsr"] | None = None,
     recall: Recall = "none",
     nll_bound: float = 1.0,
+    losses: Any = None,
+    direction: Literal["down", "up"] = "down",
 ) -> RiskControlResult:
     """The lowest shared threshold whose risk is certified (Learn-then-Test, CALM).
 
@@ -220,6 +223,13 @@ def risk_controlled_threshold(
         Certify a recall policy (:mod:`~exitwise.policies.recall`).
     nll_bound : float, default=1.0
         ``risk="nll_excess"`` only (see :func:`~exitwise.policies.losses.loss_table`).
+    losses : array-like of shape (N, E), optional
+        A loss table of your own (values in [0, 1]; ``risk`` is then only its name): e.g.
+        ``latency_e > limit`` per exit to certify a latency percentile.
+    direction : {"down", "up"}, default="down"
+        The testing order: from ``+inf`` (the full model) down, for risks that grow as the
+        threshold falls (errors); or from ``-inf`` (everyone leaves at the first exit) up, for
+        risks that fall as it rises (cost, latency).
 
     Returns
     -------
@@ -235,11 +245,25 @@ def risk_controlled_threshold(
     >>> res.certified, 0.0 < res.threshold < 1.0
     (True, True)
     """
-    check_choice(risk, "risk", RISKS)
+    check_choice(direction, "direction", ("down", "up"))
+    table = None
+    if losses is not None:
+        table = as_tensor(losses, "losses", device=outputs.device).to(torch.float64)
+        if tuple(table.shape) != (outputs.num_samples, outputs.num_exits):
+            raise ValueError(
+                f"Expected `losses` of shape [N, E] = {[outputs.num_samples, outputs.num_exits]}, "
+                f"got {list(table.shape)}."
+            )
+        if not bool(((table >= 0) & (table <= 1)).all()):
+            raise ValueError("Expected `losses` in [0, 1].")
+        zero_one = bool(((table == 0) | (table == 1)).all())
+    else:
+        check_choice(risk, "risk", RISKS)
+        zero_one = risk in ZERO_ONE_RISKS
     if p_value is None:
-        p_value = "binomial" if risk in ZERO_ONE_RISKS else "wsr"
+        p_value = "binomial" if zero_one else "wsr"
     check_choice(p_value, "p_value", P_VALUES)
-    if p_value == "binomial" and risk not in ZERO_ONE_RISKS:
+    if p_value == "binomial" and not zero_one:
         raise ValueError(
             f"p_value='binomial' is exact for 0/1 losses only; risk={risk!r} has losses in "
             "[0, 1]: use 'wsr' or 'hoeffding_bentkus'."
@@ -256,11 +280,18 @@ def risk_controlled_threshold(
     values = torch.as_tensor(np.asarray(grid, dtype=np.float64))
     if values.ndim != 1 or values.numel() == 0 or bool(torch.isnan(values).any()):
         raise ValueError("Expected `grid` to be a non-empty 1-D sequence of thresholds.")
-    order = torch.cat([torch.tensor([math.inf], dtype=torch.float64), torch.unique(values).flip(0)])
+    if direction == "down":
+        start, ordered = math.inf, torch.unique(values).flip(0)
+    else:
+        start, ordered = -math.inf, torch.unique(values)
+    order = torch.cat([torch.tensor([start], dtype=torch.float64), ordered])
     order = order[torch.cat([torch.tensor([True]), order[1:] != order[:-1]])]
     scores = compute_signal(outputs, signal).double()
-    table = loss_table(outputs, risk, scores=scores, recall=recall, nll_bound=nll_bound)
-    sums, early, n = grid_statistics(outputs, scores, order.to(scores.device), risk, losses=table)
+    if table is None:
+        table = loss_table(outputs, risk, scores=scores, recall=recall, nll_bound=nll_bound)
+    sums, early, n = grid_statistics(
+        outputs, scores, order.to(scores.device), risk, losses=table, zero_one=zero_one
+    )
     risks = sums / n
     p_values = torch.full((order.numel(),), float("nan"), dtype=torch.float64)
     certified = None

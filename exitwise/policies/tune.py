@@ -347,10 +347,21 @@ def tune_for_accuracy(
 
 
 def tune_for_budget(
-    outputs: ExitOutputs, signal: str, budget: float, *, relative: bool = True, **kwargs: Any
+    outputs: ExitOutputs,
+    signal: str,
+    budget: float,
+    *,
+    relative: bool = True,
+    confidence: float | None = None,
+    grid: Any = None,
+    **kwargs: Any,
 ) -> TunedPolicy:
     """Best accuracy with mean cost <= ``budget`` (a fraction of the final exit's cost by
     default).
+
+    With ``confidence`` the budget holds on new data with at least that probability: a shared
+    threshold certified by Learn-then-Test on the cost over the full cost (a loss in [0, 1],
+    WSR p-values), walking the thresholds up from "everyone leaves at the first exit".
 
     Examples
     --------
@@ -359,7 +370,12 @@ def tune_for_budget(
     >>> tune_for_budget(cal, "max_probability", 0.5).achieved["speed_up"] >= 2.0
     True
     """
-    return tune(outputs, signal, "accuracy", [CostAtMost(budget, relative)], **kwargs)
+    if confidence is None:
+        return tune(outputs, signal, "accuracy", [CostAtMost(budget, relative)], **kwargs)
+    share = budget if relative else budget / float(outputs.costs[..., -1].max())
+    return _certified(
+        outputs, signal, confidence, grid, kwargs, risk="cost", delta=share, direction="up"
+    )
 
 
 def tune_for_latency(
@@ -368,18 +384,68 @@ def tune_for_latency(
     latencies: Any,
     percentile: float,
     limit: float,
+    *,
+    confidence: float | None = None,
+    grid: Any = None,
     **kwargs: Any,
 ) -> TunedPolicy:
     """Best accuracy with the ``percentile`` (e.g. 99) of per-sample latency <= ``limit``.
 
     ``latencies`` are cumulative per-exit latencies ``[E]`` (e.g. milliseconds); they replace
-    ``outputs.costs`` for this tuning.
+    ``outputs.costs`` for this tuning. With ``confidence`` the percentile holds on new data with
+    at least that probability: a shared threshold certified by Learn-then-Test on the 0/1 loss
+    "latency > limit" with tolerance ``1 - percentile / 100`` (binomial p-values), walking the
+    thresholds up from "everyone leaves at the first exit".
     """
     lat = check_costs(
         latencies, "latencies", outputs.num_exits, positive=True, device=outputs.device
     )
     q = percentile / 100.0
     with_latency = ExitOutputs._trusted(outputs.logits, outputs.labels, lat, outputs.exit_names)
-    return tune(
-        with_latency, signal, "accuracy", [CostQuantileAtMost(q, limit)], quantiles=(q,), **kwargs
+    if confidence is None:
+        return tune(
+            with_latency,
+            signal,
+            "accuracy",
+            [CostQuantileAtMost(q, limit)],
+            quantiles=(q,),
+            **kwargs,
+        )
+    slow = (lat > limit).to(torch.float64).expand(outputs.num_samples, -1)
+    return _certified(
+        with_latency,
+        signal,
+        confidence,
+        grid,
+        kwargs,
+        risk="latency",
+        delta=1.0 - q,
+        direction="up",
+        losses=slow,
+        quantiles=(q,),
     )
+
+
+def _certified(
+    outputs: ExitOutputs,
+    signal: str,
+    confidence: float,
+    grid: Any,
+    kwargs: dict[str, Any],
+    quantiles: tuple[float, ...] = (),
+    **risk_args: Any,
+) -> TunedPolicy:
+    """The Learn-then-Test tuners of the budget and latency constraints."""
+    from exitwise.policies.risk import risk_controlled_threshold
+
+    confidence = check_open_unit(confidence, "confidence")
+    res = risk_controlled_threshold(
+        outputs, signal, epsilon=1.0 - confidence, grid=grid, **risk_args
+    )
+    if res.policy is None:
+        return TunedPolicy(None, False, {}, math.inf, quantiles)
+    reference = kwargs.get("reference", "labels")
+    ev = evaluate(res.policy, outputs, reference=reference, quantiles=quantiles or None)
+    achieved = _with_lower_bound(_summary(ev), outputs.num_samples, confidence)
+    achieved["p_value"] = float(res.p_values[res.certified_index])
+    return TunedPolicy(res.policy, True, achieved, res.threshold, quantiles)

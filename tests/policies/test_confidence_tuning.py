@@ -51,6 +51,8 @@ def test_cli_prints_the_guarantee_or_the_lower_bound(real_outputs, tmp_path, cap
     assert "accuracy >= 0.8600 with probability >= 90%" in capsys.readouterr().out
     assert main(["tune", data, "--target-accuracy", "0.86"]) == 0
     assert "95% Clopper-Pearson bound of the tuning accuracy" in capsys.readouterr().out
+    assert main(["tune", data, "--budget", "0.4", "--confidence", "0.9"]) == 0
+    assert "mean cost <= 0.4 of the full model with probability >= 90%" in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -75,4 +77,57 @@ def test_confidence_tuner_keeps_its_promise_over_400_small_splits(real_outputs):
     print(
         f"missed: point estimate {missed[None] / trials:.3f}, confidence 0.9 "
         f"{missed[0.9] / trials:.3f} (returned a policy in {returned / trials:.1%})"
+    )
+
+
+def test_budget_and_latency_tuners_with_confidence_walk_up_from_the_first_exit(real_outputs):
+    from exitwise.policies import tune_for_budget, tune_for_latency
+
+    cal = real_outputs[:3000]
+    tuned = tune_for_budget(cal, "max_probability", 0.4, confidence=0.9)
+    res = risk_controlled_threshold(
+        cal, "max_probability", risk="cost", delta=0.4, epsilon=0.1, direction="up"
+    )
+    assert res.grid[0] == -math.inf and bool((res.grid[1:].diff() > 0).all())
+    assert tuned.policy == res.policy and tuned.achieved["p_value"] <= 0.1
+    assert tuned.achieved["relative_cost"] < 0.4
+    # the walk stops at the first threshold whose p-value exceeds epsilon
+    tested = ~torch.isnan(res.p_values)
+    last = int(torch.nonzero(tested).max())
+    assert bool((res.p_values[:last] <= 0.1).all()) and float(res.p_values[last]) > 0.1
+    latencies = [2.0, 5.0, 9.0, 14.0]
+    lat = tune_for_latency(cal, "max_probability", latencies, 90, 9.0, confidence=0.9)
+    slow = torch.tensor([0.0, 0.0, 0.0, 1.0]).expand(3000, -1)
+    same = risk_controlled_threshold(
+        cal, "max_probability", losses=slow, delta=0.1, epsilon=0.1, direction="up"
+    )
+    assert lat.policy == same.policy and lat.achieved["cost_quantiles"][0.9] <= 9.0
+    with pytest.raises(ValueError, match=r"`losses` of shape \[N, E\]"):
+        risk_controlled_threshold(cal, "max_probability", losses=slow[:10], delta=0.1, epsilon=0.1)
+    with pytest.raises(ValueError, match="`direction` to be one of"):
+        risk_controlled_threshold(
+            cal, "max_probability", delta=0.1, epsilon=0.1, direction="sideways"
+        )
+
+
+@pytest.mark.slow
+def test_budget_tuner_with_confidence_keeps_its_promise_over_300_small_splits(real_outputs):
+    from exitwise.policies import tune_for_budget
+
+    gen = torch.Generator().manual_seed(1)
+    trials, budget = 300, 0.4
+    over = {None: 0, 0.9: 0}
+    for _ in range(trials):
+        perm = torch.randperm(real_outputs.num_samples, generator=gen)
+        tune_split, new = real_outputs[perm[:500]], real_outputs[perm[500:]]
+        for confidence in (None, 0.9):
+            tuned = tune_for_budget(tune_split, "max_probability", budget, confidence=confidence)
+            if tuned.feasible:
+                ev = evaluate(tuned.policy, new)
+                over[confidence] += float(ev.mean_cost[0]) / ev.full_cost > budget
+    assert over[0.9] / trials <= 0.1 + 3 * math.sqrt(0.1 * 0.9 / trials), over
+    assert over[None] / trials > 0.15, over  # 26 % on the bundled data
+    print(
+        f"over budget: point estimate {over[None] / trials:.3f}, confidence 0.9 "
+        f"{over[0.9] / trials:.3f}"
     )
