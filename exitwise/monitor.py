@@ -109,10 +109,9 @@ class RiskMonitor:
             self.reference_exit_rates = ref
         self.grid = np.unique(np.r_[np.linspace(0.0, 1.0, grid_size + 1)[1:-1], self.limit])
         self._at_limit = int(np.searchsorted(self.grid, self.limit))
-        self._state = BettingState()
+        self._state = BettingState()  # running mean and variance: the same for both bets
         self._log_k = np.zeros(self.grid.size)
         self._log_k_low = np.zeros(self.grid.size)  # "less" bets, for the upper bound
-        self._state_low = BettingState()
         self.num_requests = 0
         self.num_losses = 0
         self.loss_sum = 0.0
@@ -195,12 +194,9 @@ class RiskMonitor:
     def _bet(self, losses: np.ndarray, requests: np.ndarray) -> None:
         if losses.size == 0:
             return
-        up, self._state = continue_capital(
-            losses, self.grid, "greater", self.alpha, None, self._state
-        )
-        down, self._state_low = continue_capital(
-            losses, self.grid, "less", self.alpha, None, self._state_low
-        )
+        up, after = continue_capital(losses, self.grid, "greater", self.alpha, None, self._state)
+        down, _ = continue_capital(losses, self.grid, "less", self.alpha, None, self._state)
+        self._state = after
         up += self._log_k[:, None]
         down += self._log_k_low[:, None]
         self._log_k, self._log_k_low = up[:, -1].copy(), down[:, -1].copy()
