@@ -319,31 +319,27 @@ def tune_for_accuracy(
         check_open_unit(target, "target")
     if confidence is None:
         return tune(outputs, signal, "cost", [AccuracyAtLeast(target, relative)], **kwargs)
-    from exitwise.policies.risk import risk_controlled_threshold
+    from exitwise.policies.certified_tuning import certified_tuning
 
-    confidence = check_open_unit(confidence, "confidence")
     reference = kwargs.get("reference", "labels")
     final = float(outputs.correct(reference)[:, -1].double().mean())
     absolute = target * final if relative else target
     if not 0.0 < absolute < 1.0:
         raise ValueError(f"Expected an accuracy target in (0, 1), got {absolute!r}.")
-    res = risk_controlled_threshold(
+    tuned = certified_tuning(
         outputs,
         signal,
+        confidence,
+        grid,
+        kwargs,
         risk="error" if reference == "labels" else "disagreement",
         delta=1.0 - absolute,
-        epsilon=1.0 - confidence,
-        grid=grid,
         recall=kwargs.get("recall", "none"),
+        quantiles=tuple(kwargs.get("quantiles", ())),
     )
-    if res.policy is None:
-        return TunedPolicy(None, False, {}, math.inf)
-    quantiles = tuple(kwargs.get("quantiles", ()))
-    ev = evaluate(res.policy, outputs, reference=reference, quantiles=quantiles or None)
-    achieved = _with_lower_bound(_summary(ev), outputs.num_samples, confidence)
-    achieved["p_value"] = float(res.p_values[res.certified_index])
-    achieved["target"] = absolute
-    return TunedPolicy(res.policy, True, achieved, res.threshold, quantiles)
+    if tuned.feasible:
+        tuned.achieved["target"] = absolute
+    return tuned
 
 
 def tune_for_budget(
@@ -373,7 +369,9 @@ def tune_for_budget(
     if confidence is None:
         return tune(outputs, signal, "accuracy", [CostAtMost(budget, relative)], **kwargs)
     share = budget if relative else budget / float(outputs.costs[..., -1].max())
-    return _certified(
+    from exitwise.policies.certified_tuning import certified_tuning
+
+    return certified_tuning(
         outputs, signal, confidence, grid, kwargs, risk="cost", delta=share, direction="up"
     )
 
@@ -412,7 +410,9 @@ def tune_for_latency(
             **kwargs,
         )
     slow = (lat > limit).to(torch.float64).expand(outputs.num_samples, -1)
-    return _certified(
+    from exitwise.policies.certified_tuning import certified_tuning
+
+    return certified_tuning(
         with_latency,
         signal,
         confidence,
@@ -424,28 +424,3 @@ def tune_for_latency(
         losses=slow,
         quantiles=(q,),
     )
-
-
-def _certified(
-    outputs: ExitOutputs,
-    signal: str,
-    confidence: float,
-    grid: Any,
-    kwargs: dict[str, Any],
-    quantiles: tuple[float, ...] = (),
-    **risk_args: Any,
-) -> TunedPolicy:
-    """The Learn-then-Test tuners of the budget and latency constraints."""
-    from exitwise.policies.risk import risk_controlled_threshold
-
-    confidence = check_open_unit(confidence, "confidence")
-    res = risk_controlled_threshold(
-        outputs, signal, epsilon=1.0 - confidence, grid=grid, **risk_args
-    )
-    if res.policy is None:
-        return TunedPolicy(None, False, {}, math.inf, quantiles)
-    reference = kwargs.get("reference", "labels")
-    ev = evaluate(res.policy, outputs, reference=reference, quantiles=quantiles or None)
-    achieved = _with_lower_bound(_summary(ev), outputs.num_samples, confidence)
-    achieved["p_value"] = float(res.p_values[res.certified_index])
-    return TunedPolicy(res.policy, True, achieved, res.threshold, quantiles)
