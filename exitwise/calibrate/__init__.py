@@ -8,6 +8,7 @@ class names to classes (files are read through it) and ``METHODS`` lists the sho
 from exitwise.calibrate._estimator import REGISTRY, FittedEstimator
 from exitwise.calibrate.base import Calibrator, load_calibrator
 from exitwise.calibrate.binning import HistogramBinning, Isotonic
+from exitwise.calibrate.centred_isotonic import CentredIsotonic
 from exitwise.calibrate.compare import (
     CalibrationTable,
     calibrate,
@@ -37,6 +38,7 @@ __all__ = [
     "BetaCalibration",
     "CalibrationTable",
     "Calibrator",
+    "CentredIsotonic",
     "DirichletCalibration",
     "FittedEstimator",
     "HaltingNetwork",

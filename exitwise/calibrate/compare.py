@@ -66,12 +66,13 @@ class CalibrationTable:
 
     def to_text(self) -> str:
         """An aligned text table."""
-        header = f"{'method':<14} {'exit':<10} {'accuracy':>9} {'ECE':>8} {'NLL':>8} {'Brier':>8}"
+        w = max([14] + [len(r["method"]) for r in self.rows])
+        header = f"{'method':<{w}} {'exit':<10} {'accuracy':>9} {'ECE':>8} {'NLL':>8} {'Brier':>8}"
         lines = [header, "-" * len(header)]
         for r in self.rows:
             lines.append(
-                f"{r['method']:<14} {r['exit_name']:<10} {r['accuracy']:>9.4f} {r['ece']:>8.4f} "
-                f"{r['nll']:>8.4f} {r['brier']:>8.4f}"
+                f"{r['method']:<{w}} {r['exit_name']:<10} {r['accuracy']:>9.4f} "
+                f"{r['ece']:>8.4f} {r['nll']:>8.4f} {r['brier']:>8.4f}"
             )
         return "\n".join(lines)
 
