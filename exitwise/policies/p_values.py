@@ -42,6 +42,7 @@ __all__ = [
     "continue_capital",
     "hoeffding_bentkus_p_value",
     "p_value_of_losses",
+    "resolve_p_value",
     "wsr_p_value",
 ]
 
@@ -253,6 +254,25 @@ def wsr_p_value(losses: Any, delta: float, alpha: float = 0.05) -> float:
     x = _losses_array(losses)
     log_k = betting_capital(x, delta, alternative="less", alpha=alpha, horizon=x.size)
     return float(min(1.0, math.exp(-max(0.0, float(log_k.max())))))
+
+
+def resolve_p_value(method: str | None, zero_one: bool, risk: str) -> str:
+    """The p-value method for a risk: ``method``, or by default the exact binomial tail for
+    0/1 losses and WSR betting for the others; ``"binomial"`` on non-0/1 losses is an error.
+
+    Examples
+    --------
+    >>> resolve_p_value(None, True, "error"), resolve_p_value(None, False, "cost")
+    ('binomial', 'wsr')
+    """
+    method = method or ("binomial" if zero_one else "wsr")
+    check_choice(method, "p_value", P_VALUES)
+    if method == "binomial" and not zero_one:
+        raise ValueError(
+            f"p_value='binomial' is exact for 0/1 losses only; risk {risk!r} has losses in "
+            "[0, 1]: use 'wsr' or 'hoeffding_bentkus'."
+        )
+    return method
 
 
 def p_value_of_losses(

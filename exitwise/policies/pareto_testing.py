@@ -41,7 +41,11 @@ from exitwise.policies.constraints import AccuracyAtLeast
 from exitwise.policies.evaluate import evaluate_thresholds
 from exitwise.policies.kernels import first_exit
 from exitwise.policies.losses import RISKS, ZERO_ONE_RISKS, loss_table
-from exitwise.policies.p_values import P_VALUES, hoeffding_bentkus_p_value, p_value_of_losses
+from exitwise.policies.p_values import (
+    hoeffding_bentkus_p_value,
+    p_value_of_losses,
+    resolve_p_value,
+)
 from exitwise.policies.recall import Recall
 from exitwise.policies.risk import default_risk_grid
 from exitwise.policies.threshold import ThresholdPolicy
@@ -254,16 +258,7 @@ def certify(
     split = check_open_unit(split, "split")
     num_candidates = check_int(num_candidates, "num_candidates", minimum=1)
     tuned_levels = check_int(tuned_levels, "tuned_levels", minimum=0)
-    methods = {}
-    for name in limits:
-        method = p_value or ("binomial" if name in ZERO_ONE_RISKS else "wsr")
-        check_choice(method, "p_value", P_VALUES)
-        if method == "binomial" and name not in ZERO_ONE_RISKS:
-            raise ValueError(
-                f"p_value='binomial' is exact for 0/1 losses only; risk {name!r} has losses in "
-                "[0, 1]: use 'wsr' or 'hoeffding_bentkus'."
-            )
-        methods[name] = method
+    methods = {name: resolve_p_value(p_value, name in ZERO_ONE_RISKS, name) for name in limits}
     opt_idx, test_idx = outputs.split_indices(split, seed)
     if len(opt_idx) == 0 or len(test_idx) == 0:
         raise ValueError(

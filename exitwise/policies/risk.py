@@ -52,9 +52,9 @@ from exitwise.exceptions import VacuousGuaranteeWarning
 from exitwise.policies.kernels import first_exit
 from exitwise.policies.losses import RISKS, ZERO_ONE_RISKS, loss_table
 from exitwise.policies.p_values import (
-    P_VALUES,
     binomial_p_value,
     hoeffding_bentkus_p_value,
+    resolve_p_value,
     wsr_p_value,
 )
 from exitwise.policies.recall import Recall
@@ -260,14 +260,7 @@ def risk_controlled_threshold(
     else:
         check_choice(risk, "risk", RISKS)
         zero_one = risk in ZERO_ONE_RISKS
-    if p_value is None:
-        p_value = "binomial" if zero_one else "wsr"
-    check_choice(p_value, "p_value", P_VALUES)
-    if p_value == "binomial" and not zero_one:
-        raise ValueError(
-            f"p_value='binomial' is exact for 0/1 losses only; risk={risk!r} has losses in "
-            "[0, 1]: use 'wsr' or 'hoeffding_bentkus'."
-        )
+    p_value = resolve_p_value(p_value, zero_one, risk)
     delta = check_open_unit(delta, "delta")
     epsilon = check_open_unit(epsilon, "epsilon")
     if grid is None:

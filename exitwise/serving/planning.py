@@ -204,8 +204,8 @@ def tune_for_serving(
     num_candidates = check_int(num_candidates, "num_candidates", minimum=1)
     front = pareto_frontier(outputs, signal)
     cost = front["mean_cost"].numpy()
-    picks = np.unique(np.searchsorted(cost, np.linspace(cost.min(), cost.max(), num_candidates)))
-    picks = np.minimum(picks, cost.size - 1)
+    spread = np.linspace(cost.min(), cost.max(), num_candidates)
+    picks = np.unique(np.minimum(np.searchsorted(cost, spread), cost.size - 1))
     full_cost = float(outputs.costs[-1])
 
     def row(policy: Any) -> dict[str, Any]:
@@ -221,7 +221,7 @@ def tune_for_serving(
         }
 
     rows = []
-    for i in np.unique(picks).tolist():
+    for i in picks.tolist():
         thresholds = front["thresholds"][i]
         rows.append(row(ThresholdPolicy(signal, [float(t) for t in thresholds])))
     full = row(ThresholdPolicy(signal, math.inf))
