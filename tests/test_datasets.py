@@ -39,3 +39,15 @@ def test_demo_table_reports_the_metrics(real_outputs):
         fields = line.split()
         assert fields[0] == real_outputs.exit_names[e]
         assert float(fields[3]) == pytest.approx(float(ece[e]), abs=5e-5)
+
+
+def test_newsgroups_dataset_matches_its_card():
+    out = load_dataset("newsgroups_minilm")
+    card = dataset_card("newsgroups_minilm")
+    assert (out.num_samples, out.num_exits, out.num_classes) == (3000, 6, 20)
+    assert out.exit_names == card["exit_names"]
+    acc = metrics.per_exit_accuracy(out.logits, out.labels)
+    assert acc.tolist() == pytest.approx(card["per_exit_accuracy"], abs=1e-4)
+    assert torch.bincount(out.labels).tolist() == [150] * 20
+    # a frozen encoder: early layers already carry most of the signal, the last one is best
+    assert float(acc[-1]) == float(acc.max()) and 0.6 < float(acc[0]) < float(acc[-1]) < 0.8

@@ -20,6 +20,7 @@ from exitwise.calibrate.halting import HaltingNetwork, halting_features
 from exitwise.calibrate.netcal_adapter import NetcalCalibrator
 from exitwise.calibrate.platt import BetaCalibration, PlattScaling
 from exitwise.calibrate.scaling import DirichletCalibration, MatrixScaling, VectorScaling
+from exitwise.calibrate.structured import StructuredMatrixScaling
 from exitwise.calibrate.temperature import (
     TemperatureFit,
     TemperatureScaling,
@@ -47,6 +48,7 @@ __all__ = [
     "MatrixScaling",
     "NetcalCalibrator",
     "PlattScaling",
+    "StructuredMatrixScaling",
     "TemperatureFit",
     "TemperatureScaling",
     "VectorScaling",
