@@ -27,6 +27,7 @@ from exitwise.calibrate.temperature import (
     fit_temperatures,
     scale_by_temperature,
 )
+from exitwise.calibrate.venn_abers import VennAbers
 
 #: estimator classes by name, used to read files (the one registry)
 CALIBRATORS = REGISTRY
@@ -52,6 +53,7 @@ __all__ = [
     "TemperatureFit",
     "TemperatureScaling",
     "VectorScaling",
+    "VennAbers",
     "calibrate",
     "compare_calibrators",
     "fit_temperatures",

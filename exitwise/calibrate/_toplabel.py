@@ -1,4 +1,5 @@
-r"""Shared machinery of calibrators that remap the top-label confidence of each exit.
+r"""Shared machinery of calibrators that remap the top-label confidence of each exit (or,
+in ``"one_vs_rest"`` mode, each class's probability).
 
 Such a calibrator learns a monotone map :math:`q = g(p_{\max})` per exit from (confidence,
 correct) pairs. Applying it sets the top class to :math:`q` and rescales the other classes by
@@ -6,6 +7,10 @@ correct) pairs. Applying it sets the top class to :math:`q` and rescales the oth
 raised where needed to :math:`p_{(2)} / (1 - p_{\max} + p_{(2)})` (the value at which the
 rescaled runner-up would tie), and it is kept at most :math:`1 - 10^{-12}` so every
 log-probability stays finite. Everything is computed from log-probabilities in float64.
+
+In ``"one_vs_rest"`` mode (for calibrators with a ``mode`` parameter) one map per class is
+fitted on (probability of the class, is the label) pairs; the mapped values are floored at
+``1e-12`` and rows renormalised, so the argmax may change.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from exitwise._checks import check_choice
 from exitwise.calibrate.base import Calibrator
 
+MODES = ("top_label", "one_vs_rest")
 _MAX_CONFIDENCE = 1.0 - 1e-12
 
 
@@ -62,19 +69,55 @@ def interpolate(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Te
 
 
 class TopLabelCalibrator(Calibrator, abstract=True):
-    """Fits ``_fit_exit(confidence, hit) -> state`` per exit; applies ``_map_exit``."""
+    """Fits ``_fit_exit(confidence, hit) -> state`` per exit (per exit and class in
+    ``"one_vs_rest"`` mode); applies ``_apply(state, confidence)`` (or ``_map_exit``)."""
 
     def _fit_exit(self, confidence: np.ndarray, hit: np.ndarray) -> dict[str, torch.Tensor]:
         raise NotImplementedError  # pragma: no cover
 
-    def _map_exit(self, e: int, confidence: torch.Tensor) -> torch.Tensor:
+    def _apply(self, state: dict[str, torch.Tensor], confidence: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover
 
+    def _map_exit(self, e: int, confidence: torch.Tensor) -> torch.Tensor:
+        return self._apply(self.exit_maps_[e], confidence)
+
+    def _mode(self) -> str:
+        mode = getattr(self, "mode", "top_label")
+        check_choice(mode, "mode", MODES)
+        return mode
+
     def _fit(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        if self._mode() == "one_vs_rest":
+            probs = torch.softmax(logits.to(torch.float64), dim=-1).cpu().numpy()
+            onehot = np.eye(logits.shape[2])[labels.cpu().numpy()]
+            self.exit_maps_ = []
+            for e in range(probs.shape[1]):
+                per_class = [
+                    self._fit_exit(probs[:, e, c], onehot[:, c]) for c in range(probs.shape[2])
+                ]
+                self.exit_maps_.append(
+                    {f"{key}_class{c}": v for c, m in enumerate(per_class) for key, v in m.items()}
+                )
+            return
         conf, hit = top_label_pairs(logits, labels)
         self.exit_maps_ = [self._fit_exit(conf[:, e], hit[:, e]) for e in range(conf.shape[1])]
 
+    def _class_state(self, e: int, c: int) -> dict[str, torch.Tensor]:
+        parts = (k.rpartition("_class") for k in self.exit_maps_[e])
+        return {
+            key: self.exit_maps_[e][f"{key}_class{cls}"] for key, _, cls in parts if cls == str(c)
+        }
+
     def _transform(self, logits: torch.Tensor) -> torch.Tensor:
+        if self._mode() == "one_vs_rest":
+            probs = torch.softmax(logits.to(torch.float64), dim=-1)
+            out = torch.empty_like(probs)
+            for e in range(probs.shape[1]):
+                for c in range(probs.shape[2]):
+                    out[:, e, c] = self._apply(self._class_state(e, c), probs[:, e, c])
+            out = out.clamp(min=1e-12)
+            return torch.log(out / out.sum(dim=-1, keepdim=True))
+
         def new_confidence(conf: torch.Tensor) -> torch.Tensor:
             return torch.stack([self._map_exit(e, conf[:, e]) for e in range(conf.shape[1])], dim=1)
 

@@ -54,42 +54,11 @@ class Isotonic(TopLabelCalibrator):
     def __init__(self, mode: Literal["top_label", "one_vs_rest"] = "top_label") -> None:
         self.mode = mode
 
-    def _fit(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        check_choice(self.mode, "mode", ("top_label", "one_vs_rest"))
-        if self.mode == "top_label":
-            super()._fit(logits, labels)
-            return
-        probs = torch.softmax(logits.to(torch.float64), dim=-1).cpu().numpy()
-        onehot = np.eye(logits.shape[2])[labels.cpu().numpy()]
-        self.exit_maps_ = []
-        for e in range(probs.shape[1]):
-            per_class = [_fit_isotonic(probs[:, e, c], onehot[:, c]) for c in range(probs.shape[2])]
-            self.exit_maps_.append(
-                {
-                    f"{key}{c}": fitted[key]
-                    for c, fitted in enumerate(per_class)
-                    for key in ("x", "y")
-                }
-            )
-
     def _fit_exit(self, confidence: np.ndarray, hit: np.ndarray) -> dict[str, torch.Tensor]:
         return _fit_isotonic(confidence, hit)
 
-    def _map_exit(self, e: int, confidence: torch.Tensor) -> torch.Tensor:
-        m = self.exit_maps_[e]
-        return interpolate(confidence, m["x"], m["y"])
-
-    def _transform(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.mode == "top_label":
-            return super()._transform(logits)
-        probs = torch.softmax(logits.to(torch.float64), dim=-1)
-        out = torch.empty_like(probs)
-        for e in range(probs.shape[1]):
-            m = self.exit_maps_[e]
-            for c in range(probs.shape[2]):
-                out[:, e, c] = interpolate(probs[:, e, c], m[f"x{c}"], m[f"y{c}"])
-        out = out.clamp(min=1e-12)
-        return torch.log(out / out.sum(dim=-1, keepdim=True))
+    def _apply(self, state: dict[str, torch.Tensor], confidence: torch.Tensor) -> torch.Tensor:
+        return interpolate(confidence, state["x"], state["y"])
 
 
 class HistogramBinning(TopLabelCalibrator):

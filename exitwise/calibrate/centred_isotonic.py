@@ -13,6 +13,8 @@ estimation for dose-response studies", *Statistics in Biopharmaceutical Research
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 
@@ -49,11 +51,17 @@ def centred_isotonic_knots(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np
 
 
 class CentredIsotonic(TopLabelCalibrator):
-    """Centred isotonic regression of the top-label confidence, per exit.
+    """Centred isotonic regression of the top-label confidence (or of each class's
+    probability), per exit.
 
-    Like :class:`~exitwise.calibrate.Isotonic` in ``"top_label"`` mode (rows rescaled to sum
-    to 1, argmax kept), but strictly increasing between the blocks' centroids
+    Like :class:`~exitwise.calibrate.Isotonic` (rows rescaled to sum to 1, argmax kept in
+    ``"top_label"`` mode), but strictly increasing between the blocks' centroids
     (:func:`centred_isotonic_knots`), so it keeps the ranking that the isotonic steps flatten.
+
+    Parameters
+    ----------
+    mode : {"top_label", "one_vs_rest"}, default="top_label"
+        As for :class:`~exitwise.calibrate.Isotonic`.
 
     Examples
     --------
@@ -67,6 +75,9 @@ class CentredIsotonic(TopLabelCalibrator):
 
     method_name = "centred_isotonic"
 
+    def __init__(self, mode: Literal["top_label", "one_vs_rest"] = "top_label") -> None:
+        self.mode = mode
+
     def _fit_exit(self, confidence: np.ndarray, hit: np.ndarray) -> dict[str, torch.Tensor]:
         knots, values = centred_isotonic_knots(confidence, hit)
         return {
@@ -74,6 +85,5 @@ class CentredIsotonic(TopLabelCalibrator):
             "y": torch.as_tensor(values, dtype=torch.float64),
         }
 
-    def _map_exit(self, e: int, confidence: torch.Tensor) -> torch.Tensor:
-        m = self.exit_maps_[e]
-        return interpolate(confidence, m["x"], m["y"])
+    def _apply(self, state: dict[str, torch.Tensor], confidence: torch.Tensor) -> torch.Tensor:
+        return interpolate(confidence, state["x"], state["y"])

@@ -70,3 +70,18 @@ def test_calibrator_is_increasing_between_centroids_and_round_trips(real_outputs
     assert torch.allclose(again.transform(test).logits, out.logits)
     with pytest.raises(ValueError, match="non-empty 1-D"):
         centred_isotonic_knots(np.array([]), np.array([]))
+
+
+def test_one_vs_rest_mode_is_per_class_centred_isotonic(real_outputs):
+    from exitwise.calibrate._toplabel import interpolate
+
+    cal, test = real_outputs[:4000].split(0.5, seed=0)
+    out = CentredIsotonic(mode="one_vs_rest").fit(cal).transform(test)
+    probs_cal = torch.softmax(cal.logits[:, 2].double(), -1).numpy()
+    probs_test = torch.softmax(test.logits[:, 2].double(), -1)
+    raw = []
+    for c in range(10):
+        x, y = centred_isotonic_knots(probs_cal[:, c], (cal.labels == c).double().numpy())
+        raw.append(interpolate(probs_test[:, c], torch.as_tensor(x), torch.as_tensor(y)))
+    raw = torch.stack(raw, -1).clamp(min=1e-12)
+    assert torch.allclose(out.logits[:, 2].exp(), raw / raw.sum(-1, keepdim=True))
