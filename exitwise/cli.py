@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from typing import Any
 
 __all__ = ["main"]
@@ -96,23 +95,6 @@ def _report(args: argparse.Namespace) -> None:
         latency=_latency_model(args.latency),
     )
     _print(args, summary, summary_table(summary) + f"\n\nreport written to {args.out}/report.html")
-
-
-def _calibrate(args: argparse.Namespace) -> None:
-    from exitwise.calibrate import compare_calibrators, make_calibrator
-
-    out = _load(args.file)
-    cal, test = out.split(args.split, seed=args.seed)
-    with warnings.catch_warnings(record=True) as caught:  # reported, not swallowed
-        warnings.simplefilter("always")
-        table = compare_calibrators(cal, test, [args.method])
-        calibrator = make_calibrator(args.method).fit(out if args.fit_all else cal)
-    notes = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
-    if args.out:
-        calibrator.save(args.out)
-    text = table.to_text() + (f"\n\ncalibrator written to {args.out}" if args.out else "")
-    text += "".join(f"\nwarning: {note}" for note in notes)
-    _print(args, {"table": table.rows, "out": args.out, "warnings": notes}, text)
 
 
 def _tune_on(cal: Any, args: argparse.Namespace) -> tuple[Any, bool, dict[str, Any]]:
@@ -359,17 +341,6 @@ def _add_report(sub: Any, methods: tuple[str, ...]) -> None:
     p.set_defaults(run=_report)
 
 
-def _add_calibrate(sub: Any, methods: tuple[str, ...]) -> None:
-    p = _command(sub, "calibrate", "fit a calibrator and compare it on a held-out split")
-    p.add_argument(
-        "--method", default="temperature", choices=methods, help="calibrator (default: temperature)"
-    )
-    p.add_argument("--split", type=float, default=0.5, help="calibration share")
-    p.add_argument("--fit-all", action="store_true", help="refit the saved one on all data")
-    p.add_argument("--out", help="calibrator file (.json)")
-    p.set_defaults(run=_calibrate)
-
-
 def _add_tune(sub: Any) -> None:
     p = _command(sub, "tune", "tune an exit policy for an SLA")
     _signal_option(p)
@@ -414,6 +385,7 @@ def _add_evaluate(sub: Any) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     from exitwise.calibrate import METHODS
+    from exitwise.cli_calibrate import add_calibrate
     from exitwise.cli_guarantees import add_certify, add_monitor
     from exitwise.cli_serving import add_serve_plan
 
@@ -422,7 +394,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_report(sub, METHODS)
-    _add_calibrate(sub, METHODS)
+    add_calibrate(sub, METHODS)
     _add_tune(sub)
     _add_evaluate(sub)
     add_certify(sub)

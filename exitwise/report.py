@@ -105,14 +105,16 @@ class _Recorder:
 def _calibration_rows(
     test: ExitOutputs, fitted: dict[str, Any], n_resamples: int, seed: int
 ) -> list[dict[str, Any]]:
-    """Per-exit metric rows of the test half, uncalibrated and after each calibrator."""
+    """Per-exit metric rows of the test half, uncalibrated and after each calibrator, with the
+    calibration/refinement parts of NLL and Brier."""
+    from exitwise.calibrate.compare import metric_rows
+
     rows = []
     for method, out in [
         ("uncalibrated", test),
         *[(m, c.transform(test)) for m, c in fitted.items()],
     ]:
-        for row in metrics.per_exit_metrics(out, n_resamples=n_resamples, seed=seed):
-            rows.append({"method": method, **row})
+        rows += metric_rows(out, method, "test", n_resamples=n_resamples, seed=seed)
     return rows
 
 

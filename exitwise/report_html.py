@@ -70,10 +70,22 @@ def _calibration_table(rows: list[dict[str, Any]]) -> str:
                 f"{r['ece']:.4f}",
                 interval,
                 f"{r['nll']:.4f}",
+                f"{r['nll_calibration']:.4f}",
                 f"{r['brier']:.4f}",
+                f"{r['brier_calibration']:.4f}",
             ]
         )
-    header = ["method", "exit", "accuracy", "ECE", "ECE 95% interval", "NLL", "Brier"]
+    header = [
+        "method",
+        "exit",
+        "accuracy",
+        "ECE",
+        "ECE 95% interval",
+        "NLL",
+        "NLL: calibration",
+        "Brier",
+        "Brier: calibration",
+    ]
     return _table(header, body)
 
 
@@ -159,6 +171,10 @@ Calibrator used for tuning: <b>{html.escape(pol["calibrator"])}</b>.</p>
 </div>
 <h2>Calibration per exit (test half)</h2>
 {_calibration_table(summary["calibration"])}
+<p>"calibration" columns: the part of each proper score that recalibration removes (loss
+minus the loss after temperature scaling cross-fitted on the test half, Berta et al. 2025);
+the rest is refinement, which no recalibration can lower. Near 0 (it can be slightly
+negative on finite samples): nothing left to calibrate.</p>
 {f"<p>{html.escape(EXCLUDED_NOTE)}.</p>" if excluded else ""}
 <h2>The tuned policy</h2>
 {policy_section}

@@ -10,14 +10,22 @@ from exitwise.calibrate.base import Calibrator, load_calibrator
 from exitwise.calibrate.binning import HistogramBinning, Isotonic
 from exitwise.calibrate.centred_isotonic import CentredIsotonic
 from exitwise.calibrate.compare import (
+    AUTO_METHODS,
     CalibrationTable,
     calibrate,
     compare_calibrators,
     make_calibrator,
     methods,
 )
+from exitwise.calibrate.cross_fit import cross_fitted
+from exitwise.calibrate.decomposition import (
+    ScoreDecomposition,
+    proper_score,
+    proper_score_decomposition,
+)
 from exitwise.calibrate.halting import HaltingNetwork, halting_features
 from exitwise.calibrate.netcal_adapter import NetcalCalibrator
+from exitwise.calibrate.per_exit import PerExitCalibration
 from exitwise.calibrate.platt import BetaCalibration, PlattScaling
 from exitwise.calibrate.scaling import DirichletCalibration, MatrixScaling, VectorScaling
 from exitwise.calibrate.structured import StructuredMatrixScaling
@@ -35,6 +43,7 @@ CALIBRATORS = REGISTRY
 METHODS = tuple(methods())
 
 __all__ = [
+    "AUTO_METHODS",
     "CALIBRATORS",
     "METHODS",
     "BetaCalibration",
@@ -48,7 +57,9 @@ __all__ = [
     "Isotonic",
     "MatrixScaling",
     "NetcalCalibrator",
+    "PerExitCalibration",
     "PlattScaling",
+    "ScoreDecomposition",
     "StructuredMatrixScaling",
     "TemperatureFit",
     "TemperatureScaling",
@@ -56,10 +67,13 @@ __all__ = [
     "VennAbers",
     "calibrate",
     "compare_calibrators",
+    "cross_fitted",
     "fit_temperatures",
     "halting_features",
     "load_calibrator",
     "make_calibrator",
     "methods",
+    "proper_score",
+    "proper_score_decomposition",
     "scale_by_temperature",
 ]

@@ -6,6 +6,10 @@ fitted for every :math:`\lambda` (strongest first, each fit warm-started from th
 one) and scored by its NLL on the held-out fold. The cross-validated NLL of an exit is the
 held-out NLL summed over folds divided by :math:`N`, and each exit takes the :math:`\lambda`
 that minimises it (ties go to the stronger penalty). All exits are fitted at once.
+
+The path stops early once the cross-validated NLL of every exit has been above its best so
+far at two consecutive grid values (the curve is unimodal in practice); the values not
+tried are NaN in ``cv_nll``.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from dataclasses import dataclass
 
 import torch
 
-from exitwise._checks import check_int
+from exitwise.calibrate._folds import fold_ids
 from exitwise.calibrate.affine_fit import affine_nll, fit_affine
 
 __all__ = ["PenaltyChoice", "check_penalty", "cross_validate_penalty"]
+
+_PATIENCE = 2
 
 
 @dataclass(frozen=True)
@@ -63,7 +69,7 @@ def cross_validate_penalty(
 ) -> PenaltyChoice:
     """Cross-validated NLL of every ridge strength in ``grid``, for every exit.
 
-    Folds are a seeded random partition of the rows (sizes differ by at most one).
+    Folds are :func:`~exitwise.calibrate._folds.fold_ids` (a seeded random partition).
 
     Examples
     --------
@@ -78,36 +84,36 @@ def cross_validate_penalty(
     >>> choice.cv_nll.shape, choice.grid.tolist()
     (torch.Size([2, 2]), [1.0, 0.01])
     """
-    check_int(folds, "folds", minimum=2)
     values = _grid(grid)
     x = features.to(torch.float64)
     n, e = x.shape[:2]
-    if n < folds:
-        raise ValueError(f"Expected at least `folds`={folds} samples to cross-validate, got {n}.")
-    gen = torch.Generator().manual_seed(int(seed))
-    fold_of = torch.empty(n, dtype=torch.long)
-    fold_of[torch.randperm(n, generator=gen)] = torch.arange(n) % folds
-    fold_of = fold_of.to(x.device)
-    held_out = torch.zeros(values.numel(), e, dtype=torch.float64, device=x.device)
-    for k in range(folds):
-        train, test = fold_of != k, fold_of == k
-        theta, hessian = start, None
-        for i, lam in enumerate(values.tolist()):
+    fold_of = fold_ids(n, folds, seed, x.device)
+    cv_nll = torch.full((values.numel(), e), float("nan"), dtype=torch.float64, device=x.device)
+    state: list[tuple[torch.Tensor | None, torch.Tensor | None]] = [(start, None)] * folds
+    for i, lam in enumerate(values.tolist()):
+        total = torch.zeros(e, dtype=torch.float64, device=x.device)
+        for k in range(folds):
+            train, test = fold_of != k, fold_of == k
             fit, hessian = fit_affine(
                 x[train],
                 labels[train],
                 structure,
                 weights=lam * scaled + fixed,
                 centre=centre,
-                start=theta,
+                start=state[k][0],
                 max_iter=max_iter,
                 tol=1e-5,
-                hessian=hessian,
+                hessian=state[k][1],
                 return_hessian=True,
             )
-            theta = fit.coefficients
-            nll = affine_nll(x[test], labels[test], theta, structure)
-            held_out[i] += nll * int(test.sum())
-    cv_nll = held_out / n
-    best = torch.argmin(cv_nll, dim=0)  # first minimum: the strongest penalty among ties
+            state[k] = (fit.coefficients, hessian)
+            total += affine_nll(x[test], labels[test], fit.coefficients, structure) * int(
+                test.sum()
+            )
+        cv_nll[i] = total / n
+        if i >= _PATIENCE:  # past every exit's minimum: weaker penalties are not tried
+            best_so_far = cv_nll[: i - _PATIENCE + 1].amin(dim=0)
+            if bool((cv_nll[i - _PATIENCE + 1 : i + 1] > best_so_far).all()):
+                break
+    best = torch.argmin(torch.nan_to_num(cv_nll, nan=torch.inf), dim=0)  # ties: stronger
     return PenaltyChoice(values, cv_nll.cpu(), values.to(x.device)[best].cpu())

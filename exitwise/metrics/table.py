@@ -21,19 +21,30 @@ from exitwise.metrics.selective import auroc
 __all__ = ["INTERVAL_METHOD", "TABLE_METRICS", "per_exit_metrics"]
 
 #: bootstrapped columns, in order, with each metric's upper bound (all are >= 0)
-TABLE_METRICS = (("accuracy", 1.0), ("ece", 1.0), ("nll", math.inf), ("brier", 2.0))
+TABLE_METRICS = (
+    ("accuracy", 1.0),
+    ("ece", 1.0),
+    ("nll", math.inf),
+    ("brier", 2.0),
+    ("auroc", 1.0),
+)
 #: the bootstrap interval of the table (see :func:`~exitwise.metrics.bootstrap`)
 INTERVAL_METHOD = "basic"
 
 
 def _stacked(logits: torch.Tensor, labels: torch.Tensor, n_bins: int) -> torch.Tensor:
-    """``[4, E]``: accuracy, top-label ECE, NLL and Brier score from logits."""
+    """``[5, E]``: accuracy, top-label ECE, NLL, Brier score and the AUROC of max-probability
+    against correctness, from logits."""
+    log_probs = torch.log_softmax(logits.to(torch.float64), dim=-1)
+    top, pred = log_probs.max(dim=-1)
+    correct = pred == labels[:, None]
     return torch.stack(
         [
             per_exit_accuracy(logits, labels),
             expected_calibration_error(logits, labels, n_bins, input="logits"),
             negative_log_likelihood(logits, labels, input="logits"),
             brier_score(logits, labels, input="logits"),
+            auroc(top, correct).to(torch.float64),
         ]
     ).to(torch.float64)
 
@@ -50,7 +61,8 @@ def per_exit_metrics(
 
     Each row has ``exit`` (index), ``exit_name``, ``relative_cost`` (cost / full cost),
     ``accuracy``, ``ece`` (top-label, ``n_bins`` uniform bins), ``nll``, ``brier`` and
-    ``auroc`` (max-probability against correctness). With ``n_resamples > 0`` it also has
+    ``auroc`` (log max-probability against correctness: the same order). With
+    ``n_resamples > 0`` it also has
     ``{metric}_low``/``{metric}_high``, the basic bootstrap interval clipped to the metric's
     range, and ``{metric}_excludes_estimate``: True where the interval lies beside the
     estimate, as it can for ECE, whose plug-in value is biased upwards (say so when printing).
@@ -60,14 +72,13 @@ def per_exit_metrics(
     >>> from exitwise.datasets import load_default
     >>> rows = per_exit_metrics(load_default()[:1000], n_resamples=20)
     >>> sorted(rows[0])[:6]
-    ['accuracy', 'accuracy_excludes_estimate', 'accuracy_high', 'accuracy_low', 'auroc', 'brier']
+    ['accuracy', 'accuracy_excludes_estimate', 'accuracy_high', 'accuracy_low', 'auroc',
+     'auroc_excludes_estimate']
     """
     if outputs.labels is None:
         raise ValueError("`outputs` needs labels for the per-exit metrics.")
     logits, labels = outputs.logits, outputs.labels
     values = _stacked(logits, labels, n_bins)
-    conf = torch.softmax(logits.to(torch.float64), dim=-1).amax(dim=-1)
-    aurocs = auroc(conf, outputs.correct())
     relative = outputs.costs / outputs.costs[-1]
     intervals = None
     if n_resamples > 0:
@@ -93,6 +104,5 @@ def per_exit_metrics(
                 row[f"{metric}_excludes_estimate"] = not (
                     row[f"{metric}_low"] <= row[metric] <= row[f"{metric}_high"]
                 )
-        row["auroc"] = float(aurocs[e])
         rows.append(row)
     return rows

@@ -151,7 +151,9 @@ def test_cv_penalty_is_recorded_and_helps_on_held_out_data(real_outputs):
     for cls in (MatrixScaling, DirichletCalibration, VectorScaling):
         fitted = cls().fit(real_outputs[:1000])
         assert fitted.penalty_.shape == (4,) and fitted.cv_nll_.shape == (8, 4)
-        assert torch.equal(fitted.penalty_, fitted.penalty_grid_[fitted.cv_nll_.argmin(0)])
+        tried = torch.nan_to_num(fitted.cv_nll_, nan=float("inf"))  # the path stops early
+        assert torch.equal(fitted.penalty_, fitted.penalty_grid_[tried.argmin(0)])
+        assert bool(torch.isfinite(fitted.cv_nll_[:3]).all())
         assert bool(fitted.converged_.all())
     # Dirichlet with its cross-validated penalty beats the weakest penalty of the grid
     cal, test = load_dataset("newsgroups_minilm").split(0.5, seed=0)
@@ -215,3 +217,19 @@ def test_intercept_penalty_cannot_be_cv(real_outputs):
         MatrixScaling(intercept_penalty="cv").fit(real_outputs[:500])
     fitted = MatrixScaling(penalty=1e-3, intercept_penalty=0.5).fit(real_outputs[:500])
     assert fitted.penalty_.tolist() == [1e-3] * 4
+
+
+def test_the_penalty_path_stops_only_past_every_exits_minimum(monkeypatch):
+    from exitwise.calibrate import penalty_cv
+
+    x, y = _problem(n=300, e=3, c=3, seed=2)
+    grid = [10.0, 1.0, 0.1, 0.01, 0.001, 1e-4, 1e-5, 1e-6]
+    kwargs = dict(scaled=torch.ones(3, 4).double(), fixed=torch.zeros(()), centre=_eye(3))
+    early = cross_validate_penalty(x, y, "full", grid=grid, folds=3, **kwargs)
+    monkeypatch.setattr(penalty_cv, "_PATIENCE", 10**6)
+    complete = cross_validate_penalty(x, y, "full", grid=grid, folds=3, **kwargs)
+    assert bool(torch.isfinite(complete.cv_nll).all())
+    tried = torch.isfinite(early.cv_nll).all(dim=1)
+    assert 3 <= int(tried.sum()) < len(grid)  # it stopped, after two rises
+    assert torch.allclose(early.cv_nll[tried], complete.cv_nll[tried], atol=1e-6)
+    assert torch.equal(early.penalty, complete.penalty)  # the same choice on a unimodal curve

@@ -22,6 +22,7 @@ from exitwise.calibrate import (
     Isotonic,
     MatrixScaling,
     NetcalCalibrator,
+    PerExitCalibration,
     PlattScaling,
     StructuredMatrixScaling,
     TemperatureScaling,
@@ -45,6 +46,7 @@ FAST = [
     CentredIsotonic(mode="one_vs_rest"),
     VennAbers(),
     VennAbers(mode="one_vs_rest"),
+    PerExitCalibration(["isotonic", "temperature", "venn_abers", "sms"]),
     HistogramBinning(n_bins=8),
     HistogramBinning(n_bins=8, binning="uniform"),
     PlattScaling(),
@@ -87,6 +89,10 @@ def test_estimator_contract(calibrator, small):
     # array input: [N, E, C] and [N, C]
     out = fresh.transform(test.logits)
     assert out.shape == test.logits.shape
+    if isinstance(calibrator, PerExitCalibration):  # one method per exit: needs all exits
+        with pytest.raises(ValueError, match="one method name per exit"):
+            clone(calibrator).fit(cal.logits[:, 2], cal.labels)
+        return
     one = clone(calibrator)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -158,9 +164,18 @@ def test_compare_calibrators_table(small):
     table = compare_calibrators(cal, test, ["temperature", "isotonic", PlattScaling()])
     methods = {row["method"] for row in table.rows}
     assert methods == {"uncalibrated", "temperature", "isotonic", "PlattScaling"}
-    assert len(table.rows) == 4 * 4
+    assert len(table.rows) == 2 * 4 * 4  # cross-fitted and test rows
     text = table.to_text()
-    assert text.splitlines()[0].split() == ["method", "exit", "accuracy", "ECE", "NLL", "Brier"]
+    assert text.splitlines()[1].split() == [
+        "method",
+        "exit",
+        "accuracy",
+        "ECE",
+        "NLL",
+        "Brier",
+        "AUROC",
+        "NLL-cal",
+    ]
     # accuracy is unchanged by argmax-keeping calibrators
     for e in range(4):
         assert table.value("temperature", e, "accuracy") == table.value(
