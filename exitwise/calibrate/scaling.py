@@ -190,7 +190,8 @@ class VectorScaling(AffineCalibrator):
     def _penalty_parts(self, logits, labels):
         e, c = logits.shape[1:]
         u = 1.0 / fit_temperatures(logits, labels).temperatures.to(torch.float64)
-        centre = torch.stack([u[:, None].expand(e, c), torch.zeros(e, c, dtype=u.dtype)], -1)
+        zeros = torch.zeros(e, c, dtype=u.dtype, device=u.device)
+        centre = torch.stack([u[:, None].expand(e, c), zeros], -1)
         scaled = torch.full((c, 2), 1.0 / c, dtype=torch.float64, device=logits.device)
         return scaled, torch.zeros((), dtype=torch.float64), centre, centre
 

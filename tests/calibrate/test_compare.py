@@ -144,3 +144,21 @@ def test_cli_calibrate_auto_saves_the_per_exit_winners(tmp_path, capsys):
     assert splits == {"cross-fit", "test"}
     assert main(["calibrate", str(data), "--score", "brier"]) == 0
     assert "ranks by brier" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "method", ["vector", "matrix", "dirichlet", "sms", "venn_abers", "centred_isotonic"]
+)
+def test_new_calibrators_run_on_the_input_device(device, method, real_outputs):
+    cal, test = real_outputs[:1200].split(0.5, seed=0)
+    ref = calibrate(cal, method).transform(test)
+    out = calibrate(cal.to(device), method).transform(test.to(device))
+    assert out.logits.device.type == device
+    assert torch.allclose(out.logits.cpu().double(), ref.logits.double(), atol=1e-5)
+
+
+def test_cross_fitting_and_auto_run_on_the_input_device(device, real_outputs):
+    cal = real_outputs[:900].to(device)
+    table = compare_calibrators(cal, None, ["temperature", "venn_abers"], folds=3)
+    auto = calibrate(cal, "auto", methods=["temperature", "sms"], folds=3)
+    assert auto.transform(cal).logits.device.type == device and len(table.best) == 4
