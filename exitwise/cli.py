@@ -49,6 +49,8 @@ def _print(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None
 
 
 def _info(args: argparse.Namespace) -> None:
+    import torch
+
     from exitwise import metrics
 
     out = _load(args.file)
@@ -59,8 +61,17 @@ def _info(args: argparse.Namespace) -> None:
         "exit_names": out.exit_names,
         "costs": out.costs.tolist(),
         "labelled": out.labels is not None,
+        "num_sequences": out.num_groups,
     }
     lines = [f"{out.num_samples} samples, {out.num_exits} exits, {out.num_classes} classes"]
+    if out.groups is not None:  # token-level data: tokens are the samples
+        lengths = torch.unique(out.groups, return_counts=True)[1].double()
+        payload["tokens_per_sequence"] = {"mean": float(lengths.mean()), "max": int(lengths.max())}
+        lines[0] = (
+            f"{out.num_groups} sequences, {out.num_samples} tokens (mean {lengths.mean():.1f}, "
+            f"max {int(lengths.max())} per sequence), {out.num_exits} exits, "
+            f"{out.num_classes} classes"
+        )
     if out.labels is not None:
         acc = metrics.per_exit_accuracy(out.logits, out.labels).tolist()
         ece = metrics.expected_calibration_error(out.probs(), out.labels).tolist()

@@ -13,7 +13,10 @@ Three ways to say where the exits are:
    ``"mean"`` over the attention mask, or a callable) and passed to ``heads``.
 
 Token-level outputs (``[B, T, C]``, e.g. a language model's logits per position) become one
-sample per token; positions whose label is ``-100`` (Hugging Face's ignore index) are dropped.
+sample per token; positions whose label is ``-100`` (Hugging Face's ignore index), and padding
+(``attention_mask == 0`` in a dict batch), are dropped. Every token keeps its sequence
+(``groups``: the running index of its sequence in ``data``) and its position in it
+(``positions``: counted over the attention mask, so left padding does not shift them).
 ``reduce="topk:K"`` keeps bounded memory for huge vocabularies (see :func:`collect`).
 Per-exit costs: :func:`measure_costs` (in :mod:`exitwise.exit_costs`, re-exported here).
 """
@@ -186,8 +189,8 @@ def collect(
         bar = tqdm(unit=" samples", desc="collect", dynamic_ncols=True)
     try:
         for batch in data:
-            logits, labels = _batch_logits(model, batch, device, exits, heads, pool)
-            gathered.add(logits, labels)
+            logits, labels, tokens = _batch_logits(model, batch, device, exits, heads, pool)
+            gathered.add(logits, labels, tokens)
             if bar is not None:
                 bar.update(int(logits.shape[0]))
     finally:
@@ -204,9 +207,10 @@ def collect(
 
 def _batch_logits(
     model: nn.Module, batch: Any, device: torch.device, exits: Any, heads: Any, pool: Any
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor, int] | None]:
     """One batch's logits ``[B, E, C]`` (tokens flattened into samples) and labels, with
-    positions labelled ``-100`` dropped."""
+    positions labelled ``-100`` and padding dropped; for tokens also (sequence index within
+    the batch, position) per kept token and the batch's number of sequences."""
     inputs, labels = _split_batch(batch)
     per_exit = _exit_logits(model, _to_device(inputs, device), exits, heads, pool)
     if not per_exit:
@@ -214,17 +218,37 @@ def _batch_logits(
     logits = torch.stack(
         [x.float() if x.dtype == torch.bfloat16 else x for x in per_exit], dim=1
     )  # [B, E, C] or [B, E, T, C]
+    tokens = None
+    keep = None
     if logits.ndim == 4:  # tokens are samples
         b, e, t, c = logits.shape
         logits = logits.permute(0, 2, 1, 3).reshape(b * t, e, c)
+        seq = torch.arange(b, device=logits.device).repeat_interleave(t)
+        mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+        if mask is None:
+            pos = torch.arange(t, device=logits.device).repeat(b)
+        else:
+            mask = torch.as_tensor(mask).to(logits.device).long()
+            if tuple(mask.shape) != (b, t):
+                raise ValueError(
+                    f"Expected `attention_mask` of shape {(b, t)} to match the token logits, "
+                    f"got {tuple(mask.shape)}."
+                )
+            pos = (mask.cumsum(dim=1) - 1).reshape(-1)
+            keep = mask.reshape(-1) > 0
+        tokens = (seq, pos, b)
         if labels is not None:
             labels = torch.as_tensor(labels).reshape(-1)
     if labels is not None:
-        labels = torch.as_tensor(labels).to(device).long()
-        keep = labels != -100
-        if not bool(keep.all()):
-            logits, labels = logits[keep], labels[keep]
-    return logits, labels
+        labels = torch.as_tensor(labels).to(logits.device).long()
+        keep = (labels != -100) if keep is None else keep & (labels != -100)
+    if keep is not None and not bool(keep.all()):
+        logits = logits[keep]
+        labels = None if labels is None else labels[keep]
+        tokens = None if tokens is None else (tokens[0][keep], tokens[1][keep], tokens[2])
+    if labels is not None:
+        labels = labels.to(device)
+    return logits, labels, tokens
 
 
 class _Gathered:
@@ -238,12 +262,25 @@ class _Gathered:
         self.rest: list[torch.Tensor] = []
         self.buckets = 1
         self.labelled: bool | None = None
+        self.groups: list[torch.Tensor] = []
+        self.positions: list[torch.Tensor] = []
+        self.sequences = 0  # sequences seen so far: the next batch's group offset
 
-    def add(self, logits: torch.Tensor, labels: torch.Tensor | None) -> None:
+    def add(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor | None,
+        tokens: tuple[torch.Tensor, torch.Tensor, int] | None = None,
+    ) -> None:
         if self.labelled is None:
             self.labelled = labels is not None
         elif self.labelled != (labels is not None):
             raise ValueError("Some batches have labels and others do not.")
+        if tokens is not None:
+            seq, pos, batch_sequences = tokens
+            self.groups.append((seq + self.sequences).to(self.device))
+            self.positions.append(pos.to(self.device))
+            self.sequences += batch_sequences
         if self.k is not None:
             logits, rest, labels, kept, needed = _reduce_topk(logits, labels, self.k)
             self.kept.append(kept.to(self.device))
@@ -260,4 +297,15 @@ class _Gathered:
         if self.k is not None:
             logits = _assemble_topk(logits, torch.cat(self.rest), self.buckets)
         labels = torch.cat(self.labels) if self.labels else None
-        return ExitOutputs(logits, labels=labels, costs=costs, exit_names=exit_names)
+        groups = torch.cat(self.groups) if self.groups else None
+        positions = torch.cat(self.positions) if self.positions else None
+        if groups is not None and groups.numel() != logits.shape[0]:
+            raise ValueError("Some batches hold token-level outputs and others do not.")
+        return ExitOutputs(
+            logits,
+            labels=labels,
+            costs=costs,
+            exit_names=exit_names,
+            groups=groups,
+            positions=positions,
+        )

@@ -7,7 +7,6 @@ ordered shallow to deep, classes), optional integer labels ``[N]`` and cumulativ
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -49,6 +48,11 @@ class ExitOutputs:
         positive and non-decreasing. Default ``(e + 1) / E``, so the full model costs 1.
     exit_names : sequence of str, optional
         One unique name per exit. Default ``exit_0 ... exit_{E-1}``.
+    groups : array-like of shape (N,), optional
+        Integer id of the sequence each sample (token) belongs to. With groups, ``split``
+        keeps whole sequences on one side and bootstrap intervals resample sequences.
+    positions : array-like of shape (N,), optional
+        Position (>= 0) of each token in its sequence; needs ``groups``.
 
     Raises
     ------
@@ -76,6 +80,8 @@ class ExitOutputs:
         labels: Any = None,
         costs: Any = None,
         exit_names: Sequence[str] | None = None,
+        groups: Any = None,
+        positions: Any = None,
     ) -> None:
         logits_t = as_tensor(logits, "logits")
         check_floating(logits_t, "logits")
@@ -115,10 +121,16 @@ class ExitOutputs:
             if len(set(names)) != e:
                 raise ValueError(f"Expected `exit_names` to be unique, got {names}.")
 
+        if positions is not None and groups is None:
+            raise ValueError("`positions` needs `groups` (the sequence of each token).")
         self._logits = logits_t
         self._labels = labels_t
         self._costs = costs_t
         self._exit_names = names
+        self._groups = None if groups is None else _per_sample(groups, "groups", n, device)
+        self._positions = (
+            None if positions is None else _per_sample(positions, "positions", n, device, 0)
+        )
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
@@ -128,10 +140,13 @@ class ExitOutputs:
         labels: torch.Tensor | None,
         costs: torch.Tensor,
         exit_names: list[str],
+        groups: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> ExitOutputs:
         """Build without validation from parts that were already validated."""
         obj = cls.__new__(cls)
         obj._logits, obj._labels, obj._costs, obj._exit_names = logits, labels, costs, exit_names
+        obj._groups, obj._positions = groups, positions
         return obj
 
     def with_logits(self, logits: Any) -> ExitOutputs:
@@ -151,7 +166,9 @@ class ExitOutputs:
                 f"Expected `logits` to have shape {tuple(self._logits.shape)}, got "
                 f"{tuple(new.shape)}."
             )
-        return ExitOutputs(new, self._labels, self._costs, self._exit_names)
+        return ExitOutputs(
+            new, self._labels, self._costs, self._exit_names, self._groups, self._positions
+        )
 
     # ------------------------------------------------------------------ properties
     @property
@@ -163,6 +180,21 @@ class ExitOutputs:
     def labels(self) -> torch.Tensor | None:
         """Labels ``[N]`` (int64) or ``None``."""
         return self._labels
+
+    @property
+    def groups(self) -> torch.Tensor | None:
+        """Sequence id of every sample ``[N]`` (int64), or None."""
+        return self._groups
+
+    @property
+    def positions(self) -> torch.Tensor | None:
+        """Position of every token in its sequence ``[N]`` (int64), or None."""
+        return self._positions
+
+    @property
+    def num_groups(self) -> int | None:
+        """Number of distinct sequences, or None without groups."""
+        return None if self._groups is None else int(torch.unique(self._groups).numel())
 
     @property
     def costs(self) -> torch.Tensor:
@@ -195,9 +227,10 @@ class ExitOutputs:
 
     def __repr__(self) -> str:
         labelled = "labelled" if self._labels is not None else "unlabelled"
+        seqs = "" if self._groups is None else f"num_groups={self.num_groups}, "
         return (
             f"ExitOutputs(num_samples={self.num_samples}, num_exits={self.num_exits}, "
-            f"num_classes={self.num_classes}, {labelled}, dtype={self._logits.dtype}, "
+            f"num_classes={self.num_classes}, {seqs}{labelled}, dtype={self._logits.dtype}, "
             f"device={self.device}, exit_names={self._exit_names})"
         )
 
@@ -256,14 +289,26 @@ class ExitOutputs:
         if logits.shape[0] == 0:
             raise ValueError("`index` selects no samples; ExitOutputs cannot be empty.")
         labels = None if self._labels is None else self._labels[index]
-        return ExitOutputs._trusted(logits, labels, self._costs, list(self._exit_names))
+        groups = None if self._groups is None else self._groups[index]
+        positions = None if self._positions is None else self._positions[index]
+        return ExitOutputs._trusted(
+            logits, labels, self._costs, list(self._exit_names), groups, positions
+        )
 
     def to(self, device: str | torch.device) -> ExitOutputs:
         """Move logits, labels and costs to ``device`` (returns a new object)."""
         device = torch.device(device)
-        labels = None if self._labels is None else self._labels.to(device)
+
+        def moved(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
         return ExitOutputs._trusted(
-            self._logits.to(device), labels, self._costs.to(device), list(self._exit_names)
+            self._logits.to(device),
+            moved(self._labels),
+            self._costs.to(device),
+            list(self._exit_names),
+            moved(self._groups),
+            moved(self._positions),
         )
 
     def split(self, fraction: float, seed: int = 0) -> tuple[ExitOutputs, ExitOutputs]:
@@ -271,6 +316,9 @@ class ExitOutputs:
 
         Stratified by label when labels exist: each class is split in the same proportion
         (largest-remainder rounding so ``first`` has exactly ``round(fraction * N)`` samples).
+        With ``groups`` (token-level data) whole sequences go to one side instead:
+        ``fraction`` counts sequences (``round(fraction * G)`` of them go first), and there is
+        no stratification, since a sequence holds tokens of many labels.
         :meth:`split_indices` gives the sample indices of both parts.
 
         Parameters
@@ -301,6 +349,8 @@ class ExitOutputs:
         [2, 2]
         """
         fraction = check_open_unit(fraction, "fraction")
+        if self._groups is not None:
+            return self._split_groups(fraction, seed)
         n = self.num_samples
         n_first = round(fraction * n)
         if n_first == 0 or n_first == n:
@@ -332,58 +382,53 @@ class ExitOutputs:
         rest_idx = rest_idx.sort().values.to(self.device)
         return first_idx, rest_idx
 
+    def _split_groups(self, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whole sequences to each side: ``round(fraction * G)`` random groups go first."""
+        uniq, inverse = torch.unique(self._groups.cpu(), return_inverse=True)
+        g = uniq.numel()
+        g_first = round(fraction * g)
+        if g_first == 0 or g_first == g:
+            raise ValueError(
+                f"Expected `fraction` to leave both parts non-empty, got {fraction} of {g} "
+                f"sequences ({g_first} in the first part)."
+            )
+        gen = torch.Generator().manual_seed(int(seed))
+        first_group = torch.zeros(g, dtype=torch.bool)
+        first_group[torch.randperm(g, generator=gen)[:g_first]] = True
+        in_first = first_group[inverse]
+        first_idx = torch.nonzero(in_first).flatten().to(self.device)
+        rest_idx = torch.nonzero(~in_first).flatten().to(self.device)
+        return first_idx, rest_idx
+
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> None:
         """Write to ``.safetensors`` or ``.npz`` (chosen by the suffix; no pickle).
 
-        Arrays ``logits``, ``labels`` (if any) and ``costs``; exit names in the safetensors
-        metadata, or as a unicode array ``exit_names`` in npz. bfloat16 logits are written as
-        float32 to npz (numpy has no bfloat16).
+        Arrays ``logits``, ``labels`` (if any), ``costs``, and ``groups``/``positions`` (if
+        any); exit names in the safetensors metadata, or as a unicode array ``exit_names`` in
+        npz. bfloat16 logits are written as float32 to npz (numpy has no bfloat16).
         """
-        path = Path(path)
-        suffix = path.suffix.lower()
-        check_choice(suffix, "path suffix", (".safetensors", ".npz"))
-        logits = self._logits.detach().cpu().contiguous()
-        tensors = {"logits": logits, "costs": self._costs.detach().cpu().contiguous()}
-        if self._labels is not None:
-            tensors["labels"] = self._labels.detach().cpu().contiguous()
-        if suffix == ".safetensors":
-            from safetensors.torch import save_file
+        from exitwise.data_files import save_outputs
 
-            meta = {"format": _FORMAT, "exit_names": json.dumps(self._exit_names)}
-            save_file(tensors, str(path), metadata=meta)
-        else:
-            arrays = {
-                k: (v.float() if v.dtype == torch.bfloat16 else v).numpy()
-                for k, v in tensors.items()
-            }
-            arrays["exit_names"] = np.array(self._exit_names, dtype=str)
-            with open(path, "wb") as fh:
-                np.savez_compressed(fh, **arrays)
+        save_outputs(self, path)
 
 
-def _read_npz(path: Path) -> dict[str, Any]:
-    """Every array of an npz file, or one ``ValueError`` line for any unreadable file
-    (empty, truncated, corrupt, not a zip archive, or holding pickled object arrays)."""
-    import zipfile
-    import zlib
-
-    if not zipfile.is_zipfile(path):
+def _per_sample(
+    values: Any, name: str, n: int, device: torch.device, minimum: int | None = None
+) -> torch.Tensor:
+    """An int64 ``[n]`` tensor of ``values`` on ``device`` (integers, at least ``minimum``)."""
+    t = as_tensor(values, name, device=device)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"Expected `{name}` to hold integers, got dtype {t.dtype}.")
+    if tuple(t.shape) != (n,):
         raise ValueError(
-            f"'{path}' is not a readable npz file: not a zip archive (empty, truncated or "
-            "another format)."
+            f"Expected `{name}` of shape [{n}] (one per sample), got {tuple(t.shape)}."
         )
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except ValueError as err:
-        if "pickle" in str(err):
-            raise ValueError(
-                f"'{path}' holds object arrays, which need pickle; exitwise never unpickles files."
-            ) from None
-        raise ValueError(f"'{path}' is not a readable npz file: {err}") from None
-    except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as err:
-        raise ValueError(f"'{path}' is not a readable npz file: {err}") from None
+    t = t.long()
+    if minimum is not None and bool((t < minimum).any()):
+        first = int(torch.nonzero(t < minimum)[0])
+        raise ValueError(f"Expected `{name}` >= {minimum}, got {int(t[first])} at sample {first}.")
+    return t
 
 
 def load(path: str | Path) -> ExitOutputs:
@@ -399,39 +444,6 @@ def load(path: str | Path) -> ExitOutputs:
     >>> torch.equal(back.logits, out.logits)
     True
     """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    check_choice(suffix, "path suffix", (".safetensors", ".npz"))
-    if not path.is_file():
-        raise FileNotFoundError(f"No such file: '{path}'.")
-    names: list[str] | None = None
-    if suffix == ".safetensors":
-        from safetensors import safe_open
+    from exitwise.data_files import load_outputs
 
-        arrays: dict[str, Any] = {}
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                meta = fh.metadata() or {}
-                for key in fh.keys():
-                    arrays[key] = fh.get_tensor(key)
-        except Exception as err:  # safetensors raises its own error types
-            raise ValueError(f"'{path}' is not a readable safetensors file: {err}") from None
-        if "exit_names" in meta:
-            try:
-                names = [str(x) for x in json.loads(meta["exit_names"])]
-            except json.JSONDecodeError as err:
-                raise ValueError(
-                    f"'{path}': metadata `exit_names` is not a JSON list: {err}"
-                ) from None
-    else:
-        arrays = _read_npz(path)
-        if "exit_names" in arrays:
-            names = [str(x) for x in np.asarray(arrays.pop("exit_names")).tolist()]
-    if "logits" not in arrays:
-        raise ValueError(
-            f"'{path}' has no array named 'logits' (found {sorted(arrays)}); expected arrays "
-            "'logits' [N, E, C], optional 'labels' [N] and 'costs' [E]."
-        )
-    return ExitOutputs(
-        arrays["logits"], labels=arrays.get("labels"), costs=arrays.get("costs"), exit_names=names
-    )
+    return load_outputs(path)

@@ -1,7 +1,8 @@
 r"""Out-of-fold calibrated outputs: every calibration sample calibrated by a map that never saw
 it (k-fold cross-fitting), so the calibration split alone can score calibrators honestly.
 
-Rows are cut into ``folds`` parts by :func:`~exitwise.calibrate._folds.fold_ids`; for each
+Rows are cut into ``folds`` parts by :func:`~exitwise.calibrate._folds.fold_ids` (whole
+sequences when the outputs have groups); for each
 part, a fresh calibrator is fitted on the other parts and transforms this one. The scores of
 the result estimate how the method does on new data at a calibration-set size of
 :math:`(k-1)/k` of the split.
@@ -52,7 +53,7 @@ def cross_fitted(
         raise ValueError("`outputs` needs labels to cross-fit a calibrator.")
     if isinstance(method, str) and method == "uncalibrated":
         return outputs
-    fold_of = fold_ids(outputs.num_samples, folds, seed, outputs.logits.device)
+    fold_of = fold_ids(outputs.num_samples, folds, seed, outputs.logits.device, outputs.groups)
     result: torch.Tensor | None = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # per-fold warnings repeat the full fit's

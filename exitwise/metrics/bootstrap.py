@@ -11,7 +11,7 @@ import torch
 
 from exitwise._checks import as_tensor, check_choice, check_int, check_open_unit
 
-__all__ = ["BootstrapResult", "bootstrap"]
+__all__ = ["BootstrapResult", "bootstrap", "cluster_bootstrap_indices"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,35 @@ def bootstrap_indices(n: int, n_resamples: int, seed: int, device: torch.device)
     return torch.randint(0, n, (n_resamples, n), generator=gen).to(device)
 
 
+def cluster_bootstrap_indices(
+    groups: torch.Tensor, n_resamples: int, seed: int, device: torch.device
+) -> list[torch.Tensor]:
+    """Row indices of ``n_resamples`` cluster resamples: each draws the G groups (sequences)
+    with replacement and takes every row of each drawn group (so sizes vary).
+
+    Examples
+    --------
+    >>> rows = cluster_bootstrap_indices(torch.tensor([7, 7, 3]), 2, 0, torch.device("cpu"))
+    >>> all(set(r.tolist()) in ({0, 1}, {2}, {0, 1, 2}) for r in rows)
+    True
+    """
+    uniq, inverse = torch.unique(groups.cpu(), return_inverse=True)
+    order = torch.argsort(inverse, stable=True)
+    counts = torch.bincount(inverse, minlength=uniq.numel())
+    starts = torch.cumsum(counts, 0) - counts
+    gen = torch.Generator().manual_seed(int(seed))
+    picks = torch.randint(0, uniq.numel(), (n_resamples, uniq.numel()), generator=gen)
+    out = []
+    for pick in picks:
+        sizes = counts[pick]
+        first = torch.repeat_interleave(starts[pick], sizes)
+        offset = torch.arange(int(sizes.sum())) - torch.repeat_interleave(
+            torch.cumsum(sizes, 0) - sizes, sizes
+        )
+        out.append(order[first + offset].to(device))
+    return out
+
+
 def _quantiles(samples: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     """Per-column linear-interpolation quantiles of ``samples`` ``[B, K]`` at ``levels``
     ``[K]`` (NaN resamples ignored; a column without values gives NaN)."""
@@ -73,19 +102,31 @@ def _quantiles(samples: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
 
 
 def _jackknife_acceleration(
-    metric: Callable[..., Any], tensors: list[torch.Tensor], kwargs: dict, groups: int
+    metric: Callable[..., Any],
+    tensors: list[torch.Tensor],
+    kwargs: dict,
+    groups: int,
+    clusters: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""BCa's acceleration :math:`a = \sum_g d_g^3 / (6 (\sum_g d_g^2)^{3/2})` with
     :math:`d_g = \bar\theta - \theta_{(g)}`, from a delete-a-group jackknife: the metric
-    without each of ``groups`` contiguous blocks of a fixed random permutation."""
+    without each of ``groups`` contiguous blocks of a fixed random permutation (of the
+    ``clusters`` when given, so a block holds whole sequences)."""
     n = tensors[0].shape[0]
-    g = min(groups, n)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(12345))
+    units = n if clusters is None else int(torch.unique(clusters).numel())
+    g = min(groups, units)
+    perm = torch.randperm(units, generator=torch.Generator().manual_seed(12345))
     blocks = torch.tensor_split(perm, g)
+    unit_of = (
+        torch.arange(n)
+        if clusters is None
+        else torch.unique(clusters.cpu(), return_inverse=True)[1]
+    )
     values = []
     for block in blocks:
-        keep = torch.ones(n, dtype=torch.bool)
-        keep[block] = False
+        dropped = torch.zeros(units, dtype=torch.bool)
+        dropped[block] = True
+        keep = ~dropped[unit_of]
         idx = torch.nonzero(keep).flatten()
         values.append(
             torch.as_tensor(metric(*[t[idx.to(t.device)] for t in tensors], **kwargs))
@@ -108,6 +149,7 @@ def bootstrap(
     method: str = "percentile",
     jackknife_groups: int = 100,
     bounds: tuple[float, float] | None = None,
+    groups: Any = None,
     **kwargs: Any,
 ) -> BootstrapResult:
     r"""Bootstrap interval of ``metric(*args, **kwargs)``: percentile, basic, BC or BCa.
@@ -150,6 +192,10 @@ def bootstrap(
         jackknife; each block costs one metric evaluation).
     bounds : (float, float), optional
         The metric's range (e.g. ``(0, 1)`` for ECE); interval ends are clipped to it.
+    groups : array-like of shape (N,), optional
+        Cluster (sequence) id of every sample: resample whole groups with replacement (a
+        cluster bootstrap, for dependent samples such as the tokens of a sequence); the BCa
+        jackknife then deletes whole groups too.
     **kwargs
         Passed to ``metric`` as they are (``n_bins=...``).
 
@@ -192,7 +238,17 @@ def bootstrap(
     if n == 0:
         raise ValueError("Expected at least one sample, got N = 0.")
     estimate = torch.as_tensor(metric(*tensors, **kwargs))
-    indices = bootstrap_indices(n, n_resamples, seed, tensors[0].device)
+    clusters = None
+    if groups is None:
+        indices = bootstrap_indices(n, n_resamples, seed, tensors[0].device)
+    else:
+        clusters = as_tensor(groups, "groups")
+        if clusters.shape != (n,) or clusters.is_floating_point():
+            raise ValueError(
+                f"Expected `groups` to be integer ids of shape [{n}], got dtype "
+                f"{clusters.dtype} with shape {tuple(clusters.shape)}."
+            )
+        indices = cluster_bootstrap_indices(clusters, n_resamples, seed, tensors[0].device)
     samples = torch.stack(
         [
             torch.as_tensor(metric(*[t[idx.to(t.device)] for t in tensors], **kwargs))
@@ -215,7 +271,9 @@ def bootstrap(
         z0 = normal.icdf(share.clamp(edge, 1.0 - edge)).cpu()
         a = torch.zeros_like(z0)
         if method == "bca":
-            a = _jackknife_acceleration(metric, tensors, kwargs, jackknife_groups).reshape(-1)
+            a = _jackknife_acceleration(
+                metric, tensors, kwargs, jackknife_groups, clusters
+            ).reshape(-1)
         q_low = normal.cdf(z0 + (z0 - z) / (1.0 - a * (z0 - z)))
         q_high = normal.cdf(z0 + (z0 + z) / (1.0 - a * (z0 + z)))
     low = _quantiles(flat.cpu(), q_low).reshape(shape).to(samples.device)

@@ -64,7 +64,8 @@ def per_exit_metrics(
     ``auroc`` (log max-probability against correctness: the same order). With
     ``n_resamples > 0`` it also has
     ``{metric}_low``/``{metric}_high``, the basic bootstrap interval clipped to the metric's
-    range, and ``{metric}_excludes_estimate``: True where the interval lies beside the
+    range (resampling whole sequences when ``outputs`` has groups), and
+    ``{metric}_excludes_estimate``: True where the interval lies beside the
     estimate, as it can for ECE, whose plug-in value is biased upwards (say so when printing).
 
     Examples
@@ -91,6 +92,7 @@ def per_exit_metrics(
             seed=seed,
             method=INTERVAL_METHOD,
             bounds=(0.0, math.inf),
+            groups=outputs.groups,
             n_bins=n_bins,
         )
     rows = []
