@@ -21,6 +21,7 @@ from exitwise.policies.p_values import (
     wsr_p_value,
 )
 from exitwise.policies.pareto_testing import CertifiedPolicy, certify
+from exitwise.policies.positions import DecayedSignal, calm_factor
 from exitwise.policies.recall import recall_indices, recalled_outcome
 from exitwise.policies.risk import (
     RiskControlResult,
@@ -54,6 +55,7 @@ __all__ = [
     "CertifiedPolicy",
     "CostAtMost",
     "CostQuantileAtMost",
+    "DecayedSignal",
     "ExitController",
     "ExitPolicy",
     "FixedExitPolicy",
@@ -66,6 +68,7 @@ __all__ = [
     "ThresholdPolicy",
     "TunedPolicy",
     "binomial_p_value",
+    "calm_factor",
     "certify",
     "default_risk_grid",
     "evaluate",

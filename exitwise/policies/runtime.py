@@ -28,6 +28,7 @@ from torch import nn
 from exitwise._checks import check_choice
 from exitwise.calibrate.temperature import scale_by_temperature
 from exitwise.policies.base import load_policy
+from exitwise.policies.positions import DecayedSignal, calm_factor
 from exitwise.policies.recall import RECALLS
 from exitwise.policies.threshold import ThresholdPolicy
 from exitwise.signals import SIGNALS, built_in_signals, exit_signal, initial_state
@@ -48,6 +49,11 @@ class ExitController(nn.Module):
         Per-exit temperatures applied to the logits before the signal.
     recall : {"none", "most_confident"}, default="none"
         The policy's recall rule (:meth:`decide_with_recall` applies it).
+    position_decay : (tau, length), optional
+        CALM's position-aware thresholds (:mod:`exitwise.policies.positions`): decisions
+        then need the tokens' positions (:meth:`decide_at`).
+    min_exit : int, default=0
+        Never exit before this exit.
 
     Examples
     --------
@@ -59,7 +65,15 @@ class ExitController(nn.Module):
     tensor([ True, False])
     """
 
-    def __init__(self, signal: str, thresholds, temperatures=None, recall: str = "none") -> None:
+    def __init__(
+        self,
+        signal: str,
+        thresholds,
+        temperatures=None,
+        recall: str = "none",
+        position_decay: tuple[float, float] | None = None,
+        min_exit: int = 0,
+    ) -> None:
         super().__init__()
         built_in = built_in_signals()
         if signal not in built_in:
@@ -81,6 +95,16 @@ class ExitController(nn.Module):
         code = SIGNALS[signal].code
         self.signal_code: int = -1 if code is None else code
         self.num_exits = int(thr.numel())
+        if not 0 <= int(min_exit) < max(1, self.num_exits):
+            raise ValueError(f"Expected `min_exit` in [0, {self.num_exits - 1}], got {min_exit}.")
+        self.min_exit = int(min_exit)
+        thr[: self.min_exit] = math.inf
+        self.decayed = position_decay is not None
+        tau, length = (0.0, 1.0) if position_decay is None else position_decay
+        if position_decay is not None:
+            DecayedSignal(signal, float(length), float(tau))  # validates
+        self.decay_tau = float(tau)
+        self.decay_length = float(length)
         self.register_buffer("thresholds", thr)
         self.register_buffer("temperatures", temps)
 
@@ -112,7 +136,15 @@ class ExitController(nn.Module):
             thresholds = [policy.thresholds] * num_exits
         else:
             thresholds = list(policy.thresholds)
-        return cls(policy.signal, thresholds, temps, policy.recall)
+        decay = policy.signal if isinstance(policy.signal, DecayedSignal) else None
+        return cls(
+            policy.signal_name,
+            thresholds,
+            temps,
+            policy.recall,
+            None if decay is None else (decay.tau, decay.length),
+            policy.min_exit,
+        )
 
     @classmethod
     def from_policy_file(cls, path: str | Path, calibrator=None, num_exits: int | None = None):
@@ -120,7 +152,15 @@ class ExitController(nn.Module):
 
     def policy(self) -> ThresholdPolicy:
         """The policy this controller applies (for ``save``)."""
-        return ThresholdPolicy(self.signal, self.thresholds.tolist(), recall=self.recall)
+        signal = (
+            DecayedSignal(self.signal, self.decay_length, self.decay_tau)
+            if self.decayed
+            else self.signal
+        )
+        thresholds = self.thresholds.tolist()
+        for e in range(self.min_exit):  # the policy's own thresholds before min_exit are unused
+            thresholds[e] = math.inf
+        return ThresholdPolicy(signal, thresholds, recall=self.recall, min_exit=self.min_exit)
 
     # -- decisions ------------------------------------------------------------------------
     def initial_state(self, batch_size: int, device: torch.device | str = "cpu"):
@@ -142,7 +182,7 @@ class ExitController(nn.Module):
         Raises ``ValueError`` for an ``exit_index`` outside ``[0, E)``, logits that are not
         ``[B, C]`` or hold NaN, and a state whose size is not B.
         """
-        done, pred, run, _ = self._step(exit_index, logits, previous, run)
+        done, pred, run, _ = self._step(exit_index, logits, previous, run, None)
         return done, pred, run
 
     def _step(
@@ -151,8 +191,10 @@ class ExitController(nn.Module):
         logits: torch.Tensor,
         previous: torch.Tensor,
         run: torch.Tensor,
+        positions: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`forward` plus the score."""
+        """:meth:`forward` plus the score (divided by CALM's position factor when the policy
+        is position-aware)."""
         if exit_index < 0 or exit_index >= self.num_exits:
             raise ValueError(
                 f"Expected `exit_index` in [0, {self.num_exits - 1}] (the policy has "
@@ -175,6 +217,15 @@ class ExitController(nn.Module):
         if self.calibrated:
             z = scale_by_temperature(logits, self.temperatures[exit_index])
         score, pred, new_run = exit_signal(self.signal_code, z, previous, run)
+        if self.decayed:
+            if positions is None:
+                raise ValueError(
+                    "This policy's thresholds depend on token positions; use decide_at(...)."
+                )
+            if positions.shape[0] != logits.shape[0]:
+                raise ValueError("Expected one position per row of `logits`.")
+            factor = calm_factor(positions, self.decay_tau, self.decay_length)
+            score = score.to(torch.float64) / factor.to(score.device)
         if exit_index >= self.num_exits - 1:
             done = torch.ones_like(pred, dtype=torch.bool)
         else:
@@ -187,7 +238,19 @@ class ExitController(nn.Module):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """``(exit_mask [B], new_state)`` for the batch's logits at exit ``exit_index``
         (also on the TorchScript-compiled controller)."""
-        done, pred, run, _ = self._step(exit_index, logits, state[0], state[1])
+        done, pred, run, _ = self._step(exit_index, logits, state[0], state[1], None)
+        return done, (pred, run)
+
+    @torch.jit.export
+    def decide_at(
+        self,
+        exit_index: int,
+        logits: torch.Tensor,
+        state: tuple[torch.Tensor, torch.Tensor],
+        positions: torch.Tensor,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """:meth:`decide` for tokens at ``positions`` ``[B]`` (position-aware policies)."""
+        done, pred, run, _ = self._step(exit_index, logits, state[0], state[1], positions)
         return done, (pred, run)
 
     def initial_recall_state(self, batch_size: int, device: torch.device | str = "cpu"):
@@ -211,7 +274,7 @@ class ExitController(nn.Module):
         this exit's prediction; it equals
         :meth:`ThresholdPolicy.predictions <exitwise.policies.ExitPolicy.predictions>`
         offline."""
-        done, pred, run, score = self._step(exit_index, logits, state[0], state[1])
+        done, pred, run, score = self._step(exit_index, logits, state[0], state[1], None)
         take = score.to(torch.float64) >= state[2]
         best = torch.where(take, score.to(torch.float64), state[2])
         best_pred = torch.where(take, pred, state[3])

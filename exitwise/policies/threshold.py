@@ -20,6 +20,7 @@ from exitwise._checks import check_choice, check_int
 from exitwise.data import ExitOutputs
 from exitwise.policies.base import ExitPolicy
 from exitwise.policies.kernels import first_exit
+from exitwise.policies.positions import DecayedSignal
 from exitwise.policies.recall import RECALLS, Recall, recall_indices
 from exitwise.signals import SIGNALS, compute_signal
 
@@ -43,8 +44,10 @@ class ThresholdPolicy(ExitPolicy):
 
     Parameters
     ----------
-    signal : str
-        A signal name from :data:`exitwise.signals.SIGNALS`.
+    signal : str or DecayedSignal
+        A signal name from :data:`exitwise.signals.SIGNALS`, or a
+        :class:`~exitwise.policies.positions.DecayedSignal` (CALM's position-aware
+        thresholds; the outputs need ``positions``).
     thresholds : float or sequence of float
         One threshold shared by all exits, or one per exit (length E). ``+inf`` never exits
         at that exit. With ``fallback="last"`` the last threshold is not used: the last exit
@@ -55,6 +58,8 @@ class ThresholdPolicy(ExitPolicy):
     recall : {"none", "most_confident"}, default="none"
         Who answers once a sample stops at exit ``e``: exit ``e`` itself, or the exit with the
         highest signal among ``0..e`` (T-Tamer's recall; :mod:`exitwise.policies.recall`).
+    min_exit : int, default=0
+        Never exit before exit ``min_exit`` (its thresholds act as ``+inf``).
 
     Examples
     --------
@@ -74,13 +79,14 @@ class ThresholdPolicy(ExitPolicy):
         *,
         fallback: Literal["last", "most_confident"] = "last",
         recall: Recall = "none",
+        min_exit: int = 0,
     ) -> None:
-        if not isinstance(signal, str):
+        if not isinstance(signal, (str, DecayedSignal)):
             raise TypeError(
-                f"Expected `signal` to be a signal name (str), got {type(signal).__name__}; "
-                "for precomputed scores use evaluate_thresholds directly."
+                f"Expected `signal` to be a signal name (str) or a DecayedSignal, got "
+                f"{type(signal).__name__}; for precomputed scores use evaluate_thresholds."
             )
-        if signal not in SIGNALS:
+        if isinstance(signal, str) and signal not in SIGNALS:
             raise ValueError(
                 f"Unknown signal {signal!r}; expected one of {', '.join(sorted(SIGNALS))}."
             )
@@ -106,17 +112,32 @@ class ThresholdPolicy(ExitPolicy):
         self.thresholds = values[0] if shared else values
         self.fallback = fallback
         self.recall = recall
+        self.min_exit = check_int(min_exit, "min_exit", minimum=0)
+
+    @property
+    def signal_name(self) -> str:
+        """The underlying signal's name (position-aware or not)."""
+        return self.signal.name if isinstance(self.signal, DecayedSignal) else self.signal
 
     def threshold_vector(self, num_exits: int, device: torch.device | str = "cpu") -> torch.Tensor:
-        """Thresholds as a ``[E]`` float64 tensor."""
+        """Thresholds as a ``[E]`` float64 tensor (``+inf`` before ``min_exit``)."""
         if isinstance(self.thresholds, float):
-            return torch.full((num_exits,), self.thresholds, dtype=torch.float64, device=device)
-        if len(self.thresholds) != num_exits:
+            out = torch.full((num_exits,), self.thresholds, dtype=torch.float64, device=device)
+        elif len(self.thresholds) != num_exits:
             raise ValueError(
                 f"This policy has {len(self.thresholds)} thresholds but the outputs have "
                 f"{num_exits} exits."
             )
-        return torch.tensor(self.thresholds, dtype=torch.float64, device=device)
+        else:
+            out = torch.tensor(self.thresholds, dtype=torch.float64, device=device)
+        if self.min_exit:
+            if self.min_exit >= num_exits:
+                raise ValueError(
+                    f"Expected `min_exit` below the number of exits ({num_exits}), got "
+                    f"{self.min_exit}."
+                )
+            out[: self.min_exit] = math.inf
+        return out
 
     def exit_indices(self, outputs: ExitOutputs) -> torch.Tensor:
         return self._indices(outputs)[0]
@@ -140,6 +161,7 @@ class ThresholdPolicy(ExitPolicy):
         if type(self) is not ThresholdPolicy:
             return super().__repr__()
         tail = "" if self.recall == "none" else f", recall={self.recall!r}"
+        tail += f", min_exit={self.min_exit}" if self.min_exit else ""
         return (
             f"ThresholdPolicy({self.signal!r}, {self.thresholds!r}, "
             f"fallback={self.fallback!r}{tail})"
@@ -150,9 +172,13 @@ class ThresholdPolicy(ExitPolicy):
         encoded = (
             _float_to_json(thr) if isinstance(thr, float) else [_float_to_json(v) for v in thr]
         )
-        params = {"signal": self.signal, "thresholds": encoded, "fallback": self.fallback}
-        if self.recall != "none":  # files without the key stay the same as before
+        params = {"signal": self.signal_name, "thresholds": encoded, "fallback": self.fallback}
+        if self.recall != "none":  # files without these keys stay the same as before
             params["recall"] = self.recall
+        if isinstance(self.signal, DecayedSignal):
+            params["position_decay"] = self.signal.to_json()
+        if self.min_exit:
+            params["min_exit"] = self.min_exit
         return params
 
     @classmethod
@@ -162,11 +188,15 @@ class ThresholdPolicy(ExitPolicy):
             thresholds: float | list[float] = [_float_from_json(v, "thresholds") for v in raw]
         else:
             thresholds = _float_from_json(raw, "thresholds")
+        signal = params.get("signal")
+        if "position_decay" in params:
+            signal = DecayedSignal.from_json(signal, params["position_decay"])
         return cls(
-            params.get("signal"),
+            signal,
             thresholds,
             fallback=params.get("fallback", "last"),
             recall=params.get("recall", "none"),
+            min_exit=params.get("min_exit", 0),
         )
 
 

@@ -205,6 +205,7 @@ def tune(
     quantiles: tuple[float, ...] = (),
     reference: Literal["labels", "final"] = "labels",
     recall: Recall = "none",
+    min_exit: int = 0,
     progress: bool | None = None,
 ) -> TunedPolicy:
     """General tuner: minimise mean cost (``objective="cost"``) or maximise accuracy
@@ -214,8 +215,9 @@ def tune(
     ----------
     outputs : ExitOutputs
         Tuning split (labels needed unless ``reference="final"``).
-    signal : str
-        Signal name (see :mod:`exitwise.signals`).
+    signal : str or DecayedSignal
+        Signal name (see :mod:`exitwise.signals`), or a position-aware
+        :class:`~exitwise.policies.positions.DecayedSignal` (CALM's decaying thresholds).
     constraints : list
         :class:`AccuracyAtLeast`, :class:`CostAtMost`, :class:`CostQuantileAtMost`,
         :class:`RiskAtMost`.
@@ -225,6 +227,9 @@ def tune(
     recall : {"none", "most_confident"}, default="none"
         Tune a recall policy (the most confident exit computed so far answers); the search
         stays exact (:func:`~exitwise.policies.recall.recalled_outcome`).
+    min_exit : int, default=0
+        Never exit before exit ``min_exit``: the search runs on exits ``min_exit..E-1`` (with
+        their cumulative costs; signals are computed on all exits), which is exact.
     progress : bool, optional
         Show a progress bar over the per-exit line searches (default: when N * E >= 10^7).
 
@@ -249,19 +254,23 @@ def tune(
         if needs_agreement
         else None
     )
+    m = check_int(min_exit, "min_exit", minimum=0)
+    if m >= scores.shape[1]:
+        raise ValueError(f"Expected `min_exit` below the number of exits ({scores.shape[1]}).")
     thresholds, shared_tau = _search(
-        scores,
-        correct,
-        costs,
+        scores[:, m:],
+        correct[:, m:],
+        costs[m:],
         list(constraints),
         objective,
         rounds if per_exit else 0,
-        agree,
+        None if agree is None else agree[:, m:],
         progress,
     )
     if thresholds is None:
         return TunedPolicy(None, False, {}, math.inf, tuple(quantiles))
-    policy = ThresholdPolicy(signal, thresholds.tolist(), recall=recall)
+    thresholds = torch.cat([torch.full((m,), math.inf, dtype=torch.float64), thresholds])
+    policy = ThresholdPolicy(signal, thresholds.tolist(), recall=recall, min_exit=m)
     ev = evaluate_thresholds(
         scores,
         correct,
