@@ -57,7 +57,9 @@ from exitwise.policies.p_values import (
     resolve_p_value,
     wsr_p_value,
 )
+from exitwise.policies.positions import DecayedSignal
 from exitwise.policies.recall import Recall
+from exitwise.policies.sequence_risk import SEQUENCE_LOSSES, sequence_risk_path
 from exitwise.policies.sweep import sweep_shared_threshold
 from exitwise.policies.threshold import ThresholdPolicy
 from exitwise.signals import compute_signal, get_signal
@@ -195,6 +197,8 @@ def risk_controlled_threshold(
     nll_bound: float = 1.0,
     losses: Any = None,
     direction: Literal["down", "up"] = "down",
+    unit: Literal["sample", "sequence"] | None = None,
+    sequence_loss: Literal["fraction", "any"] = "fraction",
 ) -> RiskControlResult:
     """The lowest shared threshold whose risk is certified (Learn-then-Test, CALM).
 
@@ -230,6 +234,15 @@ def risk_controlled_threshold(
         The testing order: from ``+inf`` (the full model) down, for risks that grow as the
         threshold falls (errors); or from ``-inf`` (everyone leaves at the first exit) up, for
         risks that fall as it rises (cost, latency).
+    unit : {"sample", "sequence"}, optional
+        The statistical unit of the guarantee. Default: ``"sequence"`` when ``outputs`` has
+        ``groups`` (token-level data: tokens of one sequence are dependent), else
+        ``"sample"``. With sequences, each sequence's loss is ``sequence_loss`` of its tokens'
+        losses and the guarantee is over sequences drawn i.i.d.
+        (:mod:`~exitwise.policies.sequence_risk`); ``num_samples`` counts sequences.
+    sequence_loss : {"fraction", "any"}, default="fraction"
+        The share of a sequence's tokens with a loss (their mean), or whether any token has
+        one (their maximum; 0/1 for 0/1 losses, tested with the exact binomial tail).
 
     Returns
     -------
@@ -260,11 +273,20 @@ def risk_controlled_threshold(
     else:
         check_choice(risk, "risk", RISKS)
         zero_one = risk in ZERO_ONE_RISKS
+    if unit is None:
+        unit = "sequence" if outputs.groups is not None else "sample"
+    check_choice(unit, "unit", ("sample", "sequence"))
+    check_choice(sequence_loss, "sequence_loss", SEQUENCE_LOSSES)
+    if unit == "sequence":
+        if outputs.groups is None:
+            raise ValueError("`unit='sequence'` needs outputs with `groups` (sequence ids).")
+        zero_one = zero_one and sequence_loss == "any"
     p_value = resolve_p_value(p_value, zero_one, risk)
     delta = check_open_unit(delta, "delta")
     epsilon = check_open_unit(epsilon, "epsilon")
     if grid is None:
-        if not get_signal(signal).unit_interval:
+        name = signal.name if isinstance(signal, DecayedSignal) else signal
+        if not get_signal(name).unit_interval:
             raise ValueError(
                 f"Signal {signal!r} is not in [0, 1]: pass a `grid` of thresholds fixed before "
                 "seeing the calibration data (e.g. quantiles of a separate split)."
@@ -282,6 +304,18 @@ def risk_controlled_threshold(
     scores = compute_signal(outputs, signal).double()
     if table is None:
         table = loss_table(outputs, risk, scores=scores, recall=recall, nll_bound=nll_bound)
+    if unit == "sequence":
+        p_values, risks, early, certified, n = sequence_risk_path(
+            scores,
+            table.to(scores.device),
+            outputs.groups.to(scores.device),
+            order,
+            delta=delta,
+            epsilon=epsilon,
+            how=sequence_loss,
+            p_value=p_value,
+        )
+        return _result(signal, recall, order, p_values, risks, delta, epsilon, n, early, certified)
     sums, early, n = grid_statistics(
         outputs, scores, order.to(scores.device), risk, losses=table, zero_one=zero_one
     )
@@ -301,6 +335,22 @@ def risk_controlled_threshold(
         if p > epsilon:
             break
         certified = i
+    return _result(signal, recall, order, p_values, risks, delta, epsilon, n, early, certified)
+
+
+def _result(
+    signal: Any,
+    recall: Recall,
+    order: torch.Tensor,
+    p_values: torch.Tensor,
+    risks: torch.Tensor,
+    delta: float,
+    epsilon: float,
+    n: int,
+    early: torch.Tensor,
+    certified: int | None,
+) -> RiskControlResult:
+    """The result of the fixed-sequence test (warning when the certificate is vacuous)."""
     if certified is None:
         return RiskControlResult(None, math.inf, order, p_values, risks, delta, epsilon, n, early)
     threshold = float(order[certified])
@@ -313,6 +363,6 @@ def risk_controlled_threshold(
             "top of the signal's range, more calibration data or a looser delta/epsilon may "
             "certify an earlier exit.",
             VacuousGuaranteeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     return result
