@@ -397,6 +397,7 @@ def _add_evaluate(sub: Any) -> None:
 def _parser() -> argparse.ArgumentParser:
     from exitwise.calibrate import METHODS
     from exitwise.cli_calibrate import add_calibrate
+    from exitwise.cli_generation import add_plan_speculation
     from exitwise.cli_guarantees import add_certify, add_monitor
     from exitwise.cli_serving import add_serve_plan
 
@@ -411,6 +412,7 @@ def _parser() -> argparse.ArgumentParser:
     add_certify(sub)
     add_monitor(sub)
     add_serve_plan(sub)
+    add_plan_speculation(sub)
     p = _command(sub, "info", "summarise an ExitOutputs file", file_required=False, seed=False)
     p.set_defaults(run=_info)
     return parser

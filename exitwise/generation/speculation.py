@@ -1,0 +1,195 @@
+r"""Planning self-speculative decoding (LayerSkip) from per-token, per-exit logits.
+
+Draft ``k`` tokens with the first ``d`` layers (exit ``d``), then verify them with the full
+model in one pass. A draft token is accepted with probability :math:`\alpha_n`:
+
+* greedy decoding: :math:`\alpha_n = [\arg\max p_d = \arg\max p_L]`;
+* sampling: :math:`\alpha_n = \sum_c \min(p_{d,c}, p_{L,c})` (exact with full distributions;
+  with ``collect(reduce="topk:K")`` the "rest" columns pool classes, and the sum over them is
+  an upper bound).
+
+A verification starting at position :math:`p` accepts :math:`J` drafts (:math:`J \le k`) and
+produces :math:`J + 1` tokens (the verifier's correction, or its bonus token after :math:`k`
+acceptances), so the next one starts at :math:`p + J + 1`. With
+:math:`P(J = j) = \prod_{i<j} \alpha_{p+i}\,(1 - \alpha_{p+j})` (:math:`j < k`) and
+:math:`P(J = k) = \prod_{i<k} \alpha_{p+i}`, the expected number of verifications from
+:math:`p` to the end of a sequence of :math:`T` tokens is
+
+.. math:: V(p) = 1 + \sum_{j=0}^{k} P(J = j)\, V(p + j + 1), \qquad V(p \ge T) = 0,
+
+evaluated backwards over the teacher-forced sequences (the actual run lengths of agreement,
+not only their mean). Tokens per verification are :math:`\sum_s T_s / \sum_s V_s(0)`; for
+greedy decoding (:math:`\alpha \in \{0, 1\}`) this is the deterministic walk exactly. Beside
+it the i.i.d. formula :math:`(1 - \bar\alpha^{k+1}) / (1 - \bar\alpha)`.
+
+Cost of a verification round: ``k`` draft steps of cost :math:`c_d` (cumulative cost up to
+exit ``d``) plus one verification pass: the remaining layers, :math:`c_L - c_d`
+(``verification="remaining"``, LayerSkip reuses the draft's early layers) or the whole model
+:math:`c_L` (``"full"``). Decoding is memory-bound, so a pass over ``k + 1`` tokens costs
+about one pass over one. Speed-up over plain decoding = :math:`c_L \cdot \text{tokens per
+verification} / (k\,c_d + c_v)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from exitwise._checks import check_choice, check_int
+from exitwise.data import ExitOutputs
+
+__all__ = ["SpeculationPlan", "acceptance", "plan_self_speculation", "sequence_table"]
+
+
+@dataclass(frozen=True)
+class SpeculationPlan:
+    """Every (draft exit, draft length) candidate and the best one.
+
+    ``rows`` holds dicts: draft_exit, draft_name, draft_length, acceptance (mean
+    :math:`\\alpha`), tokens_per_verification (from the sequences' run lengths),
+    tokens_per_verification_iid, speed_up; ``best`` the row with the highest speed-up;
+    ``mode`` "greedy" or "sampling".
+    """
+
+    rows: list[dict[str, Any]]
+    best: dict[str, Any]
+    mode: str
+    verification: str
+
+    def speed_up_grid(self) -> torch.Tensor:
+        """Speed-ups ``[D, K]`` (draft exits x draft lengths 1..K), for plots."""
+        d = max(r["draft_exit"] for r in self.rows) + 1
+        k = max(r["draft_length"] for r in self.rows)
+        grid = torch.full((d, k), float("nan"), dtype=torch.float64)
+        for r in self.rows:
+            grid[r["draft_exit"], r["draft_length"] - 1] = r["speed_up"]
+        return grid
+
+    def to_text(self) -> str:
+        lines = [
+            f"self-speculative decoding ({self.mode}, verification: {self.verification})",
+            f"{'draft exit':<12} {'k':>3} {'accept':>7} {'tok/verif':>10} {'iid':>7} "
+            f"{'speed-up':>9}",
+        ]
+        for r in self.rows:
+            mark = " *" if r is self.best else ""
+            lines.append(
+                f"{r['draft_name']:<12} {r['draft_length']:>3} {r['acceptance']:>7.3f} "
+                f"{r['tokens_per_verification']:>10.3f} {r['tokens_per_verification_iid']:>7.3f} "
+                f"{r['speed_up']:>8.2f}x{mark}"
+            )
+        return "\n".join(lines)
+
+
+def acceptance(outputs: ExitOutputs, mode: str = "greedy") -> torch.Tensor:
+    """Per-token acceptance ``[N, E - 1]`` of a draft from each exit against the last.
+
+    Examples
+    --------
+    >>> import torch
+    >>> out = ExitOutputs(torch.tensor([[[2.0, 0.0], [0.0, 1.0], [0.0, 3.0]]]))
+    >>> acceptance(out).tolist(), acceptance(out, "sampling").round(decimals=3).tolist()
+    ([[0.0, 1.0]], [[0.167, 0.778]])
+    """
+    check_choice(mode, "mode", ("greedy", "sampling"))
+    if mode == "greedy":
+        pred = outputs.predictions()
+        return (pred[:, :-1] == pred[:, -1:]).to(torch.float64)
+    probs = torch.softmax(outputs.logits.to(torch.float64), dim=-1)
+    return torch.minimum(probs[:, :-1], probs[:, -1:]).sum(dim=-1)
+
+
+def sequence_table(outputs: ExitOutputs, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``values`` ``[N, ...]`` laid out per sequence in position order: ``[S, T_max, ...]``
+    (padding 0) and the sequence lengths ``[S]``. Needs ``groups`` and ``positions``; a
+    sequence's tokens must have distinct positions (gaps are closed up)."""
+    if outputs.groups is None or outputs.positions is None:
+        raise ValueError(
+            "Planning speculation needs token-level outputs with `groups` and `positions` "
+            "(collect fills both for [B, T, C] outputs)."
+        )
+    _, seq = torch.unique(outputs.groups, return_inverse=True)
+    order = torch.argsort(seq * (int(outputs.positions.max()) + 1) + outputs.positions)
+    seq_sorted = seq[order]
+    lengths = torch.bincount(seq_sorted)
+    starts = torch.cumsum(lengths, 0) - lengths
+    index_in_seq = torch.arange(seq.numel(), device=seq.device) - starts[seq_sorted]
+    s, t_max = lengths.numel(), int(lengths.max())
+    table = torch.zeros((s, t_max, *values.shape[1:]), dtype=values.dtype, device=values.device)
+    table[seq_sorted, index_in_seq] = values[order]
+    return table, lengths
+
+
+def _verifications(alpha: torch.Tensor, lengths: torch.Tensor, k: int) -> torch.Tensor:
+    """Expected verifications per sequence and draft exit ``[S, D]`` (the backward DP)."""
+    s, t_max, d = alpha.shape
+    v = torch.zeros((s, t_max + k + 2, d), dtype=torch.float64, device=alpha.device)
+    inside = torch.arange(t_max + k + 1, device=alpha.device)[None, :] < lengths[:, None]
+    a = torch.zeros((s, t_max + k + 1, d), dtype=torch.float64, device=alpha.device)
+    a[:, :t_max] = alpha
+    for p in range(t_max - 1, -1, -1):
+        alive = torch.ones((s, d), dtype=torch.float64, device=alpha.device)  # P(J >= j)
+        total = torch.zeros((s, d), dtype=torch.float64, device=alpha.device)
+        for j in range(k + 1):
+            stop = alive * (1.0 - a[:, p + j]) if j < k else alive
+            total += stop * v[:, p + j + 1]
+            alive = alive * a[:, p + j]
+        v[:, p] = torch.where(inside[:, p, None], 1.0 + total, torch.zeros_like(total))
+    return v[:, 0]
+
+
+def plan_self_speculation(
+    outputs: ExitOutputs,
+    max_draft: int = 8,
+    *,
+    mode: str = "greedy",
+    verification: str = "remaining",
+) -> SpeculationPlan:
+    """Acceptance, tokens per verification and speed-up of every draft exit ``d < E - 1`` and
+    draft length ``k = 1..max_draft`` (see the module docstring).
+
+    Examples
+    --------
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> logits = torch.randn(60, 3, 5, generator=g)
+    >>> out = ExitOutputs(logits, groups=torch.arange(60) // 20, positions=torch.arange(60) % 20)
+    >>> plan = plan_self_speculation(out, max_draft=4)
+    >>> len(plan.rows), plan.best["speed_up"] > 0
+    (8, True)
+    """
+    max_draft = check_int(max_draft, "max_draft", minimum=1)
+    check_choice(verification, "verification", ("remaining", "full"))
+    if outputs.num_exits < 2:
+        raise ValueError("Planning speculation needs at least 2 exits (a draft and the last).")
+    alpha = acceptance(outputs, mode)  # [N, D]
+    table, lengths = sequence_table(outputs, alpha)
+    costs = outputs.costs.to(torch.float64).cpu()
+    full = float(costs[-1])
+    mean_alpha = alpha.mean(dim=0).cpu()
+    tokens = float(lengths.sum())
+    rows = []
+    for k in range(1, max_draft + 1):
+        verifs = _verifications(table, lengths, k).sum(dim=0).cpu()  # [D]
+        for d in range(outputs.num_exits - 1):
+            per_verif = tokens / float(verifs[d])
+            a = float(mean_alpha[d])
+            iid = float(k + 1) if a >= 1.0 else (1.0 - a ** (k + 1)) / (1.0 - a)
+            c_d = float(costs[d])
+            c_v = full - c_d if verification == "remaining" else full
+            rows.append(
+                {
+                    "draft_exit": d,
+                    "draft_name": outputs.exit_names[d],
+                    "draft_length": k,
+                    "acceptance": a,
+                    "tokens_per_verification": per_verif,
+                    "tokens_per_verification_iid": iid,
+                    "speed_up": full * per_verif / (k * c_d + c_v),
+                }
+            )
+    rows.sort(key=lambda r: (r["draft_exit"], r["draft_length"]))
+    best = max(rows, key=lambda r: r["speed_up"])
+    return SpeculationPlan(rows, best, mode, verification)

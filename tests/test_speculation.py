@@ -1,0 +1,145 @@
+"""The self-speculative decoding planner against a brute-force simulation of greedy
+speculative decoding on the collected sequences."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from exitwise import ExitOutputs
+from exitwise.generation import acceptance, plan_self_speculation
+
+
+def _outputs(lengths, e, c, seed, agree=0.7):
+    g = torch.Generator().manual_seed(seed)
+    n = sum(lengths)
+    final = torch.randn(n, c, generator=g) * 2
+    logits = torch.randn(n, e, c, generator=g)
+    same = torch.rand(n, e, generator=g) < agree
+    logits = torch.where(same[..., None], final[:, None] + 0.1 * logits, logits)
+    logits[:, -1] = final
+    groups = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    positions = torch.cat([torch.arange(k) for k in lengths])
+    perm = torch.randperm(n, generator=g)  # rows in any order: the planner sorts them
+    return ExitOutputs(logits[perm], groups=groups[perm] * 3 + 1, positions=positions[perm])
+
+
+def _simulate_greedy(out, d, k):
+    """Greedy speculative decoding, literally: draft with exit d, verify with the last."""
+    pred = out.predictions()
+    tokens = verifications = 0
+    for grp in out.groups.unique():
+        rows = torch.nonzero(out.groups == grp).flatten()
+        rows = rows[torch.argsort(out.positions[rows])]
+        agree = (pred[rows, d] == pred[rows, -1]).tolist()
+        p, t = 0, len(rows)
+        while p < t:
+            j = 0
+            while j < k and p + j < t and agree[p + j]:
+                j += 1
+            verifications += 1
+            produced = min(j + 1, t - p)
+            tokens += produced
+            p += j + 1
+        assert tokens >= 0
+    return tokens, verifications
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 15), min_size=1, max_size=6),
+    e=st.integers(2, 4),
+    seed=st.integers(0, 10_000),
+    agree=st.floats(0.0, 1.0),
+)
+def test_planner_equals_brute_force_greedy_speculation(lengths, e, seed, agree):
+    out = _outputs(lengths, e, 5, seed, agree)
+    plan = plan_self_speculation(out, max_draft=4)
+    alpha = acceptance(out)
+    for row in plan.rows:
+        d, k = row["draft_exit"], row["draft_length"]
+        tokens, verifs = _simulate_greedy(out, d, k)
+        assert tokens == sum(lengths)
+        assert row["tokens_per_verification"] == pytest.approx(tokens / verifs)
+        assert row["acceptance"] == pytest.approx(float(alpha[:, d].mean()))
+        c = out.costs.tolist()
+        assert row["speed_up"] == pytest.approx(
+            c[-1] * (tokens / verifs) / (k * c[d] + c[-1] - c[d])
+        )
+
+
+def test_sampling_acceptance_and_the_iid_formula():
+    out = _outputs([40, 40, 40], 3, 6, seed=1)
+    probs = torch.softmax(out.logits.double(), -1)
+    alpha = acceptance(out, "sampling")
+    naive = torch.stack(
+        [sum(torch.minimum(probs[:, d, c], probs[:, -1, c]) for c in range(6)) for d in range(2)],
+        dim=1,
+    )
+    assert torch.allclose(alpha, naive)
+    plan = plan_self_speculation(out, max_draft=3, mode="sampling", verification="full")
+    for row in plan.rows:
+        a, k = row["acceptance"], row["draft_length"]
+        assert row["tokens_per_verification_iid"] == pytest.approx((1 - a ** (k + 1)) / (1 - a))
+        assert 1.0 <= row["tokens_per_verification"] <= k + 1
+    # independent acceptances: the expected walk is close to the iid formula on long sequences
+    g = torch.Generator().manual_seed(0)
+    n = 4000
+    flat = ExitOutputs(
+        torch.randn(n, 2, 3, generator=g),
+        groups=torch.zeros(n, dtype=torch.long),
+        positions=torch.arange(n),
+    )
+    row = plan_self_speculation(flat, 4, mode="sampling").rows[-1]
+    assert row["tokens_per_verification"] == pytest.approx(
+        row["tokens_per_verification_iid"], rel=0.03
+    )
+
+
+def test_the_best_candidate_and_its_grid():
+    out = _outputs([30] * 5, 4, 5, seed=2, agree=0.9)
+    plan = plan_self_speculation(out, max_draft=5)
+    assert plan.best["speed_up"] == max(r["speed_up"] for r in plan.rows)
+    grid = plan.speed_up_grid()
+    assert grid.shape == (3, 5) and not bool(torch.isnan(grid).any())
+    assert "speed-up" in plan.to_text() and " *" in plan.to_text()
+
+
+def test_bad_inputs_are_named(real_outputs):
+    with pytest.raises(ValueError, match="`groups` and `positions`"):
+        plan_self_speculation(real_outputs[:100])
+    out = _outputs([5], 2, 3, seed=0)
+    with pytest.raises(ValueError, match="`max_draft`"):
+        plan_self_speculation(out, max_draft=0)
+    with pytest.raises(ValueError, match="`verification` to be one of"):
+        plan_self_speculation(out, verification="half")
+    with pytest.raises(ValueError, match="`mode` to be one of"):
+        plan_self_speculation(out, mode="beam")
+    assert math.isfinite(plan_self_speculation(out).best["speed_up"])
+
+
+def test_cli_plan_speculation_prints_the_best_and_writes_the_plot(tmp_path, capsys):
+    import json
+
+    from exitwise.cli import main
+
+    _outputs([20] * 6, 3, 5, seed=3).save(tmp_path / "tok.npz")
+    png = tmp_path / "spec.png"
+    assert (
+        main(
+            ["plan-speculation", str(tmp_path / "tok.npz"), "--max-draft", "4", "--plot", str(png)]
+        )
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert "best: draft with" in text and png.stat().st_size > 1000
+    assert main(["plan-speculation", str(tmp_path / "tok.npz"), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert len(payload["rows"]) == 2 * 8 and payload["mode"] == "greedy"
+    plain = tmp_path / "plain.npz"
+    ExitOutputs(torch.randn(10, 2, 3)).save(plain)
+    assert main(["plan-speculation", str(plain)]) == 2
