@@ -12,7 +12,7 @@ import numpy as np
 
 from exitwise.plots import new_figure
 
-__all__ = ["speculation_plot"]
+__all__ = ["position_plot", "speculation_plot"]
 
 
 def speculation_plot(plan: Any, *, ax: Any = None):
@@ -58,3 +58,52 @@ def speculation_plot(plan: Any, *, ax: Any = None):
     ax.set_ylabel("draft exit")
     ax.set_title(f"self-speculative decoding ({plan.mode})")
     return ax
+
+
+def position_plot(outputs: Any, exits: Any, *, bins: int = 8, n_bins: int = 15, axes: Any = None):
+    """Two panels over token positions (``bins`` equal-count position buckets): each exit's
+    top-label ECE (``outputs`` as given, e.g. calibrated), and the mean exit depth (1 = first
+    exit) of the policy's ``exits`` per token. Returns the two Axes.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from exitwise import ExitOutputs
+    >>> out = ExitOutputs(torch.randn(80, 2, 3), labels=torch.arange(80) % 3,
+    ...                   groups=torch.arange(80) // 20, positions=torch.arange(80) % 20)
+    >>> axes = position_plot(out, torch.zeros(80, dtype=torch.long), bins=4)
+    >>> axes[1].get_ylabel()
+    'mean exit depth'
+    """
+    import torch
+
+    from exitwise import metrics
+
+    if axes is None:
+        axes = new_figure((9, 3.5)).subplots(1, 2)
+    pos = outputs.positions.cpu()
+    edges = torch.quantile(pos.double(), torch.linspace(0, 1, bins + 1, dtype=torch.float64))
+    bucket = torch.bucketize(pos.double(), edges[1:-1], right=True)
+    centres, eces, depth = [], [], []
+    ex = torch.as_tensor(exits).cpu()
+    for b in range(bins):
+        rows = torch.nonzero(bucket == b).flatten()
+        if rows.numel() == 0:
+            continue
+        part = outputs[rows.to(outputs.device)]
+        centres.append(float(pos[rows].double().mean()))
+        eces.append(metrics.expected_calibration_error(part.probs(), part.labels, n_bins).cpu())
+        depth.append(float((ex[rows] + 1).double().mean()))
+    ece = torch.stack(eces).numpy()
+    for e, name in enumerate(outputs.exit_names):
+        axes[0].plot(centres, ece[:, e], marker="o", label=name)
+    axes[0].set_xlabel("token position")
+    axes[0].set_ylabel("ECE")
+    axes[0].legend(fontsize=7)
+    axes[0].set_title("calibration by position", fontsize=10)
+    axes[1].plot(centres, depth, marker="o", color="C3")
+    axes[1].set_xlabel("token position")
+    axes[1].set_ylabel("mean exit depth")
+    axes[1].set_ylim(0.8, outputs.num_exits + 0.2)
+    axes[1].set_title("where tokens leave, by position", fontsize=10)
+    return axes

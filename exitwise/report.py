@@ -232,6 +232,27 @@ def _figures(
     return images
 
 
+def _token_section(
+    test: ExitOutputs, test_c: ExitOutputs, policy: dict[str, Any], out_dir: Path
+) -> dict[str, Any]:
+    """Token-level data: calibration and exit depth by position (PNG) and the
+    self-speculative decoding plan of the test half."""
+    from exitwise.generation import plan_self_speculation
+    from exitwise.plots_generation import position_plot
+    from exitwise.policies import FixedExitPolicy, policy_from_dict
+
+    chosen = policy_from_dict(policy["policy_file"]) if policy["feasible"] else FixedExitPolicy(-1)
+    axes = position_plot(test_c, chosen.exit_indices(test_c))
+    path = out_dir / "positions.png"
+    axes[0].figure.savefig(path, dpi=110, bbox_inches="tight")
+    plan = plan_self_speculation(test, max_draft=8)
+    return {
+        "num_sequences": test.num_groups,
+        "speculation": {"best": plan.best, "rows": plan.rows, "text": plan.to_text()},
+        "image": base64.b64encode(path.read_bytes()).decode("ascii"),
+    }
+
+
 def _serving_curves(
     test_c: ExitOutputs, policy: dict[str, Any], latency: Any, max_batch: int = 32
 ) -> dict[str, Any]:
@@ -316,6 +337,9 @@ def build_report(
         path = out_dir / "latency.png"
         ax.figure.savefig(path, dpi=110, bbox_inches="tight")
         images["latency"] = base64.b64encode(path.read_bytes()).decode("ascii")
+    if outputs.groups is not None and outputs.positions is not None:
+        tokens = steps.run("tokens", _token_section, test, test_c, policy, out_dir)
+        images["positions"] = tokens.pop("image")
     frontier, fixed, oracle = curves["frontier"], curves["fixed"], curves["oracle"]
     frontier = {k: v for k, v in frontier.items() if not k.startswith("shared_")}
     summary = {
@@ -339,6 +363,8 @@ def build_report(
     }
     if serving is not None:
         summary["serving"] = serving
+    if outputs.groups is not None and outputs.positions is not None:
+        summary["tokens"] = tokens
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out_dir / "report.html").write_text(render_html(summary, images))
     steps.run("write", lambda: None)

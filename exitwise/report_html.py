@@ -42,6 +42,11 @@ CAPTIONS = {
         "freed slots take new requests) and the full model. A line ends with x where the "
         "queue grows without bound."
     ),
+    "positions": (
+        "Token-level data, test half. Left: each exit's top-label ECE (after calibration) by "
+        "token position (equal-count position buckets). Right: the chosen policy's mean exit "
+        "depth by position (1 = first exit): where in a sequence tokens leave early."
+    ),
     "risk_coverage": (
         "Risk (error rate) against coverage on the test half for each exit, ordering samples "
         "by the signal: a good signal keeps the risk low while most samples are covered. "
@@ -147,6 +152,16 @@ def render_html(summary: dict[str, Any], images: dict[str, str]) -> str:
             f"<code>{html.escape(pol['calibrator'])}</code> calibration):</p><pre>"
             f"{html.escape(json.dumps(pol['policy_file'], indent=2))}</pre>"
         )
+    speculation = ""
+    if "tokens" in summary:
+        spec = summary["tokens"]["speculation"]
+        speculation = (
+            "<h2>Self-speculative decoding (test half, teacher-forced)</h2><p>Draft with the "
+            "first exits, verify with the full model: acceptance, tokens per verification from "
+            "the sequences' own runs of agreement (and the i.i.d. formula), and the expected "
+            "speed-up from the exits' costs. Free generation can accept fewer drafts than "
+            f"teacher forcing shows.</p><pre>{html.escape(spec['text'])}</pre>"
+        )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>exitwise report</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto;line-height:1.4}}
@@ -178,6 +193,7 @@ negative on finite samples): nothing left to calibrate.</p>
 {f"<p>{html.escape(EXCLUDED_NOTE)}.</p>" if excluded else ""}
 <h2>The tuned policy</h2>
 {policy_section}
+{speculation}
 <h2>Figures</h2>
 {figures}
 </body></html>

@@ -208,3 +208,24 @@ def test_cli_info_shows_sequences_and_tokens(tmp_path, capsys):
     assert main(["info", str(tmp_path / "t.npz"), "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["num_sequences"] == 4 and payload["tokens_per_sequence"]["max"] == 4
+
+
+def test_report_adds_positions_and_speculation_for_token_data(real_outputs, tmp_path):
+    from exitwise.report import build_report
+
+    out = real_outputs[:2000]
+    tokens = ExitOutputs(
+        out.logits,
+        out.labels,
+        out.costs,
+        out.exit_names,
+        groups=torch.arange(2000) // 25,
+        positions=torch.arange(2000) % 25,
+    )
+    summary = build_report(tokens, tmp_path, n_resamples=20)
+    assert (tmp_path / "positions.png").stat().st_size > 1000
+    html = (tmp_path / "report.html").read_text()
+    assert "Self-speculative decoding" in html and 'alt="positions"' in html
+    spec = summary["tokens"]["speculation"]
+    assert spec["best"]["speed_up"] == max(r["speed_up"] for r in spec["rows"])
+    assert summary["tokens"]["num_sequences"] == 40
