@@ -161,7 +161,7 @@ def train(model: TinyLM, data: torch.Tensor, steps: int, seed: int = 0) -> float
         opt.step()
         sched.step()
     model.eval()
-    return float(per_layer[-1])
+    return float(per_layer[-1].detach())
 
 
 # ----------------------------------------------------------------------------- generation
@@ -237,30 +237,24 @@ def generate_speculative(model: TinyLM, prompt: torch.Tensor, new: int, d: int, 
     return ids[len(prompt) : len(prompt) + new], accepted
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--corpus", default="newsgroups", choices=("newsgroups", "stdlib"))
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--sequences", type=int, default=400, help="held-out sequences")
-    parser.add_argument("--prompts", type=int, default=40, help="generations to compare")
-    parser.add_argument("--plot", help="write the self-speculation heat map (.png)")
-    args = parser.parse_args()
+def train_and_collect(corpus: str, steps: int, sequences: int):
+    """Train the model on ``corpus``; collect the token logits of ``sequences`` held-out
+    windows. Returns the model, the ExitOutputs and the windows (inputs + next token)."""
     torch.manual_seed(0)
-    torch.set_num_threads(2)
     start = time.perf_counter()
-    text = clean(newsgroups_text() if args.corpus == "newsgroups" else stdlib_text())
+    text = clean(newsgroups_text() if corpus == "newsgroups" else stdlib_text())
     chars = sorted(set(text))
     lookup = {c: i for i, c in enumerate(chars)}
     data = torch.tensor([lookup[c] for c in text], dtype=torch.long)
     cut = int(0.9 * len(data))
     model = TinyLM(len(chars))
-    final_loss = train(model, data[:cut], args.steps)
+    final_loss = train(model, data[:cut], steps)
     print(
-        f"trained on {cut:,} characters ({args.corpus}, vocabulary {len(chars)}) in "
+        f"trained on {cut:,} characters ({corpus}, vocabulary {len(chars)}) in "
         f"{time.perf_counter() - start:.0f} s; last-layer loss {final_loss:.3f}"
     )
     held = data[cut:]
-    seqs = torch.stack([held[i * CONTEXT : (i + 1) * CONTEXT + 1] for i in range(args.sequences)])
+    seqs = torch.stack([held[i * CONTEXT : (i + 1) * CONTEXT + 1] for i in range(sequences)])
     batches = [(seqs[i : i + 50, :-1], seqs[i : i + 50, 1:]) for i in range(0, len(seqs), 50)]
     # the vocabulary is small: full logits (with a large one, reduce="topk:K" keeps memory
     # bounded, and temperature scaling then sees pooled "rest" columns)
@@ -270,6 +264,12 @@ def main() -> None:
         progress=False,
         exit_names=[f"layer{i + 1}" for i in range(len(model.blocks))],
     )
+    return model, out, seqs
+
+
+def analyse(model, out, seqs, prompts: int, plot: str | None = None) -> None:
+    """Calibrate, tune, certify and plan on the collected tokens; then generate and print
+    predicted against measured."""
     cal, test = out.split(0.5, seed=0)
     ts = TemperatureScaling().fit(cal)
     cal_c, test_c = ts.transform(cal), ts.transform(test)
@@ -282,12 +282,25 @@ def main() -> None:
     cert = risk_controlled_threshold(cal_c, signal, risk="disagreement", delta=0.1, epsilon=0.1)
     plan = plan_self_speculation(test, max_draft=6)
     print(plan.to_text())
-    if args.plot:
+    if plot:
         from exitwise.plots_generation import speculation_plot
 
-        speculation_plot(plan).figure.savefig(args.plot, dpi=110, bbox_inches="tight")
-        print(f"speed-up heat map written to {args.plot}")
-    report(model, tuned.policy, cert, plan, test_c, seqs, ts, args.prompts)
+        speculation_plot(plan).figure.savefig(plot, dpi=110, bbox_inches="tight")
+        print(f"speed-up heat map written to {plot}")
+    report(model, tuned.policy, cert, plan, test_c, seqs, ts, prompts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--corpus", default="newsgroups", choices=("newsgroups", "stdlib"))
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--sequences", type=int, default=400, help="held-out sequences")
+    parser.add_argument("--prompts", type=int, default=40, help="generations to compare")
+    parser.add_argument("--plot", help="write the self-speculation heat map (.png)")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    model, out, seqs = train_and_collect(args.corpus, args.steps, args.sequences)
+    analyse(model, out, seqs, args.prompts, args.plot)
 
 
 def report(model, policy, cert, plan, test_c, seqs, ts, prompts) -> None:
