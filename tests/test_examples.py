@@ -50,16 +50,16 @@ def tiny_lm():
     """The language-model example's model and token logits, trained on the standard
     library's docstrings (offline on any machine) for a few hundred steps."""
     example = runpy.run_path(str(EXAMPLES / "early_exit_lm.py"))
-    model, out, seqs = example["train_and_collect"]("stdlib", 250, 400)
-    return example, model, out, seqs
+    model, out, seqs, reduced = example["train_and_collect"]("stdlib", 250, 400)
+    return example, model, out, seqs, reduced
 
 
 def test_language_model_example_runs_end_to_end(tiny_lm, capsys):
     """Collect, tune, certify, plan, generate: self-speculative greedy output must equal the
     full model's greedy output (it is exact), and the planner's tokens per verification must
     match what generation measures closely."""
-    example, model, out, seqs = tiny_lm
-    example["analyse"](model, out, seqs, 6)
+    example, model, out, seqs, reduced = tiny_lm
+    example["analyse"](model, out, seqs, 6, reduced=reduced)
     text = capsys.readouterr().out
     line = next(x for x in text.splitlines() if "self-speculation" in x and "measured" in x)
     assert "output equals the full model's greedy output in 6/6 generations" in line
@@ -67,6 +67,7 @@ def test_language_model_example_runs_end_to_end(tiny_lm, capsys):
     measured = float(line.split("predicted,")[1].split("measured")[0])
     assert abs(predicted - measured) < 0.5, line
     assert "layers per token" in text and "sequence-level certificate" in text
+    assert "the same greedy plan: yes" in text
     assert out.num_groups == 400 and out.positions.max() == 63
 
 
@@ -79,7 +80,7 @@ def test_sequence_level_guarantee_on_real_token_data(tiny_lm):
 
     from exitwise.policies import DecayedSignal, evaluate, risk_controlled_threshold
 
-    _, _, out, _ = tiny_lm
+    out = tiny_lm[2]
     signal = DecayedSignal("max_probability", length=64.0)
     delta, epsilon, trials = 0.05, 0.1, 200
     violated = {"sequence": 0, "sample": 0}
