@@ -352,12 +352,7 @@ class ExitOutputs:
         if self._groups is not None:
             return self._split_groups(fraction, seed)
         n = self.num_samples
-        n_first = round(fraction * n)
-        if n_first == 0 or n_first == n:
-            raise ValueError(
-                f"Expected `fraction` to leave both parts non-empty, got {fraction} of {n} samples "
-                f"({n_first} in the first part)."
-            )
+        n_first = _first_count(fraction, n, "samples")
         gen = torch.Generator().manual_seed(int(seed))
         perm = torch.randperm(n, generator=gen)
         if self._labels is None:
@@ -386,12 +381,7 @@ class ExitOutputs:
         """Whole sequences to each side: ``round(fraction * G)`` random groups go first."""
         uniq, inverse = torch.unique(self._groups.cpu(), return_inverse=True)
         g = uniq.numel()
-        g_first = round(fraction * g)
-        if g_first == 0 or g_first == g:
-            raise ValueError(
-                f"Expected `fraction` to leave both parts non-empty, got {fraction} of {g} "
-                f"sequences ({g_first} in the first part)."
-            )
+        g_first = _first_count(fraction, g, "sequences")
         gen = torch.Generator().manual_seed(int(seed))
         first_group = torch.zeros(g, dtype=torch.bool)
         first_group[torch.randperm(g, generator=gen)[:g_first]] = True
@@ -411,6 +401,17 @@ class ExitOutputs:
         from exitwise.data_files import save_outputs
 
         save_outputs(self, path)
+
+
+def _first_count(fraction: float, total: int, what: str) -> int:
+    """``round(fraction * total)``, which must leave both parts of a split non-empty."""
+    first = round(fraction * total)
+    if first == 0 or first == total:
+        raise ValueError(
+            f"Expected `fraction` to leave both parts non-empty, got {fraction} of {total} "
+            f"{what} ({first} in the first part)."
+        )
+    return first
 
 
 def _per_sample(

@@ -78,22 +78,12 @@ def test_sequence_level_guarantee_on_real_token_data(tiny_lm):
     Carlo slack); the token-level procedure on the same data is reported beside."""
     import math
 
-    from exitwise.policies import DecayedSignal, evaluate, risk_controlled_threshold
+    from exitwise.policies import DecayedSignal
+    from tests.policies.test_sequence_risk import violation_rates
 
-    out = tiny_lm[2]
+    epsilon, trials = 0.1, 200
     signal = DecayedSignal("max_probability", length=64.0)
-    delta, epsilon, trials = 0.05, 0.1, 200
-    violated = {"sequence": 0, "sample": 0}
-    for trial in range(trials):
-        cal, test = out.split(0.5, seed=trial)
-        for unit in violated:
-            res = risk_controlled_threshold(
-                cal, signal, risk="disagreement", delta=delta, epsilon=epsilon, unit=unit
-            )
-            if res.policy is not None:
-                ev = evaluate(res.policy, test, reference="final")
-                violated[unit] += float(1.0 - ev.accuracy[0]) > delta
-    rates = {k: v / trials for k, v in violated.items()}
+    rates = violation_rates(tiny_lm[2], signal, 0.05, epsilon, trials)
     print(f"real token data, violation rates over {trials} splits: {rates}")
     assert rates["sequence"] <= epsilon + 3 * math.sqrt(epsilon * (1 - epsilon) / trials)
-    assert rates["sample"] >= rates["sequence"]  # 14.5 % against 0 % when this was written
+    assert rates["sample"] >= rates["sequence"]  # 11.5-14.5 % against 0 % in our runs
