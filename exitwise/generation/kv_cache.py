@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from exitwise._checks import as_tensor, check_choice, check_int
+from exitwise.generation.sequences import by_sequence
 
 __all__ = [
     "KV_MODES",
@@ -90,23 +91,6 @@ class LayerCosts:
         return torch.cat([tail, torch.zeros(1, dtype=torch.float64)])
 
 
-def _layout(groups: torch.Tensor, positions: torch.Tensor, values: torch.Tensor):
-    """``values`` ``[N]`` per sequence in position order ``[S, T]`` (-1 padding), lengths and
-    the row of each entry (to map back)."""
-    _, seq = torch.unique(groups.cpu(), return_inverse=True)
-    pos = positions.cpu()
-    order = torch.argsort(seq * (int(pos.max()) + 1) + pos)
-    seq_sorted = seq[order]
-    lengths = torch.bincount(seq_sorted)
-    starts = torch.cumsum(lengths, 0) - lengths
-    col = torch.arange(seq.numel()) - starts[seq_sorted]
-    table = torch.full((lengths.numel(), int(lengths.max())), -1, dtype=values.dtype)
-    table[seq_sorted, col] = values.cpu()[order]
-    rows = torch.full(table.shape, -1, dtype=torch.long)
-    rows[seq_sorted, col] = order
-    return table, lengths, rows
-
-
 def token_costs(
     exits: Any,
     groups: Any,
@@ -132,7 +116,8 @@ def token_costs(
         return own
     if kv == "copy":
         return own + costs.kv_beyond[depth]
-    table, _, rows = _layout(as_tensor(groups, "groups"), as_tensor(positions, "positions"), depth)
+    g, p = as_tensor(groups, "groups"), as_tensor(positions, "positions")
+    table, _, rows = by_sequence(g, p, depth, fill=-1)
     cum = costs.cumulative
     s, t = table.shape
     computed = torch.zeros((s, t), dtype=torch.long)  # depth of each token's states so far
@@ -234,7 +219,7 @@ def simulate_decode(
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     e = as_tensor(exits, "exits").cpu().long()
     g, p = as_tensor(groups, "groups"), as_tensor(positions, "positions")
-    depth_table, lengths, rows = _layout(g, p, costs.exit_layers[e])
+    depth_table, lengths, rows = by_sequence(g, p, costs.exit_layers[e], fill=-1)
     per_token = token_costs(e, g, p, costs, kv)
     full_depth = int(costs.exit_layers[-1])
     full_step = float(costs.cumulative[full_depth] + costs.kv_beyond[full_depth])

@@ -39,6 +39,7 @@ import torch
 
 from exitwise._checks import check_choice, check_int
 from exitwise.data import ExitOutputs
+from exitwise.generation.sequences import by_sequence
 
 __all__ = ["SpeculationPlan", "acceptance", "plan_self_speculation", "sequence_table"]
 
@@ -110,15 +111,7 @@ def sequence_table(outputs: ExitOutputs, values: torch.Tensor) -> tuple[torch.Te
             "Planning speculation needs token-level outputs with `groups` and `positions` "
             "(collect fills both for [B, T, C] outputs)."
         )
-    _, seq = torch.unique(outputs.groups, return_inverse=True)
-    order = torch.argsort(seq * (int(outputs.positions.max()) + 1) + outputs.positions)
-    seq_sorted = seq[order]
-    lengths = torch.bincount(seq_sorted)
-    starts = torch.cumsum(lengths, 0) - lengths
-    index_in_seq = torch.arange(seq.numel(), device=seq.device) - starts[seq_sorted]
-    s, t_max = lengths.numel(), int(lengths.max())
-    table = torch.zeros((s, t_max, *values.shape[1:]), dtype=values.dtype, device=values.device)
-    table[seq_sorted, index_in_seq] = values[order]
+    table, lengths, _ = by_sequence(outputs.groups, outputs.positions, values)
     return table, lengths
 
 

@@ -1,0 +1,38 @@
+"""Token rows laid out per sequence in position order: the one layout the speculation planner
+and the KV-cache models read sequences from."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["by_sequence"]
+
+
+def by_sequence(
+    groups: torch.Tensor, positions: torch.Tensor, values: torch.Tensor, fill: float = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``values`` ``[N, ...]`` as ``[S, T_max, ...]`` (sequences in id order, tokens in
+    position order, gaps closed up, padding ``fill``), the lengths ``[S]`` and the row of
+    every entry ``[S, T_max]`` (-1 for padding).
+
+    Examples
+    --------
+    >>> table, lengths, rows = by_sequence(torch.tensor([4, 4, 1]), torch.tensor([1, 0, 0]),
+    ...                                    torch.tensor([10, 20, 30]), fill=-1)
+    >>> table.tolist(), lengths.tolist(), rows.tolist()
+    ([[30, -1], [20, 10]], [1, 2], [[2, -1], [1, 0]])
+    """
+    device = values.device
+    _, seq = torch.unique(groups.to(device), return_inverse=True)
+    pos = positions.to(device)
+    order = torch.argsort(seq * (int(pos.max()) + 1) + pos)
+    seq_sorted = seq[order]
+    lengths = torch.bincount(seq_sorted)
+    starts = torch.cumsum(lengths, 0) - lengths
+    col = torch.arange(seq.numel(), device=device) - starts[seq_sorted]
+    shape = (lengths.numel(), int(lengths.max()))
+    table = torch.full((*shape, *values.shape[1:]), fill, dtype=values.dtype, device=device)
+    table[seq_sorted, col] = values[order]
+    rows = torch.full(shape, -1, dtype=torch.long, device=device)
+    rows[seq_sorted, col] = order
+    return table, lengths, rows
