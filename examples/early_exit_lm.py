@@ -317,7 +317,7 @@ def report(model, policy, cert, plan, test_c, seqs, ts, prompts) -> None:
     predicted_depth = float((exits + 1).double().mean())
     test_ids = sorted(set(test_c.groups.tolist()))[:prompts]
     controller = ExitController.from_policy(policy, ts)
-    rows = {"full": [], "early": [], "spec": []}
+    same_as_full = []
     diff, depths, accepted, times = [], [], [], {"full": 0.0, "early": 0.0, "spec": 0.0}
     best = plan.best
     for g in test_ids:
@@ -338,7 +338,7 @@ def report(model, policy, cert, plan, test_c, seqs, ts, prompts) -> None:
         diff.append(float((full[:n] != early[:n]).double().mean()))
         depths += dep
         accepted += acc
-        rows["spec"].append(bool(torch.equal(spec[: len(full)], full[: len(spec)])))
+        same_as_full.append(bool(torch.equal(spec[: len(full)], full[: len(spec)])))
     tokens = sum(CONTEXT - 16 - best["draft_length"] - 2 for _ in test_ids)
     print("\npredicted (teacher-forced, test sequences) vs measured (free greedy generation):")
     print(
@@ -354,7 +354,7 @@ def report(model, policy, cert, plan, test_c, seqs, ts, prompts) -> None:
         f"  self-speculation {best['draft_name']} k={best['draft_length']}: "
         f"{best['tokens_per_verification']:.2f} tokens per verification predicted, "
         f"{1 + sum(accepted) / len(accepted):.2f} measured; output equals the full model's "
-        f"greedy output in {sum(rows['spec'])}/{len(rows['spec'])} generations"
+        f"greedy output in {sum(same_as_full)}/{len(same_as_full)} generations"
     )
     print(
         f"  tokens/s: full {tokens / times['full']:.0f}, early exit "

@@ -232,6 +232,13 @@ def _figures(
     return images
 
 
+def _chosen_policy(policy: dict[str, Any]) -> Any:
+    """The tuned policy of the summary, or the full model when no policy met the SLA."""
+    from exitwise.policies import FixedExitPolicy, policy_from_dict
+
+    return policy_from_dict(policy["policy_file"]) if policy["feasible"] else FixedExitPolicy(-1)
+
+
 def _token_section(
     test: ExitOutputs, test_c: ExitOutputs, policy: dict[str, Any], out_dir: Path
 ) -> dict[str, Any]:
@@ -239,9 +246,8 @@ def _token_section(
     self-speculative decoding plan of the test half."""
     from exitwise.generation import plan_self_speculation
     from exitwise.plots_generation import position_plot
-    from exitwise.policies import FixedExitPolicy, policy_from_dict
 
-    chosen = policy_from_dict(policy["policy_file"]) if policy["feasible"] else FixedExitPolicy(-1)
+    chosen = _chosen_policy(policy)
     axes = position_plot(test_c, chosen.exit_indices(test_c))
     path = out_dir / "positions.png"
     axes[0].figure.savefig(path, dpi=110, bbox_inches="tight")
@@ -258,10 +264,9 @@ def _serving_curves(
 ) -> dict[str, Any]:
     """p99 latency against arrival rate for the chosen policy (per scheduler) and the full
     model, on the test half's exit depths; rates up to 1.5x the full model's capacity."""
-    from exitwise.policies import FixedExitPolicy, policy_from_dict
     from exitwise.serving import latency_by_rate
 
-    chosen = policy_from_dict(policy["policy_file"]) if policy["feasible"] else FixedExitPolicy(-1)
+    chosen = _chosen_policy(policy)
     exits = chosen.exit_indices(test_c).cpu().numpy()
     capacity = max_batch / latency.full_time(max_batch)
     rates = [float(capacity * (0.1 + 0.125 * k)) for k in range(12)]

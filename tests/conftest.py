@@ -22,6 +22,22 @@ def real_outputs():
     return load_default()
 
 
+def as_sequences(outputs, length: int):
+    """``outputs`` with consecutive rows cut into sequences of ``length`` tokens (groups and
+    positions), for token-level tests on real logits."""
+    from exitwise import ExitOutputs
+
+    n = outputs.num_samples
+    return ExitOutputs(
+        outputs.logits,
+        outputs.labels,
+        outputs.costs,
+        outputs.exit_names,
+        groups=torch.arange(n) // length,
+        positions=torch.arange(n) % length,
+    )
+
+
 def random_probs(n: int, e: int, c: int, seed: int = 0, scale: float = 3.0):
     """Softmax of scaled Gaussian logits (float64 numpy) and uniform labels."""
     rng = np.random.default_rng(seed)

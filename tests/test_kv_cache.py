@@ -94,14 +94,11 @@ def test_bad_inputs_are_named():
 
 
 def test_policy_token_costs_summarise_a_policy(real_outputs):
-    from exitwise import ExitOutputs
     from exitwise.generation import policy_token_costs
     from exitwise.policies import ThresholdPolicy
+    from tests.conftest import as_sequences
 
-    out = real_outputs[:400]
-    tokens = ExitOutputs(
-        out.logits, out.labels, groups=torch.arange(400) // 20, positions=torch.arange(400) % 20
-    )
+    tokens = as_sequences(real_outputs[:400], 20)
     costs = LayerCosts([1.0] * 4, [0.25] * 4, [1, 2, 3, 4])
     policy = ThresholdPolicy("max_probability", 0.9)
     exits = policy.exit_indices(tokens)

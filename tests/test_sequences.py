@@ -212,16 +212,9 @@ def test_cli_info_shows_sequences_and_tokens(tmp_path, capsys):
 
 def test_report_adds_positions_and_speculation_for_token_data(real_outputs, tmp_path):
     from exitwise.report import build_report
+    from tests.conftest import as_sequences
 
-    out = real_outputs[:2000]
-    tokens = ExitOutputs(
-        out.logits,
-        out.labels,
-        out.costs,
-        out.exit_names,
-        groups=torch.arange(2000) // 25,
-        positions=torch.arange(2000) % 25,
-    )
+    tokens = as_sequences(real_outputs[:2000], 25)
     summary = build_report(tokens, tmp_path, n_resamples=20)
     assert (tmp_path / "positions.png").stat().st_size > 1000
     html = (tmp_path / "report.html").read_text()

@@ -157,10 +157,10 @@ class ExitController(nn.Module):
             if self.decayed
             else self.signal
         )
-        thresholds = self.thresholds.tolist()
-        for e in range(self.min_exit):  # the policy's own thresholds before min_exit are unused
-            thresholds[e] = math.inf
-        return ThresholdPolicy(signal, thresholds, recall=self.recall, min_exit=self.min_exit)
+        # thresholds before min_exit are +inf already (set in __init__)
+        return ThresholdPolicy(
+            signal, self.thresholds.tolist(), recall=self.recall, min_exit=self.min_exit
+        )
 
     # -- decisions ------------------------------------------------------------------------
     def initial_state(self, batch_size: int, device: torch.device | str = "cpu"):

@@ -22,16 +22,15 @@ from exitwise.policies import (
 )
 from exitwise.policies.positions import DecayedSignal, calm_factor
 from exitwise.signals import compute_signal
+from tests.conftest import as_sequences
 
 
 def _token_outputs(n, e, c, seed, max_position=60):
     g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(1, max_position, (n,), generator=g)
     positions = torch.randint(0, max_position, (n,), generator=g)
     groups = torch.arange(n) // 5
     logits = torch.randn(n, e, c, generator=g) * torch.linspace(0.5, 3.0, e)[None, :, None]
     labels = torch.randint(0, c, (n,), generator=g)
-    del lengths
     return ExitOutputs(logits, labels=labels, groups=groups, positions=positions)
 
 
@@ -96,17 +95,7 @@ def test_the_factor_is_calms_decay():
 
 
 def test_tuners_return_position_aware_policies_that_round_trip(real_outputs, tmp_path):
-    out = real_outputs[:3000]
-    g = torch.Generator().manual_seed(0)
-    tokens = ExitOutputs(
-        out.logits,
-        out.labels,
-        out.costs,
-        out.exit_names,
-        groups=torch.arange(3000) // 30,
-        positions=torch.arange(3000) % 30,
-    )
-    del g
+    tokens = as_sequences(real_outputs[:3000], 30)
     signal = DecayedSignal("max_probability", length=30.0)
     tuned = tune_for_accuracy(tokens, signal, 0.86, min_exit=1)
     assert tuned.feasible and tuned.policy.signal == signal and tuned.policy.min_exit == 1
@@ -131,11 +120,8 @@ def test_tuners_return_position_aware_policies_that_round_trip(real_outputs, tmp
 
 
 def test_controller_decides_like_the_offline_policy(real_outputs):
-    out = real_outputs[:500]
-    positions = torch.arange(500) % 40
-    tokens = ExitOutputs(
-        out.logits, out.labels, groups=torch.arange(500) // 40, positions=positions
-    )
+    tokens = as_sequences(real_outputs[:500], 40)
+    positions = tokens.positions
     policy = ThresholdPolicy(
         DecayedSignal("max_probability", length=40.0), [0.85, 0.8, 0.75, -math.inf], min_exit=1
     )
