@@ -17,7 +17,7 @@ sequence for the risk: at every time, the null values whose capital is below :ma
 (each factor of the capital is non-increasing in the null value, so the values shown too low
 form an interval ``[0, lower)``). It is valid at all times at once for a constant risk, and is
 not intersected over time, so after a drift it moves to the new risk instead of staying
-pinned to the old one. It is drawn by :func:`exitwise.plots.monitor_plot`.
+pinned to the old one. It is drawn by :func:`exitwise.plots_monitor.monitor_plot`.
 
 Beside the alarm: the share of requests leaving at each exit over the last ``window``
 requests against the calibration data's rates (total variation and a chi-square p-value), and
@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from exitwise._checks import check_choice, check_int, check_open_unit
+from exitwise._deprecation import MISSING, renamed_argument
 from exitwise.policies.p_values import BettingState, continue_capital
 
 __all__ = ["RiskMonitor", "check_log", "read_log", "write_log"]
@@ -60,8 +61,9 @@ class RiskMonitor:
     risk : {"disagreement", "error"}, default="disagreement"
         Loss of a request: its answer differs from the full model's (needs
         ``full_prediction``), or from the label.
-    alpha : float in (0, 1), default=0.05
-        Probability of a false alarm, over the whole (unbounded) stream.
+    confidence : float in (0, 1), default=0.95
+        1 - the probability of a false alarm over the whole (unbounded) stream (``alpha``, the
+        false-alarm probability itself, is the deprecated spelling).
     reference_exit_rates : sequence of float, optional
         Share of requests per exit on the calibration data (drift is measured against it).
     window : int, default=2000
@@ -73,7 +75,7 @@ class RiskMonitor:
     --------
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
-    >>> m = RiskMonitor(0.05, num_exits=3, alpha=0.05)
+    >>> m = RiskMonitor(0.05, num_exits=3, confidence=0.95)
     >>> pred = rng.integers(0, 5, 4000); full = np.where(rng.random(4000) < 0.2, 0, pred)
     >>> _ = m.update(exit=rng.integers(0, 3, 4000), confidence=rng.random(4000),
     ...              prediction=pred, full_prediction=full)
@@ -87,13 +89,24 @@ class RiskMonitor:
         *,
         num_exits: int,
         risk: str = "disagreement",
-        alpha: float = 0.05,
+        confidence: float = 0.95,
         reference_exit_rates: Any = None,
         window: int = 2000,
         grid_size: int = 200,
+        alpha: Any = MISSING,
     ) -> None:
         self.limit = check_open_unit(limit, "limit")
-        self.alpha = check_open_unit(alpha, "alpha")
+        if alpha is not MISSING:
+            confidence = renamed_argument(
+                MISSING,
+                "confidence",
+                alpha,
+                "alpha",
+                convert=lambda a: 1.0 - a,
+                hint=" (= 1 - alpha)",
+            )
+        self.confidence = check_open_unit(confidence, "confidence")
+        self.alpha = 1.0 - self.confidence  # the false-alarm probability of the bets
         self.risk = check_choice(risk, "risk", ("disagreement", "error"))
         self.num_exits = check_int(num_exits, "num_exits", minimum=1)
         self.window = check_int(window, "window", minimum=1)
@@ -127,18 +140,38 @@ class RiskMonitor:
 
     @classmethod
     def from_policy(
-        cls, policy: Any, *, alpha: float = 0.05, risk: str | None = None, **kwargs: Any
+        cls,
+        policy: Any,
+        *,
+        confidence: float = 0.95,
+        risk: str | None = None,
+        window: int = 2000,
+        grid_size: int = 200,
+        num_exits: int | None = None,
+        alpha: Any = MISSING,
     ) -> RiskMonitor:
         """From a certified policy (its ``context["guarantee"]``, written by
-        ``exitwise certify`` or :meth:`CertifiedPolicy.guarantee
-        <exitwise.policies.CertifiedPolicy.guarantee>`)."""
-        guarantee = (getattr(policy, "context", None) or {}).get("guarantee")
-        if not isinstance(guarantee, dict) or not isinstance(guarantee.get("risks"), dict):
-            raise ValueError(
-                "The policy records no guarantee (context['guarantee'] with its risks); certify "
-                "it with `exitwise certify` or pass `limit` to RiskMonitor directly."
+        ``exitwise certify`` or :meth:`Guarantee.to_dict
+        <exitwise.policies.Guarantee.to_dict>`; files that name the limits ``risks`` still
+        read)."""
+        if alpha is not MISSING:
+            confidence = renamed_argument(
+                MISSING,
+                "confidence",
+                alpha,
+                "alpha",
+                convert=lambda a: 1.0 - a,
+                hint=" (= 1 - alpha)",
             )
-        risks = guarantee["risks"]
+        guarantee = (getattr(policy, "context", None) or {}).get("guarantee")
+        risks = None
+        if isinstance(guarantee, dict):
+            risks = guarantee.get("limits", guarantee.get("risks"))
+        if not isinstance(risks, dict):
+            raise ValueError(
+                "The policy records no guarantee (context['guarantee'] with its limits); "
+                "certify it with `exitwise certify` or pass `limit` to RiskMonitor directly."
+            )
         if risk is None:
             known = [r for r in ("disagreement", "error") if r in risks]
             if not known:
@@ -150,13 +183,16 @@ class RiskMonitor:
         if risk not in risks:
             raise ValueError(f"The guarantee has no limit for risk {risk!r}: {sorted(risks)}.")
         rates = guarantee.get("exit_rates")
+        if not rates and num_exits is None:
+            raise ValueError("The guarantee records no exit rates: pass `num_exits`.")
         return cls(
             float(risks[risk]),
-            num_exits=len(rates) if rates else kwargs.pop("num_exits"),
+            num_exits=len(rates) if rates else num_exits,
             risk=risk,
-            alpha=alpha,
+            confidence=confidence,
             reference_exit_rates=rates,
-            **kwargs,
+            window=window,
+            grid_size=grid_size,
         )
 
     # -- feeding ----------------------------------------------------------------------------
@@ -269,7 +305,7 @@ class RiskMonitor:
         return {
             "risk": self.risk,
             "limit": self.limit,
-            "alpha": self.alpha,
+            "confidence": self.confidence,
             "requests": self.num_requests,
             "scored_requests": self.num_losses,
             "estimate": self.loss_sum / self.num_losses if self.num_losses else math.nan,
@@ -347,10 +383,27 @@ def read_log(path: str | Path) -> dict[str, np.ndarray]:
     }
 
 
-def check_log(path: str | Path, policy: Any, *, alpha: float = 0.05, **kwargs: Any) -> RiskMonitor:
+def check_log(
+    path: str | Path,
+    policy: Any,
+    *,
+    confidence: float = 0.95,
+    risk: str | None = None,
+    window: int = 2000,
+    alpha: Any = MISSING,
+) -> RiskMonitor:
     """Replay a request log through a :class:`RiskMonitor` built from a certified policy."""
     log = read_log(path)
-    monitor = RiskMonitor.from_policy(policy, alpha=alpha, **kwargs)
+    if alpha is not MISSING:
+        confidence = renamed_argument(
+            MISSING,
+            "confidence",
+            alpha,
+            "alpha",
+            convert=lambda a: 1.0 - a,
+            hint=" (= 1 - alpha)",
+        )
+    monitor = RiskMonitor.from_policy(policy, confidence=confidence, risk=risk, window=window)
     monitor.update(
         log["exit"], log["confidence"], log["prediction"], log["full_prediction"], log["label"]
     )

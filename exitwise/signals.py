@@ -26,7 +26,8 @@ name                            value                                   range   
 =============================== ======================================= ========== ========
 
 A learned halting network's ``predict_proba(outputs)`` ``[N, E]`` is a signal too: pass the
-tensor (or a callable) wherever a signal name is accepted.
+callable (or its scores ``[N, E]``) wherever a signal is accepted (the one contract:
+:func:`exitwise.policies.scores.resolve_signal`).
 """
 
 from __future__ import annotations
@@ -391,5 +392,6 @@ def compute_signal(outputs: ExitOutputs, signal: SignalLike) -> torch.Tensor:
         raise ValueError(
             f"Expected signal scores of shape [N, E] = {list(shape)}, got {list(scores.shape)}."
         )
-    check_finite(scores, "signal scores", ("sample", "exit"))  # integer scores pass
+    # +-inf are meaningful scores ("never" / "always" confident); NaN is not
+    check_finite(scores, "signal scores", ("sample", "exit"), allow_inf=True)
     return scores

@@ -203,14 +203,18 @@ def test_tune_for_serving_picks_the_best_feasible_candidate(real_outputs):
     lm = LatencyModel([1, 32], [[1e-4] * 4, [1e-3, 4e-3, 4e-3, 3e-3]])
     kw = {"rate": 3000.0, "limit": 0.02, "num_candidates": 10, "num_requests": 3000}
     plan = tune_for_serving(cal, "max_probability", lm, **kw)
-    feasible = [r for r in plan.candidates if r["p"] <= 0.02]
-    assert plan.chosen["accuracy"] == max(r["accuracy"] for r in feasible)
-    assert plan.full_model["relative_cost"] == 1.0 and plan.full_model["p"] > 0.02
+    feasible = [r for r in plan.candidates if r.latency <= 0.02]
+    assert plan.chosen.evaluation.accuracy == max(r.evaluation.accuracy for r in feasible)
+    assert plan.full_model.evaluation.relative_cost == 1.0 and plan.full_model.latency > 0.02
     target = tune_for_serving(cal, "max_probability", lm, target_accuracy=0.87, **kw)
-    ok = [r for r in feasible if r["accuracy"] >= 0.87]
-    assert target.chosen["relative_cost"] == min(r["relative_cost"] for r in ok)
-    assert target.accuracy_tuned["accuracy"] >= 0.87
+    ok = [r for r in feasible if r.evaluation.accuracy >= 0.87]
+    assert target.chosen.evaluation.relative_cost == min(r.evaluation.relative_cost for r in ok)
+    assert target.accuracy_tuned.evaluation.accuracy >= 0.87
+    with pytest.warns(DeprecationWarning, match=r"candidate\.latency"):
+        assert plan.chosen["p"] == plan.chosen.latency  # the old dict keys, one release
+    hopeless = tune_for_serving(cal, "max_probability", lm, **{**kw, "limit": 1e-9})
+    assert hopeless.policy is None and "no candidate has p99 latency <= 1e-09" in hopeless.reason
     cheap = tune_for_serving(cal, "max_probability", lm, budget=0.5, **kw)
-    assert cheap.chosen["relative_cost"] <= 0.5
+    assert cheap.chosen.evaluation.relative_cost <= 0.5
     with pytest.raises(ValueError, match="not both"):
         tune_for_serving(cal, "max_probability", lm, budget=0.5, target_accuracy=0.8, **kw)

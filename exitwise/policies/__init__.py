@@ -8,7 +8,7 @@ from exitwise.policies.evaluate import (
     evaluate_thresholds_streaming,
     first_exit,
 )
-from exitwise.policies.evaluate_policies import evaluate
+from exitwise.policies.evaluate_policies import evaluate, evaluate_policy
 from exitwise.policies.frontier import (
     geometric_budget_policy,
     held_out_frontier,
@@ -20,15 +20,13 @@ from exitwise.policies.p_values import (
     hoeffding_bentkus_p_value,
     wsr_p_value,
 )
-from exitwise.policies.pareto_testing import CertifiedPolicy, certify
+from exitwise.policies.pareto_testing import certify
 from exitwise.policies.positions import DecayedSignal, calm_factor
 from exitwise.policies.recall import recall_indices, recalled_outcome
-from exitwise.policies.risk import (
-    RiskControlResult,
-    default_risk_grid,
-    risk_controlled_threshold,
-)
+from exitwise.policies.results import Evaluation, Guarantee, PolicyResult, TestingPath
+from exitwise.policies.risk import default_risk_grid, risk_controlled_threshold
 from exitwise.policies.runtime import ExitController
+from exitwise.policies.scores import ExitScores, PrecomputedScores, as_scores, resolve_signal
 from exitwise.policies.sweep import SharedThresholdSweep, sweep_shared_threshold
 from exitwise.policies.threshold import (
     FixedExitPolicy,
@@ -41,7 +39,6 @@ from exitwise.policies.tune import (
     CostAtMost,
     CostQuantileAtMost,
     RiskAtMost,
-    TunedPolicy,
     tune,
     tune_for_accuracy,
     tune_for_budget,
@@ -52,26 +49,31 @@ __all__ = [
     "RISKS",
     "AccuracyAtLeast",
     "BatchingResult",
-    "CertifiedPolicy",
     "CostAtMost",
     "CostQuantileAtMost",
     "DecayedSignal",
+    "Evaluation",
     "ExitController",
     "ExitPolicy",
+    "ExitScores",
     "FixedExitPolicy",
+    "Guarantee",
     "OracleExit",
     "PatiencePolicy",
+    "PolicyResult",
+    "PrecomputedScores",
     "RiskAtMost",
-    "RiskControlResult",
     "SharedThresholdSweep",
+    "TestingPath",
     "ThresholdEvaluation",
     "ThresholdPolicy",
-    "TunedPolicy",
+    "as_scores",
     "binomial_p_value",
     "calm_factor",
     "certify",
     "default_risk_grid",
     "evaluate",
+    "evaluate_policy",
     "evaluate_thresholds",
     "evaluate_thresholds_streaming",
     "first_exit",
@@ -84,6 +86,7 @@ __all__ = [
     "policy_from_dict",
     "recall_indices",
     "recalled_outcome",
+    "resolve_signal",
     "risk_controlled_threshold",
     "simulate_batching",
     "sweep_shared_threshold",
@@ -93,3 +96,15 @@ __all__ = [
     "tune_for_latency",
     "wsr_p_value",
 ]
+
+# the old result types, one release with a DeprecationWarning: all are PolicyResult now
+_OLD_RESULTS = ("CertifiedPolicy", "RiskControlResult", "TunedPolicy")
+
+
+def __getattr__(name: str):
+    if name in _OLD_RESULTS:
+        from exitwise._deprecation import warn_renamed
+
+        warn_renamed(name, "PolicyResult")
+        return PolicyResult
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

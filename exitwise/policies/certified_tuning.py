@@ -2,55 +2,77 @@
 
 ``tune_for_accuracy``, ``tune_for_budget`` and ``tune_for_latency`` with ``confidence=c``
 return the policy :func:`~exitwise.policies.risk_controlled_threshold` certifies for their
-constraint with failure probability ``1 - c``, so the constraint holds on new data with
-probability at least ``c``; picking the best of many per-exit candidates on the same data
-would not keep that promise (the candidates' own bounds are each optimistic once one is
-chosen).
+constraint at confidence ``c``, so the constraint holds on new data with probability at least
+``c``; picking the best of many per-exit candidates on the same data would not keep that
+promise (the candidates' own bounds are each optimistic once one is chosen). This module adds
+the tuners' evaluation to that certificate; it is the one route to a certified shared
+threshold for the tuners.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any
+import dataclasses
+from typing import Any, Literal
 
 from exitwise._checks import check_open_unit
-from exitwise.data import ExitOutputs
-from exitwise.policies.evaluate_policies import evaluate
+from exitwise.policies.evaluate_policies import evaluate_policy
+from exitwise.policies.results import PolicyResult
 from exitwise.policies.risk import risk_controlled_threshold
-from exitwise.policies.tune import TunedPolicy, _summary, _with_lower_bound
+from exitwise.policies.scores import ExitScores
 
 __all__ = ["certified_tuning"]
 
 
 def certified_tuning(
-    outputs: ExitOutputs,
-    signal: str,
+    scores: ExitScores,
+    *,
     confidence: float,
-    grid: Any,
-    kwargs: dict[str, Any],
-    quantiles: tuple[float, ...] = (),
-    **risk_args: Any,
-) -> TunedPolicy:
-    """Learn-then-Test at failure probability ``1 - confidence`` (``risk_args`` go to
-    :func:`~exitwise.policies.risk_controlled_threshold`), summarised like a tuner's result
-    with the p-value and the accuracy's Clopper–Pearson bound at ``confidence``.
+    risk: str,
+    limit: float,
+    grid: Any = None,
+    reference: Literal["labels", "final"] = "labels",
+    recall: str = "none",
+    unit: str | None = None,
+    direction: Literal["down", "up"] = "down",
+    losses: Any = None,
+    percentiles: tuple[float, ...] = (),
+    asked: dict[str, float] | None = None,
+) -> PolicyResult:
+    """Learn-then-Test at ``confidence`` for ``risk <= limit``
+    (:func:`~exitwise.policies.risk_controlled_threshold`), with the certified policy's
+    :class:`~exitwise.policies.results.Evaluation` on ``scores`` (``percentiles`` as
+    fractions) and ``asked`` (what the tuner was asked, e.g. ``{"accuracy": 0.85}``) as the
+    result's ``limits``.
 
     Examples
     --------
     >>> from exitwise.datasets import load_default
-    >>> cal = load_default()[:2000]
-    >>> tuned = certified_tuning(cal, "max_probability", 0.9, None, {}, risk="error", delta=0.15)
-    >>> tuned.feasible, tuned.achieved["p_value"] <= 0.1
-    (True, True)
+    >>> from exitwise.policies import ExitScores
+    >>> cal = ExitScores(load_default()[:2000], "max_probability")
+    >>> r = certified_tuning(cal, confidence=0.9, risk="error", limit=0.15)
+    >>> r.feasible, r.guarantee.p_values["error"] <= 0.1, r.guarantee.unit
+    (True, True, 'sample')
     """
     confidence = check_open_unit(confidence, "confidence")
     res = risk_controlled_threshold(
-        outputs, signal, epsilon=1.0 - confidence, grid=grid, **risk_args
+        scores,
+        risk=risk,
+        limit=limit,
+        confidence=confidence,
+        grid=grid,
+        recall=recall,
+        losses=losses,
+        direction=direction,
+        unit=unit,
     )
+    limits = dict(asked) if asked else dict(res.limits)
     if res.policy is None:
-        return TunedPolicy(None, False, {}, math.inf, quantiles)
-    reference = kwargs.get("reference", "labels")
-    ev = evaluate(res.policy, outputs, reference=reference, quantiles=quantiles or None)
-    achieved = _with_lower_bound(_summary(ev), outputs.num_samples, confidence)
-    achieved["p_value"] = float(res.p_values[res.certified_index])
-    return TunedPolicy(res.policy, True, achieved, res.threshold, quantiles)
+        return dataclasses.replace(res, limits=limits)
+    evaluation = evaluate_policy(
+        res.policy,
+        scores,
+        reference=reference,
+        percentiles=[100.0 * q for q in percentiles] or None,
+        confidence=confidence,
+    )
+    return dataclasses.replace(res, evaluation=evaluation, limits=limits)

@@ -34,9 +34,10 @@ from typing import Any, Literal
 import torch
 
 from exitwise._checks import check_choice, check_int
+from exitwise._deprecation import MISSING
 from exitwise.policies.inputs import (
     check_outcome,
-    check_quantiles,
+    check_percentiles,
     check_scores,
     check_thresholds,
     costs_for,
@@ -68,10 +69,11 @@ def evaluate_thresholds(
     costs: Any,
     thresholds: Any,
     *,
-    quantiles: Sequence[float] | None = None,
+    percentiles: Sequence[float] | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     backend: Backend = "auto",
     distributed: bool | None = None,
+    quantiles: Any = MISSING,
 ) -> ThresholdEvaluation:
     """Evaluate K per-exit threshold vectors at once, exactly.
 
@@ -88,8 +90,9 @@ def evaluate_thresholds(
     thresholds : array-like of shape (K, E) or (E,)
         Candidate threshold vectors. The last column is never used (the last exit always
         answers). ``+inf`` never exits at that exit, ``-inf`` always does.
-    quantiles : sequence of float in [0, 1], optional
-        Also report these quantiles of the per-sample cost (e.g. ``(0.5, 0.99)``).
+    percentiles : sequence of float in [0, 100], optional
+        Also report these percentiles of the per-sample cost (e.g. ``(50, 99)``), in
+        ``cost_quantiles`` (columns aligned with ``percentiles``).
     memory_budget : int, default=2**30
         Bytes of working memory; candidates and samples are processed in chunks to stay in it.
     backend : {"auto", "dense", "bitset"}, default="auto"
@@ -98,6 +101,8 @@ def evaluate_thresholds(
     distributed : bool, optional
         Sum statistics across the processes of an initialised ``torch.distributed`` group
         (each rank passes its own shard of samples). ``None``: when a group is initialised.
+    quantiles : sequence of float in [0, 1], optional
+        Deprecated spelling of ``percentiles`` (as fractions).
 
     Returns
     -------
@@ -132,7 +137,7 @@ def evaluate_thresholds(
     o = check_outcome(correct, shape, s.device)
     c = costs_for(costs, shape, s.device)
     t = check_thresholds(thresholds, shape[1], s.device)
-    qs = check_quantiles(quantiles)
+    qs = check_percentiles(percentiles, quantiles)
     keep = bool(qs) and c.ndim == 2
     totals = _chunk_totals(s, o, c, t, backend, memory_budget, keep)
     full = _full_cost_sum(c, shape[0], totals.counts.device)
@@ -144,10 +149,11 @@ def evaluate_thresholds_streaming(
     chunks: Iterable[tuple[Any, Any, Any]],
     thresholds: Any,
     *,
-    quantiles: Sequence[float] | None = None,
+    percentiles: Sequence[float] | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     backend: Backend = "auto",
     distributed: bool | None = None,
+    quantiles: Any = MISSING,
 ) -> ThresholdEvaluation:
     """:func:`evaluate_thresholds` over an iterable of ``(scores, correct, costs)`` chunks.
 
@@ -170,7 +176,7 @@ def evaluate_thresholds_streaming(
     """
     check_choice(backend, "backend", ("auto", "dense", "bitset"))
     memory_budget = check_int(memory_budget, "memory_budget", minimum=1)
-    qs = check_quantiles(quantiles)
+    qs = check_percentiles(percentiles, quantiles)
     totals: _Totals | None = None
     first_costs: torch.Tensor | None = None
     per_exit_costs = True

@@ -1,6 +1,8 @@
-"""``evaluate(policies, outputs)``: any exit policies on :class:`~exitwise.ExitOutputs`, one
-layer above the threshold evaluator (threshold policies sharing a signal go through it at
-once; other policies through their exit indices)."""
+"""``evaluate(policies, data)``: any exit policies on :class:`~exitwise.ExitOutputs` or
+:class:`~exitwise.policies.ExitScores`, one layer above the threshold evaluator (threshold
+policies sharing a signal go through it at once, on scores computed once; other policies
+through their exit indices). ``evaluate_policy`` gives one policy's typed
+:class:`~exitwise.policies.results.Evaluation`."""
 
 from __future__ import annotations
 
@@ -9,9 +11,11 @@ from typing import Any, Literal
 
 import torch
 
+from exitwise._deprecation import MISSING
 from exitwise.policies.base import ExitPolicy
 from exitwise.policies.evaluate import evaluate_thresholds
-from exitwise.policies.inputs import check_quantiles
+from exitwise.policies.evaluation import Evaluation
+from exitwise.policies.inputs import check_percentiles
 from exitwise.policies.kernels import (
     DEFAULT_MEMORY_BUDGET,
     ThresholdEvaluation,
@@ -20,10 +24,10 @@ from exitwise.policies.kernels import (
     _reduce_exits,
 )
 from exitwise.policies.recall import recalled_outcome
+from exitwise.policies.scores import outputs_of, scores_for
 from exitwise.policies.threshold import ThresholdPolicy
-from exitwise.signals import compute_signal
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "evaluate_policy"]
 
 
 def evaluate(
@@ -31,16 +35,20 @@ def evaluate(
     outputs: Any,
     *,
     reference: Literal["labels", "final"] = "labels",
-    quantiles: Sequence[float] | None = None,
+    percentiles: Sequence[float] | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    quantiles: Any = MISSING,
 ) -> ThresholdEvaluation:
-    """Evaluate one policy or a list of policies on :class:`~exitwise.ExitOutputs`.
+    """Evaluate one policy or a list of policies on :class:`~exitwise.ExitOutputs` or
+    :class:`~exitwise.policies.ExitScores` (whose scores and costs are used as they are when
+    the policies' signal is theirs: nothing is recomputed).
 
     Threshold policies sharing a signal are evaluated together by
     :func:`evaluate_thresholds` (recall policies on the recalled outcome); other policies
     (fixed exit, oracle, SDN fallback) through their exit and answering-exit indices.
     Correctness is against the labels, or agreement with the final exit with
-    ``reference="final"``; costs are ``outputs.costs``.
+    ``reference="final"``; costs are ``outputs.costs``. ``percentiles`` (0-100) adds cost
+    percentiles (``quantiles``, as fractions, is the deprecated spelling).
 
     Returns
     -------
@@ -62,9 +70,12 @@ def evaluate(
     for i, policy in enumerate(items):
         if not isinstance(policy, ExitPolicy):
             raise TypeError(f"Expected ExitPolicy objects, got {type(policy).__name__} at {i}.")
-    correct = outputs.correct(reference)
+    data = outputs
+    correct = data.correct(reference)
+    costs = data.costs
+    outputs = outputs_of(data)
     e = outputs.num_exits
-    qs = check_quantiles(quantiles)
+    qs = check_percentiles(percentiles, quantiles)
     simple = [
         type(p) is ThresholdPolicy
         and p.fallback == "last"
@@ -72,23 +83,54 @@ def evaluate(
         for p in items
     ]
     if all(simple):
-        scores = compute_signal(outputs, items[0].signal)
+        scores = scores_for(data, items[0].signal)
         thresholds = torch.stack([p.threshold_vector(e, scores.device) for p in items])
         return evaluate_thresholds(
             scores,
             recalled_outcome(correct, scores, items[0].recall),
-            outputs.costs,
+            costs,
             thresholds,
-            quantiles=qs,
+            percentiles=[100.0 * q for q in qs],
             memory_budget=memory_budget,
             distributed=False,
         )
-    exits = torch.stack([p.exit_indices(outputs) for p in items])
-    answers = torch.stack([p.answer_indices(outputs) for p in items])
-    totals = _reduce_exits(exits, correct, outputs.costs, torch.int64, False, answers)
+    exits = torch.stack([p.exit_indices(data) for p in items])
+    answers = torch.stack([p.answer_indices(data) for p in items])
+    totals = _reduce_exits(exits, correct, costs, torch.int64, False, answers)
     thresholds = torch.full((len(items), e), float("nan"), dtype=torch.float64, device=exits.device)
     for i, policy in enumerate(items):
         if isinstance(policy, ThresholdPolicy):
             thresholds[i] = policy.threshold_vector(e, exits.device)
-    full = _full_cost_sum(outputs.costs, outputs.num_samples, exits.device)
-    return _finish(totals, thresholds, outputs.costs, qs, True, full)
+    full = _full_cost_sum(costs, outputs.num_samples, exits.device)
+    return _finish(totals, thresholds, costs, qs, True, full)
+
+
+def evaluate_policy(
+    policy: ExitPolicy,
+    data: Any,
+    *,
+    reference: Literal["labels", "final"] | None = None,
+    percentiles: Sequence[float] | None = None,
+    confidence: float = 0.95,
+) -> Evaluation:
+    """One policy's typed :class:`~exitwise.policies.results.Evaluation` on ``data``
+    (``ExitOutputs`` or ``ExitScores``): accuracy against the labels (when there are any,
+    or ``reference="final"`` for agreement only), agreement with the final exit, costs,
+    exit fractions and cost percentiles, and the accuracy's Clopper–Pearson lower bound at
+    ``confidence``.
+
+    Examples
+    --------
+    >>> from exitwise.datasets import load_default
+    >>> from exitwise.policies import ThresholdPolicy
+    >>> ev = evaluate_policy(ThresholdPolicy("max_probability", 0.9), load_default())
+    >>> round(ev.accuracy, 4), ev.agreement > 0.9, ev.speed_up > 1
+    (0.8811, True, True)
+    """
+    if reference is None:
+        reference = "labels" if outputs_of(data).labels is not None else "final"
+    main = evaluate(policy, data, reference=reference, percentiles=percentiles)
+    agreement = None if reference == "final" else evaluate(policy, data, reference="final")
+    return Evaluation.from_rows(
+        main, 0, correct_is=reference, agreement=agreement, confidence=confidence
+    )

@@ -8,20 +8,21 @@ from typing import Any, Literal
 import torch
 
 from exitwise.data import ExitOutputs
-from exitwise.policies.constraints import CostAtMost
+from exitwise.policies.constraints import CostAtMost, resolve_relative
 from exitwise.policies.evaluate import evaluate_thresholds
-from exitwise.policies.evaluate_policies import evaluate
+from exitwise.policies.evaluate_policies import evaluate_policy
+from exitwise.policies.results import PolicyResult
+from exitwise.policies.scores import ExitScores, as_scores
 from exitwise.policies.sweep import sweep_shared_threshold
 from exitwise.policies.threshold import ThresholdPolicy
-from exitwise.policies.tune import TunedPolicy, _summary, tune
-from exitwise.signals import compute_signal
+from exitwise.policies.tune import tune
 
 __all__ = ["geometric_budget_policy", "held_out_frontier", "pareto_frontier"]
 
 
 def pareto_frontier(
-    outputs: ExitOutputs,
-    signal: str,
+    outputs: ExitOutputs | ExitScores,
+    signal: Any = None,
     *,
     budgets: Any = None,
     reference: Literal["labels", "final"] = "labels",
@@ -40,9 +41,10 @@ def pareto_frontier(
     >>> bool((front["accuracy"][1:] > front["accuracy"][:-1]).all())
     True
     """
-    scores = compute_signal(outputs, signal).double().cpu()
-    correct = outputs.correct(reference).cpu()
-    costs = outputs.costs.cpu()
+    data = as_scores(outputs, signal)
+    scores = data.scores.cpu()
+    correct = data.correct(reference).cpu()
+    costs = data.costs.cpu()
     e = scores.shape[1]
     sweep = sweep_shared_threshold(scores, correct, costs)
     pts_cost = [sweep.mean_cost]
@@ -53,11 +55,14 @@ def pareto_frontier(
         lo = float(costs[0] / costs[-1])
         budgets = torch.linspace(lo, 1.0, 12)[1:-1].tolist()
     for b in budgets:
-        tuned = tune(outputs, signal, "accuracy", [CostAtMost(float(b), True)], reference=reference)
+        tuned = tune(
+            data, None, "accuracy", [CostAtMost(float(b), relative=True)], reference=reference
+        )
         if tuned.policy is None:
             continue
-        pts_cost.append(torch.tensor([tuned.achieved["mean_cost"]], dtype=torch.float64))
-        pts_acc.append(torch.tensor([tuned.achieved["accuracy"]], dtype=torch.float64))
+        acc = tuned.evaluation.accuracy if reference == "labels" else tuned.evaluation.agreement
+        pts_cost.append(torch.tensor([tuned.evaluation.mean_cost], dtype=torch.float64))
+        pts_acc.append(torch.tensor([acc], dtype=torch.float64))
         pts_thr.append(tuned.policy.threshold_vector(e)[None])
         pts_kind.append(torch.ones(1, dtype=torch.bool))
     cost = torch.cat(pts_cost)
@@ -79,13 +84,13 @@ def pareto_frontier(
 
 
 def geometric_budget_policy(
-    outputs: ExitOutputs,
-    signal: str,
-    budget: float,
+    outputs: ExitOutputs | ExitScores,
+    signal: Any = None,
+    budget: float | None = None,
     *,
     relative: bool = True,
     reference: Literal["labels", "final"] = "labels",
-) -> TunedPolicy:
+) -> PolicyResult:
     r"""MSDNet's budgeted-batch rule, a baseline for :func:`tune_for_budget`.
 
     Huang et al. (2018) let a share :math:`p_e \propto q^e` of the samples leave at exit
@@ -99,10 +104,14 @@ def geometric_budget_policy(
     >>> from exitwise.datasets import load_default
     >>> cal, _ = load_default().split(0.5, seed=0)
     >>> base = geometric_budget_policy(cal, "max_probability", 0.5)
-    >>> abs(base.achieved["speed_up"] - 2.0) < 0.1
+    >>> abs(base.evaluation.speed_up - 2.0) < 0.1
     True
     """
-    costs = outputs.costs.cpu().to(torch.float64)
+    if budget is None:
+        raise TypeError("Expected a `budget`, e.g. 0.5 (half the full model's cost).")
+    relative = resolve_relative(relative)
+    data = as_scores(outputs, signal)
+    costs = data.costs.cpu().to(torch.float64)
     e = costs.numel()
     limit = budget * float(costs[-1]) if relative else float(budget)
     if not float(costs[0]) <= limit <= float(costs[-1]):
@@ -124,7 +133,7 @@ def geometric_budget_policy(
         else:
             lo = mid
     p = shares(lo)
-    scores = compute_signal(outputs, signal).double().cpu()
+    scores = data.scores.cpu()
     n = scores.shape[0]
     remaining = torch.ones(n, dtype=torch.bool)
     thresholds = torch.full((e,), -math.inf, dtype=torch.float64)
@@ -137,16 +146,19 @@ def geometric_budget_policy(
         values = scores[remaining, j].sort(descending=True).values
         thresholds[j] = values[min(take, left) - 1]
         remaining &= ~(scores[:, j] >= thresholds[j])
-    policy = ThresholdPolicy(signal, thresholds.tolist())
-    achieved = _summary(evaluate(policy, outputs, reference=reference))
-    achieved["geometric_shares"] = p.tolist()
-    return TunedPolicy(policy, True, achieved, math.inf, ())
+    policy = ThresholdPolicy(data.signal, thresholds.tolist())
+    return PolicyResult(
+        policy,
+        evaluate_policy(policy, data, reference=reference),
+        limits={"relative_cost": limit / float(costs[-1])},
+        num_units=data.num_samples,
+    )
 
 
 def held_out_frontier(
-    tune_outputs: ExitOutputs,
-    test_outputs: ExitOutputs,
-    signal: str,
+    tune_outputs: ExitOutputs | ExitScores,
+    test_outputs: ExitOutputs | ExitScores,
+    signal: Any = None,
     *,
     budgets: Any = None,
     reference: Literal["labels", "final"] = "labels",
@@ -166,25 +178,26 @@ def held_out_frontier(
     >>> curves["accuracy"].shape == curves["mean_cost"].shape
     True
     """
-    front = pareto_frontier(tune_outputs, signal, budgets=budgets, reference=reference)
-    e = tune_outputs.num_exits
-    scores = compute_signal(test_outputs, signal).double()
-    correct = test_outputs.correct(reference)
+    tuning = as_scores(tune_outputs, signal, argument="tune_outputs")
+    testing = as_scores(test_outputs, tuning.signal, argument="test_outputs")
+    front = pareto_frontier(tuning, budgets=budgets, reference=reference)
+    e = tuning.num_exits
+    scores = testing.scores
+    correct = testing.correct(reference)
     on_test = evaluate_thresholds(
         scores,
         correct,
-        test_outputs.costs,
+        testing.costs,
         front["thresholds"].to(scores.device),
         distributed=False,
     )
-    tune_scores = compute_signal(tune_outputs, signal).double()
     shared = sweep_shared_threshold(
-        tune_scores, tune_outputs.correct(reference), tune_outputs.costs
+        tuning.scores, tuning.correct(reference), tuning.costs
     ).thresholds
     shared_on_test = evaluate_thresholds(
         scores,
         correct,
-        test_outputs.costs,
+        testing.costs,
         shared[:, None].expand(-1, e).to(scores.device),
         distributed=False,
     )

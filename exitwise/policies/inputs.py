@@ -14,8 +14,16 @@ from typing import Any
 import torch
 
 from exitwise._checks import as_tensor, check_costs, check_finite
+from exitwise._deprecation import MISSING, renamed_argument
 
-__all__ = ["check_outcome", "check_quantiles", "check_scores", "check_thresholds", "costs_for"]
+__all__ = [
+    "check_outcome",
+    "check_percentiles",
+    "check_quantiles",
+    "check_scores",
+    "check_thresholds",
+    "costs_for",
+]
 
 
 def check_scores(scores: Any) -> torch.Tensor:
@@ -87,3 +95,34 @@ def check_quantiles(quantiles: Sequence[float] | None) -> tuple[float, ...]:
         if not 0.0 <= q <= 1.0:
             raise ValueError(f"Expected `quantiles` in [0, 1], got {q}.")
     return qs
+
+
+def check_percentiles(percentiles: Any = None, quantiles: Any = MISSING) -> tuple[float, ...]:
+    """Cost percentiles in [0, 100] (the one style: ``percentiles=(50, 99)``) as quantile
+    fractions for the kernels; the deprecated ``quantiles=(0.5, 0.99)`` still works.
+
+    Examples
+    --------
+    >>> check_percentiles((50, 99))
+    (0.5, 0.99)
+    """
+    if quantiles is not MISSING:
+        fractions = renamed_argument(
+            MISSING if percentiles is None else percentiles,
+            "percentiles",
+            quantiles,
+            "quantiles",
+            hint=" (in percent, e.g. percentiles=(99,))",
+        )
+        if percentiles is None:
+            return check_quantiles(fractions)
+    if percentiles is None:
+        return ()
+    if isinstance(percentiles, (int, float)):
+        percentiles = (percentiles,)
+    out = []
+    for p in percentiles:
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 100.0:
+            raise ValueError(f"Expected `percentiles` in [0, 100] (e.g. 99), got {p!r}.")
+        out.append(round(float(p) / 100.0, 12))
+    return tuple(out)

@@ -67,6 +67,17 @@ class ThresholdEvaluation:
         """Full-model cost divided by each candidate's mean cost ``[K]``."""
         return self.full_cost / self.mean_cost
 
+    @property
+    def relative_cost(self) -> torch.Tensor:
+        """Each candidate's mean cost as a share of the full model's ``[K]`` (the one owner of
+        ``mean_cost / full_cost``)."""
+        return self.mean_cost / self.full_cost
+
+    @property
+    def percentiles(self) -> tuple[float, ...]:
+        """The requested cost percentiles (0-100), aligned with ``cost_quantiles``' columns."""
+        return tuple(round(100.0 * q, 10) for q in self.quantiles)
+
     def __len__(self) -> int:
         return int(self.thresholds.shape[0])
 

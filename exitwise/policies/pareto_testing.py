@@ -1,12 +1,14 @@
 r"""Certify several risks at once with per-exit thresholds: Pareto Testing.
 
 Laufer-Goldshtein, Fisch, Barzilay and Jaakkola (ICLR 2023). Given risk limits such as
-``{"disagreement": 0.02, "cost": 0.4}`` and a failure probability :math:`\epsilon`,
+``{"disagreement": 0.02, "cost": 0.4}`` and a ``confidence`` :math:`1 - \epsilon`,
 :func:`certify` returns a threshold vector :math:`\hat\tau` with
 
-.. math:: P\big(R_r(\hat\tau) \le \delta_r \text{ for every risk } r\big) \ge 1 - \epsilon
+.. math:: P\big(R_r(\hat\tau) \le \text{limit}_r \text{ for every risk } r\big)
+   \ge \text{confidence}
 
-over the draw of the calibration data (i.i.d. samples), or no policy. The procedure:
+over the draw of the calibration data (i.i.d. samples, or i.i.d. sequences for token data:
+each sequence's loss is the share of its tokens with a loss), or no policy. The procedure:
 
 1. Split the calibration data into an *optimisation* part and a *testing* part.
 2. On the optimisation part, score many candidate threshold vectors (random per-exit
@@ -29,88 +31,42 @@ one-dimensional case without the split.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from exitwise._checks import check_choice, check_int, check_open_unit
+from exitwise._deprecation import MISSING, renamed_argument
 from exitwise.data import ExitOutputs
 from exitwise.policies.constraints import AccuracyAtLeast
 from exitwise.policies.evaluate import evaluate_thresholds
+from exitwise.policies.evaluate_policies import evaluate_policy
 from exitwise.policies.kernels import first_exit
-from exitwise.policies.losses import RISKS, ZERO_ONE_RISKS, loss_table
+from exitwise.policies.losses import RISKS, ZERO_ONE_RISKS
 from exitwise.policies.p_values import (
     hoeffding_bentkus_p_value,
     p_value_of_losses,
     resolve_p_value,
 )
 from exitwise.policies.recall import Recall
-from exitwise.policies.risk import default_risk_grid
+from exitwise.policies.results import Guarantee, PolicyResult, TestingPath
+from exitwise.policies.risk import default_risk_grid, resolve_unit
+from exitwise.policies.scores import ExitScores, as_scores
+from exitwise.policies.sequence_risk import sequence_losses
 from exitwise.policies.threshold import ThresholdPolicy
-from exitwise.signals import compute_signal, get_signal
+from exitwise.signals import get_signal
 
-__all__ = ["CertifiedPolicy", "certify", "non_dominated"]
+__all__ = ["certify", "non_dominated"]
 
 
-@dataclass(frozen=True)
-class CertifiedPolicy:
-    """Outcome of :func:`certify`.
+def __getattr__(name: str) -> Any:
+    if name == "CertifiedPolicy":  # the old result type of certify
+        from exitwise._deprecation import warn_renamed
 
-    Attributes
-    ----------
-    policy : ThresholdPolicy or None
-        ``None`` when not even the first candidate of the sequence passes.
-    limits : dict
-        Risk name -> limit :math:`\\delta_r`.
-    epsilon : float
-    p_values, empirical_risks : dict
-        Per risk, at the returned policy, on the testing part (empty when none).
-    p_value_methods : dict
-        Per risk, the p-value used.
-    relative_cost : float
-        The returned policy's mean cost over the full model's on the testing part (NaN when
-        none).
-    num_certified, num_tested, front_size : int
-        Candidates passed, tested (passed + the one that stopped the walk) and on the front.
-    num_optimisation, num_testing : int
-        Sizes of the two parts of the calibration data.
-    sequence : torch.Tensor
-        The ordered front's thresholds ``[F, E]``.
-    """
-
-    policy: ThresholdPolicy | None
-    limits: dict[str, float]
-    epsilon: float
-    p_values: dict[str, float]
-    empirical_risks: dict[str, float]
-    p_value_methods: dict[str, str]
-    relative_cost: float
-    num_certified: int
-    num_tested: int
-    front_size: int
-    num_optimisation: int
-    num_testing: int
-    sequence: torch.Tensor = field(repr=False)
-
-    @property
-    def certified(self) -> bool:
-        return self.policy is not None
-
-    def guarantee(self) -> dict[str, Any]:
-        """The guarantee as JSON values, for a policy file's context (the monitor reads it)."""
-        return {
-            "procedure": "pareto_testing",
-            "risks": dict(self.limits),
-            "epsilon": self.epsilon,
-            "n": self.num_testing,
-            "n_optimisation": self.num_optimisation,
-            "p_values": dict(self.p_values),
-            "p_value_methods": dict(self.p_value_methods),
-            "empirical_risks": dict(self.empirical_risks),
-            "relative_cost": self.relative_cost,
-        }
+        warn_renamed("CertifiedPolicy", "PolicyResult")
+        return PolicyResult
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def non_dominated(points: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
@@ -138,11 +94,11 @@ def non_dominated(points: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
 
 
 def _candidates(
-    scores: torch.Tensor, search: str, num_candidates: int, seed: int, signal: str
+    scores: torch.Tensor, search: str, num_candidates: int, seed: int, signal: Any
 ) -> torch.Tensor:
     """Threshold vectors ``[K, E]`` built from the optimisation part only."""
     n, e = scores.shape
-    if get_signal(signal).unit_interval:
+    if isinstance(signal, str) and get_signal(signal).unit_interval:
         shared = torch.as_tensor(default_risk_grid(), dtype=torch.float64)
     else:
         shared = torch.quantile(scores[:, :-1].reshape(-1), torch.linspace(0, 1, 201).double())
@@ -166,7 +122,7 @@ def _tuned_candidates(
 ) -> torch.Tensor:
     """The least-cost per-exit thresholds with each 0/1 risk at ``levels`` levels up to its
     limit, by the tuners' exact line searches (on the optimisation part)."""
-    from exitwise.policies.tune import _search
+    from exitwise.policies.search import search_thresholds
 
     relative = tables["cost"][0]
     rows = []
@@ -175,7 +131,9 @@ def _tuned_candidates(
             continue
         keep = tables[name] == 0.0
         for level in np.linspace(0.2, 1.0, levels) * limit:
-            found, _ = _search(scores, keep, relative, [AccuracyAtLeast(1.0 - level)], "cost", 2)
+            found, _ = search_thresholds(
+                scores, keep, relative, [AccuracyAtLeast(1.0 - level, relative=False)], "cost", 2
+            )
             if found is not None:
                 rows.append(found)
     if not rows:
@@ -183,25 +141,26 @@ def _tuned_candidates(
     return torch.stack(rows)
 
 
-def _check_risks(risks: Any) -> dict[str, float]:
-    if not isinstance(risks, dict) or not risks:
+def _check_limits(limits: Any) -> dict[str, float]:
+    if not isinstance(limits, dict) or not limits:
         raise TypeError(
-            "Expected `risks` to be a non-empty dict of risk name -> limit, e.g. "
-            f'{{"disagreement": 0.02, "cost": 0.4}}, got {risks!r}.'
+            "Expected `limits` to be a non-empty dict of risk name -> limit, e.g. "
+            f'{{"disagreement": 0.02, "cost": 0.4}}, got {limits!r}.'
         )
     out = {}
-    for name, limit in risks.items():
-        check_choice(name, "risks", RISKS)
-        out[name] = check_open_unit(limit, f"risks[{name!r}]")
+    for name, limit in limits.items():
+        check_choice(name, "limits", RISKS)
+        out[name] = check_open_unit(limit, f"limits[{name!r}]")
     return out
 
 
 def certify(
-    outputs: ExitOutputs,
-    signal: str,
-    risks: dict[str, float],
-    epsilon: float = 0.05,
+    outputs: ExitOutputs | ExitScores,
+    signal: Any = None,
+    limits: dict[str, float] | None = None,
+    epsilon: Any = MISSING,
     *,
+    confidence: float = 0.95,
     search: Literal["per_exit", "shared"] = "per_exit",
     split: float = 0.5,
     seed: int = 0,
@@ -210,23 +169,29 @@ def certify(
     p_value: str | None = None,
     recall: Recall = "none",
     nll_bound: float = 1.0,
-) -> CertifiedPolicy:
+    unit: Literal["sample", "token", "sequence"] | None = None,
+    risks: Any = MISSING,
+) -> PolicyResult:
     """Per-exit thresholds whose risks are all certified at once (Pareto Testing).
 
     Parameters
     ----------
-    outputs : ExitOutputs
+    outputs : ExitOutputs or ExitScores
         The calibration data (labels needed for ``"error"`` and ``"nll_excess"``).
-    signal : str
-    risks : dict
+    signal : str, DecayedSignal, callable or array-like of shape (N, E)
+        The one signal contract (:func:`~exitwise.policies.scores.resolve_signal`).
+    limits : dict
         Risk name (``"error"``, ``"disagreement"``, ``"nll_excess"``, ``"cost"``; see
-        :func:`~exitwise.policies.losses.loss_table`) -> limit in (0, 1).
-    epsilon : float in (0, 1), default=0.05
-        Probability that any certified statement is false.
+        :func:`~exitwise.policies.losses.loss_table`) -> limit in (0, 1) (``risks`` is the old
+        name of this argument).
+    confidence : float in (0, 1), default=0.95
+        Probability that every certified statement holds (``epsilon = 1 - confidence``, the
+        old fourth argument, is deprecated).
     search : {"per_exit", "shared"}, default="per_exit"
         Candidates: random per-exit quantile vectors plus shared thresholds, or shared only.
     split : float in (0, 1), default=0.5
-        Share of ``outputs`` used to find and order the front (the rest tests it).
+        Share of the data used to find and order the front (the rest tests it); sequences
+        stay whole on one side.
     seed : int, default=0
         The split, the candidates and the testing order.
     num_candidates : int, default=2000
@@ -236,49 +201,73 @@ def certify(
         searches, as :func:`~exitwise.policies.tune`) with that risk on the optimisation part
         at this many levels from 20 % to 100 % of its limit (``search="per_exit"``).
     p_value : {"binomial", "hoeffding_bentkus", "wsr"}, optional
-        One method for every risk; default: binomial for 0/1 risks, WSR for the others.
+        One method for every risk; default: binomial for 0/1 risks, WSR for the others (and
+        for every risk over sequences, whose losses are shares).
     recall : {"none", "most_confident"}, default="none"
     nll_bound : float, default=1.0
+    unit : {"sample", "token", "sequence"}, optional
+        Default ``"sequence"`` when the data has ``groups``.
 
     Returns
     -------
-    CertifiedPolicy
+    PolicyResult
+        With ``guarantee`` (procedure ``"pareto_testing"``) and ``path`` (the ordered front);
+        or no policy with the reason and, per risk, the least p-value reached.
 
     Examples
     --------
     >>> from exitwise.datasets import load_default
     >>> cal, test = load_default().split(0.5, seed=0)
     >>> res = certify(cal, "max_probability", {"disagreement": 0.05, "cost": 0.6})
-    >>> res.certified, res.relative_cost <= 0.6, res.p_values["cost"] <= 0.05
+    >>> res.certified, res.evaluation.relative_cost <= 0.6, res.guarantee.p_values["cost"] <= 0.05
     (True, True, True)
     """
-    limits = _check_risks(risks)
-    epsilon = check_open_unit(epsilon, "epsilon")
+    limits = renamed_argument(
+        MISSING if limits is None else limits, "limits", risks, "risks", stacklevel=3
+    )
+    if limits is MISSING:
+        raise TypeError('Expected `limits`, e.g. {"disagreement": 0.02, "cost": 0.4}.')
+    limits = _check_limits(limits)
+    if epsilon is not MISSING:
+        confidence = renamed_argument(
+            MISSING,
+            "confidence",
+            epsilon,
+            "epsilon",
+            convert=lambda e: 1.0 - check_open_unit(e, "epsilon"),
+            hint=" (= 1 - epsilon)",
+            stacklevel=3,
+        )
+    confidence = check_open_unit(confidence, "confidence")
+    alpha = 1.0 - confidence
     check_choice(search, "search", ("per_exit", "shared"))
     split = check_open_unit(split, "split")
     num_candidates = check_int(num_candidates, "num_candidates", minimum=1)
     tuned_levels = check_int(tuned_levels, "tuned_levels", minimum=0)
-    methods = {name: resolve_p_value(p_value, name in ZERO_ONE_RISKS, name) for name in limits}
-    opt_idx, test_idx = outputs.split_indices(split, seed)
+    data = as_scores(outputs, signal)
+    unit = resolve_unit(unit, data.groups)
+    methods = {
+        name: resolve_p_value(p_value, name in ZERO_ONE_RISKS and unit == "sample", name)
+        for name in limits
+    }
+    opt_idx, test_idx = data.split_indices(split, seed)
     if len(opt_idx) == 0 or len(test_idx) == 0:
         raise ValueError(
-            f"`split`={split} leaves an empty part of {outputs.num_samples} samples; pass more "
+            f"`split`={split} leaves an empty part of {data.num_samples} samples; pass more "
             "calibration data or a split nearer 0.5."
         )
     gen = torch.Generator().manual_seed(int(seed))
     test_idx = test_idx[torch.randperm(len(test_idx), generator=gen).to(test_idx.device)]
-    scores = compute_signal(outputs, signal).double()
+    scores = data.scores
     names = list(limits) + ([] if "cost" in limits else ["cost"])
-    tables = {
-        r: loss_table(outputs, r, scores=scores, recall=recall, nll_bound=nll_bound) for r in names
-    }
+    tables = {r: data.losses(r, recall=recall, nll_bound=nll_bound) for r in names}
     s_opt = scores[opt_idx].cpu()
-    candidates = _candidates(s_opt, search, num_candidates, seed, signal)
+    candidates = _candidates(s_opt, search, num_candidates, seed, data.signal)
     if search == "per_exit":
         opt_tables = {r: t[opt_idx].cpu() for r, t in tables.items()}
         tuned = _tuned_candidates(s_opt, opt_tables, limits, tuned_levels)
         candidates = torch.unique(torch.cat([candidates, tuned]), dim=0)
-    zero_cost = torch.zeros(outputs.num_exits, dtype=torch.float64)
+    zero_cost = torch.zeros(data.num_exits, dtype=torch.float64)
     opt_risk = torch.stack(
         [
             evaluate_thresholds(
@@ -290,7 +279,8 @@ def certify(
     )
     front = non_dominated(opt_risk)
     thresholds, front_risk = candidates[front], opt_risk[front]
-    n_test = len(test_idx)
+    test_groups = None if unit == "sample" else data.groups[test_idx]
+    n_test = len(test_idx) if test_groups is None else int(torch.unique(test_groups).numel())
     guess = torch.tensor(
         [
             max(
@@ -304,35 +294,80 @@ def certify(
     order = np.lexsort((front_risk[:, cost_col].numpy(), guess.numpy()))
     thresholds = thresholds[torch.as_tensor(order)]
     s_test = scores[test_idx]
+
+    def unit_losses(r: str, exits: torch.Tensor) -> torch.Tensor:
+        token = tables[r][test_idx].gather(1, exits.to(tables[r].device))[:, 0]
+        if test_groups is None:
+            return token
+        return sequence_losses(token, test_groups.to(token.device), "fraction")
+
     passed: list[tuple[float, int, dict[str, float], dict[str, float]]] = []
-    tested = 0
+    path_p = torch.full((len(thresholds),), math.nan, dtype=torch.float64)
+    path_risk = torch.full((len(thresholds),), math.nan, dtype=torch.float64)
+    best_p = {r: math.inf for r in limits}
     for i in range(len(thresholds)):
-        tested += 1
         exits = first_exit(s_test, thresholds[i].to(s_test.device))[:, None]
         ps, emp = {}, {}
         for r in limits:
-            losses = tables[r][test_idx].gather(1, exits.to(tables[r].device))[:, 0]
-            ps[r] = p_value_of_losses(losses, limits[r], methods[r], alpha=epsilon)
+            losses = unit_losses(r, exits)
+            ps[r] = p_value_of_losses(losses, limits[r], methods[r], alpha=alpha)
             emp[r] = float(losses.mean())
-        if max(ps.values()) > epsilon:
+            best_p[r] = min(best_p[r], ps[r])
+        path_p[i], path_risk[i] = max(ps.values()), emp[next(iter(limits))]
+        if max(ps.values()) > alpha:
             break
         cost = float(tables["cost"][test_idx].gather(1, exits)[:, 0].mean())
         passed.append((cost, i, ps, emp))
-    common = {
-        "limits": limits,
-        "epsilon": epsilon,
-        "p_value_methods": methods,
-        "num_certified": len(passed),
-        "num_tested": tested,
-        "front_size": len(thresholds),
-        "num_optimisation": len(opt_idx),
-        "num_testing": n_test,
-        "sequence": thresholds,
-    }
+    path = TestingPath(
+        thresholds,
+        path_p,
+        path_risk,
+        None,
+        int((~torch.isnan(path_p)).sum()),
+        len(passed),
+        len(opt_idx) if test_groups is None else int(torch.unique(data.groups[opt_idx]).numel()),
+    )
+    units = "sequences" if unit == "sequence" else "samples"
     if not passed:
-        return CertifiedPolicy(
-            None, p_values={}, empirical_risks={}, relative_cost=math.nan, **common
+        wanted = ", ".join(f"{k} <= {v:g}" for k, v in limits.items())
+        reason = (
+            f"no candidate on the Pareto front has every risk ({wanted}) certified at "
+            f"confidence {confidence:g} on {n_test} testing {units}: the first candidate's "
+            f"p-values are {', '.join(f'{k} {v:.3g}' for k, v in best_p.items())} (each must be "
+            f"<= {alpha:.3g}); more calibration data, looser limits or a lower confidence may "
+            "certify one"
+        )
+        return PolicyResult(
+            None,
+            None,
+            reason=reason,
+            best_achievable={f"p_value_{k}": v for k, v in best_p.items()},
+            path=path,
+            limits=limits,
+            confidence=confidence,
+            num_units=n_test,
+            unit=unit,
         )
     cost, i, ps, emp = min(passed, key=lambda item: (item[0], item[1]))
-    policy = ThresholdPolicy(signal, thresholds[i].tolist(), recall=recall)
-    return CertifiedPolicy(policy, p_values=ps, empirical_risks=emp, relative_cost=cost, **common)
+    policy = ThresholdPolicy(data.signal, thresholds[i].tolist(), recall=recall)
+    guarantee = Guarantee(
+        limits=limits,
+        confidence=confidence,
+        unit=unit,
+        num_units=n_test,
+        p_values=ps,
+        p_value_methods=methods,
+        empirical_risks=emp,
+        procedure="pareto_testing",
+    )
+    evaluation = evaluate_policy(policy, data[test_idx], confidence=confidence)
+    return PolicyResult(
+        policy,
+        evaluation,
+        guarantee,
+        path=path,
+        limits=limits,
+        confidence=confidence,
+        num_units=n_test,
+        unit=unit,
+    )

@@ -22,7 +22,7 @@ from exitwise.policies.base import ExitPolicy
 from exitwise.policies.kernels import first_exit
 from exitwise.policies.positions import DecayedSignal
 from exitwise.policies.recall import RECALLS, Recall, recall_indices
-from exitwise.signals import SIGNALS, compute_signal
+from exitwise.policies.scores import resolve_signal, scores_for, signal_label
 
 __all__ = ["FixedExitPolicy", "OracleExit", "PatiencePolicy", "ThresholdPolicy"]
 
@@ -44,10 +44,12 @@ class ThresholdPolicy(ExitPolicy):
 
     Parameters
     ----------
-    signal : str or DecayedSignal
-        A signal name from :data:`exitwise.signals.SIGNALS`, or a
+    signal : str, DecayedSignal, callable or array-like of shape (N, E)
+        A signal name from :data:`exitwise.signals.SIGNALS`, a
         :class:`~exitwise.policies.positions.DecayedSignal` (CALM's position-aware
-        thresholds; the outputs need ``positions``).
+        thresholds; the outputs need ``positions``), a callable ``outputs -> [N, E]``, or
+        precomputed scores (which apply to their own samples only). Only names and
+        DecayedSignals can be written to a policy file.
     thresholds : float or sequence of float
         One threshold shared by all exits, or one per exit (length E). ``+inf`` never exits
         at that exit. With ``fallback="last"`` the last threshold is not used: the last exit
@@ -81,15 +83,7 @@ class ThresholdPolicy(ExitPolicy):
         recall: Recall = "none",
         min_exit: int = 0,
     ) -> None:
-        if not isinstance(signal, (str, DecayedSignal)):
-            raise TypeError(
-                f"Expected `signal` to be a signal name (str) or a DecayedSignal, got "
-                f"{type(signal).__name__}; for precomputed scores use evaluate_thresholds."
-            )
-        if isinstance(signal, str) and signal not in SIGNALS:
-            raise ValueError(
-                f"Unknown signal {signal!r}; expected one of {', '.join(sorted(SIGNALS))}."
-            )
+        signal = resolve_signal(signal)  # the one signal contract (names, decayed, callables)
         check_choice(fallback, "fallback", ("last", "most_confident"))
         check_choice(recall, "recall", RECALLS)
         if recall != "none" and fallback != "last":
@@ -117,7 +111,9 @@ class ThresholdPolicy(ExitPolicy):
     @property
     def signal_name(self) -> str:
         """The underlying signal's name (position-aware or not)."""
-        return self.signal.name if isinstance(self.signal, DecayedSignal) else self.signal
+        if isinstance(self.signal, DecayedSignal):
+            return self.signal.name
+        return self.signal if isinstance(self.signal, str) else signal_label(self.signal)
 
     def threshold_vector(self, num_exits: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """Thresholds as a ``[E]`` float64 tensor (``+inf`` before ``min_exit``)."""
@@ -147,7 +143,7 @@ class ThresholdPolicy(ExitPolicy):
 
     def _indices(self, outputs: ExitOutputs) -> tuple[torch.Tensor, torch.Tensor]:
         """``(exit, answering exit)`` per sample, from one computation of the signal."""
-        scores = compute_signal(outputs, self.signal)
+        scores = scores_for(outputs, self.signal)
         thresholds = self.threshold_vector(outputs.num_exits, scores.device)
         index = first_exit(scores, thresholds)
         if self.fallback == "most_confident":
@@ -168,6 +164,12 @@ class ThresholdPolicy(ExitPolicy):
         )
 
     def params(self) -> dict[str, Any]:
+        if not isinstance(self.signal, (str, DecayedSignal)):
+            raise TypeError(
+                f"This policy's signal is {signal_label(self.signal)!r} (a callable or "
+                "precomputed scores), which a policy file cannot hold: register it with "
+                "exitwise.signals.register_signal and use its name."
+            )
         thr = self.thresholds
         encoded = (
             _float_to_json(thr) if isinstance(thr, float) else [_float_to_json(v) for v in thr]

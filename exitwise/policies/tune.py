@@ -1,7 +1,10 @@
 """Tune exit thresholds for an SLA: accuracy target, compute budget, latency percentile.
 
-Every tuner works on a tuning (calibration) split and returns a :class:`TunedPolicy` with the
-policy, what it achieved there and ``report(test_outputs)`` for a held-out split.
+Every tuner works on a tuning (calibration) split (:class:`~exitwise.ExitOutputs` plus a
+signal, or :class:`~exitwise.policies.ExitScores`) and returns a
+:class:`~exitwise.policies.PolicyResult`: the policy, its evaluation there and
+``report(test)`` for a held-out split; or no policy, with the reason and the best achievable
+values.
 
 The search: start from the best *shared* threshold (exact, from every breakpoint of
 :func:`sweep_shared_threshold`), then improve the per-exit thresholds by exact
@@ -15,35 +18,36 @@ the result is never worse than the best shared threshold on the tuning split.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 
 from exitwise._checks import check_choice, check_costs, check_int, check_open_unit
+from exitwise._deprecation import MISSING
 from exitwise.data import ExitOutputs
+from exitwise.policies.certified_tuning import certified_tuning
 from exitwise.policies.constraints import (
     AccuracyAtLeast,
     CostAtMost,
     CostQuantileAtMost,
     RiskAtMost,
-    _Stats,
-    accuracy_lower_bound,
+    resolve_relative,
 )
-from exitwise.policies.evaluate import evaluate_thresholds
-from exitwise.policies.evaluate_policies import evaluate
-from exitwise.policies.kernels import ThresholdEvaluation
+from exitwise.policies.evaluate_policies import evaluate_policy
+from exitwise.policies.inputs import check_percentiles
 from exitwise.policies.recall import Recall, recalled_outcome
-from exitwise.policies.sweep import sweep_exit_threshold, sweep_shared_threshold
+from exitwise.policies.results import PolicyResult
+from exitwise.policies.scores import ExitScores, as_scores
+from exitwise.policies.search import search_thresholds
+from exitwise.policies.sweep import sweep_shared_threshold
 from exitwise.policies.threshold import ThresholdPolicy
-from exitwise.signals import compute_signal
 
 __all__ = [
     "AccuracyAtLeast",
     "CostAtMost",
     "CostQuantileAtMost",
     "RiskAtMost",
-    "TunedPolicy",
     "tune",
     "tune_for_accuracy",
     "tune_for_budget",
@@ -51,172 +55,93 @@ __all__ = [
 ]
 
 
-@dataclass
-class TunedPolicy:
-    """A tuned policy and the evidence.
+def __getattr__(name: str) -> Any:
+    if name == "TunedPolicy":  # the old result type of the tuners
+        from exitwise._deprecation import warn_renamed
 
-    Attributes
-    ----------
-    policy : ThresholdPolicy or None
-        ``None`` when no policy meets the constraints on the tuning split (``feasible`` is
-        then False: "infeasible" is a result, not an error).
-    feasible : bool
-    achieved : dict
-        Accuracy, mean cost, speed-up, exit fractions (and cost quantiles) on the tuning split,
-        and ``accuracy_lower_bound``: the one-sided Clopper–Pearson lower bound of the accuracy
-        at ``confidence`` (the tuner's, else 0.95): what new data can be expected to show.
-    shared_threshold : float
-        The best shared threshold found first (the per-exit search starts there).
-    """
-
-    policy: ThresholdPolicy | None
-    feasible: bool
-    achieved: dict[str, Any] = field(default_factory=dict)
-    shared_threshold: float = math.inf
-    quantiles: tuple[float, ...] = ()
-
-    def report(self, outputs: ExitOutputs) -> dict[str, Any]:
-        """The policy's accuracy, mean cost, speed-up and exit fractions on ``outputs``."""
-        if self.policy is None:
-            raise ValueError("This tuning found no feasible policy; there is nothing to report.")
-        return _summary(evaluate(self.policy, outputs, quantiles=self.quantiles or None))
+        warn_renamed("TunedPolicy", "PolicyResult")
+        return PolicyResult
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _summary(ev: ThresholdEvaluation, row: int = 0) -> dict[str, Any]:
-    out = {
-        "accuracy": float(ev.accuracy[row]) if ev.accuracy is not None else None,
-        "mean_cost": float(ev.mean_cost[row]),
-        "relative_cost": float(ev.mean_cost[row]) / ev.full_cost,
-        "speed_up": float(ev.speed_up[row]),
-        "exit_fractions": ev.exit_fractions[row].tolist(),
+def _infeasible(
+    scores: ExitScores,
+    correct: torch.Tensor,
+    constraints: list[Any],
+    reference: str,
+    limits: dict[str, float],
+    unit: str,
+) -> PolicyResult:
+    """No policy: the reason (the constraints, the data size) and the best the tuning data
+    allows (the highest accuracy of any shared threshold; the least mean cost, everyone
+    leaving at the first exit)."""
+    final = float(correct[:, -1].double().mean())
+    full = scores.full_cost
+    sweep = sweep_shared_threshold(scores.scores.cpu(), correct.cpu(), scores.costs.cpu())
+    best_acc = float(sweep.accuracy.max())
+    best = {
+        "accuracy": best_acc,
+        "relative_accuracy": best_acc / final if final > 0 else math.nan,
+        "relative_cost": float(scores.costs[..., 0].double().mean()) / full,
     }
-    if ev.cost_quantiles is not None:
-        out["cost_quantiles"] = dict(
-            zip(ev.quantiles, ev.cost_quantiles[row].tolist(), strict=True)
-        )
+    wanted = " and ".join(c.describe(final, full) for c in constraints)
+    what = "accuracy" if reference == "labels" else "agreement with the final exit"
+    reason = (
+        f"no policy meets {wanted} on the {scores.num_samples} tuning samples (best "
+        f"{what} {best_acc:.4f} = {best['relative_accuracy']:.4f} x the final exit's; least "
+        f"mean cost {best['relative_cost']:.4f} of the full model's)"
+    )
+    return PolicyResult(
+        None,
+        None,
+        reason=reason,
+        best_achievable=best,
+        limits=limits,
+        num_units=scores.num_samples,
+        unit=unit,
+    )
+
+
+def _limits_of(constraints: list[Any], final: float, full: float) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for c in constraints:
+        if isinstance(c, AccuracyAtLeast):
+            out["accuracy"] = c.bound(final, full)
+        elif isinstance(c, CostAtMost):
+            out["relative_cost"] = c._limit(full) / full
+        elif isinstance(c, CostQuantileAtMost):
+            out[f"p{100 * c.q:g}_cost"] = c._limit(full)
+        elif isinstance(c, RiskAtMost):
+            out[c.risk] = c.value
     return out
 
 
-# ----------------------------------------------------------------------------- search
-def _progress_bar(total: int, size: int, progress: bool | None) -> Any:
-    from tqdm.auto import tqdm
-
-    show = (size >= 10**7 if progress is None else progress) and total > 0
-    return tqdm(total=total, desc="per-exit search", unit=" line", disable=not show)
-
-
-def _better(acc_a, cost_a, acc_b, cost_b, objective: str) -> torch.Tensor:
-    """Is candidate a strictly better than b (ties broken by the other criterion)."""
-    if objective == "cost":
-        return (cost_a < cost_b - 1e-12) | ((cost_a <= cost_b + 1e-12) & (acc_a > acc_b + 1e-12))
-    return (acc_a > acc_b + 1e-12) | ((acc_a >= acc_b - 1e-12) & (cost_a < cost_b - 1e-12))
-
-
-def _pick(stats: _Stats, feasible: torch.Tensor, objective: str) -> int | None:
-    if not bool(feasible.any()):
-        return None
-    idx = torch.nonzero(feasible).flatten()
-    acc, cost = stats.accuracy[idx], stats.mean_cost[idx]
-    if objective == "cost":
-        best_cost = cost.min()
-        near = cost <= best_cost + 1e-12
-        choice = torch.argmax(torch.where(near, acc, torch.full_like(acc, -1.0)))
-    else:
-        best_acc = acc.max()
-        near = acc >= best_acc - 1e-12
-        choice = torch.argmin(torch.where(near, cost, torch.full_like(cost, math.inf)))
-    return int(idx[choice])
-
-
-def _search(
-    scores: torch.Tensor,
-    correct: torch.Tensor,
-    costs: torch.Tensor,
-    constraints: list[Any],
-    objective: str,
-    rounds: int,
-    agree: torch.Tensor | None = None,
-    progress: bool | None = None,
-) -> tuple[torch.Tensor | None, float]:
-    """``agree`` [N, E] (agreement with the final exit) is needed by disagreement bounds."""
-    e = scores.shape[1]
-    final_accuracy = float(correct[:, -1].double().mean())
-    full_cost = float(costs[-1])
-
-    def feasible(stats: _Stats) -> torch.Tensor:
-        ok = torch.ones_like(stats.accuracy, dtype=torch.bool)
-        for c in constraints:
-            ok &= c.ok(stats, final_accuracy, full_cost)
-        return ok
-
-    need_counts = any(isinstance(c, CostQuantileAtMost) for c in constraints)
-    sweep = sweep_shared_threshold(scores, correct, costs, return_exit_counts=need_counts)
-    disagree = None
-    if agree is not None:  # same scores, so the same breakpoints
-        disagree = 1.0 - sweep_shared_threshold(scores, agree, costs).accuracy
-    n = scores.shape[0]
-    shared = _Stats(sweep.accuracy, sweep.mean_cost, sweep.exit_counts, costs, disagree)
-    best = _pick(shared, feasible(shared), objective)
-    if best is None:
-        return None, math.inf
-    shared_tau = float(sweep.thresholds[best])
-    current = torch.full((e,), shared_tau, dtype=torch.float64)
-    cur_acc, cur_cost = shared.accuracy[best], shared.mean_cost[best]
-    tables = [correct] if agree is None else [correct, agree]
-    bar = _progress_bar(rounds * (e - 1), n * e, progress)
-    for _ in range(rounds):
-        improved = False
-        for j in range(e - 1):
-            bar.update(1)
-            line = sweep_exit_threshold(
-                scores, tables, costs, current, j, return_exit_counts=need_counts
-            )
-            stats = _Stats(
-                line.outcome_sums[:, 0] / n,
-                line.cost_sum / n,
-                line.exit_counts,
-                costs,
-                None if agree is None else 1.0 - line.outcome_sums[:, 1] / n,
-            )
-            pick = _pick(stats, feasible(stats), objective)
-            if pick is None:
-                continue
-            if bool(
-                _better(stats.accuracy[pick], stats.mean_cost[pick], cur_acc, cur_cost, objective)
-            ):
-                current[j] = line.thresholds[pick]
-                cur_acc, cur_cost = stats.accuracy[pick], stats.mean_cost[pick]
-                improved = True
-        if not improved:
-            break
-    bar.close()
-    current[-1] = -math.inf  # the last exit always answers: make that explicit
-    return current, shared_tau
-
-
 def tune(
-    outputs: ExitOutputs,
-    signal: str,
-    objective: Literal["cost", "accuracy"],
-    constraints: list[Any],
+    outputs: ExitOutputs | ExitScores,
+    signal: Any = None,
+    objective: Literal["cost", "accuracy"] = "cost",
+    constraints: Sequence[Any] | None = None,
     *,
     per_exit: bool = True,
     rounds: int = 3,
-    quantiles: tuple[float, ...] = (),
+    percentiles: Sequence[float] | None = None,
     reference: Literal["labels", "final"] = "labels",
     recall: Recall = "none",
     min_exit: int = 0,
     progress: bool | None = None,
-) -> TunedPolicy:
+    quantiles: Any = MISSING,
+) -> PolicyResult:
     """General tuner: minimise mean cost (``objective="cost"``) or maximise accuracy
-    (``"accuracy"``) subject to ``constraints``, on ``outputs`` (the tuning split).
+    (``"accuracy"``) subject to ``constraints``, on the tuning split.
 
     Parameters
     ----------
-    outputs : ExitOutputs
-        Tuning split (labels needed unless ``reference="final"``).
-    signal : str or DecayedSignal
-        Signal name (see :mod:`exitwise.signals`), or a position-aware
+    outputs : ExitOutputs or ExitScores
+        Tuning split (labels needed unless ``reference="final"``); ``ExitScores`` carry their
+        signal (pass ``signal=None``) and are used without recomputing it.
+    signal : str, DecayedSignal, callable or array-like of shape (N, E)
+        The signal (:func:`~exitwise.policies.scores.resolve_signal`: checked before the
+        search), e.g. a name from :mod:`exitwise.signals` or a position-aware
         :class:`~exitwise.policies.positions.DecayedSignal` (CALM's decaying thresholds).
     constraints : list
         :class:`AccuracyAtLeast`, :class:`CostAtMost`, :class:`CostQuantileAtMost`,
@@ -224,6 +149,8 @@ def tune(
     per_exit : bool, default=True
         Improve per-exit thresholds after the shared one (``rounds`` coordinate passes, each
         an exact line search per exit: :func:`~exitwise.policies.sweep_exit_threshold`).
+    percentiles : sequence of float in [0, 100], optional
+        Cost percentiles to report in the evaluation (``quantiles`` is the old spelling).
     recall : {"none", "most_confident"}, default="none"
         Tune a recall policy (the most confident exit computed so far answers); the search
         stays exact (:func:`~exitwise.policies.recall.recalled_outcome`).
@@ -233,134 +160,162 @@ def tune(
     progress : bool, optional
         Show a progress bar over the per-exit line searches (default: when N * E >= 10^7).
 
+    Returns
+    -------
+    PolicyResult
+        The policy and its evaluation on the tuning split; or no policy, with the reason and
+        the best achievable values.
+
     Examples
     --------
     >>> from exitwise.datasets import load_default
     >>> cal, test = load_default().split(0.5, seed=0)
-    >>> tuned = tune(cal, "max_probability", "cost", [AccuracyAtLeast(0.87)])
-    >>> tuned.feasible, tuned.achieved["accuracy"] >= 0.87
+    >>> tuned = tune(cal, "max_probability", "cost", [AccuracyAtLeast(0.87, relative=False)])
+    >>> tuned.feasible, tuned.evaluation.accuracy >= 0.87
     (True, True)
     """
     check_choice(objective, "objective", ("cost", "accuracy"))
+    if constraints is None:
+        raise TypeError("Expected `constraints`, e.g. [AccuracyAtLeast(0.99, relative=True)].")
+    constraints = list(constraints)
     rounds = check_int(rounds, "rounds", minimum=0)
-    scores = compute_signal(outputs, signal).double().cpu()
-    correct = recalled_outcome(outputs.correct(reference).cpu(), scores, recall)
-    costs = outputs.costs.cpu()
+    qs = check_percentiles(percentiles, quantiles)
+    data = as_scores(outputs, signal)
+    scores = data.scores.cpu()
+    correct = recalled_outcome(data.correct(reference).cpu(), scores, recall)
+    costs = data.costs.cpu()
     needs_agreement = any(
         isinstance(c, RiskAtMost) and c.risk == "disagreement" for c in constraints
     )
-    agree = (
-        recalled_outcome(outputs.correct("final").cpu(), scores, recall)
-        if needs_agreement
-        else None
-    )
+    agree = recalled_outcome(data.agreement().cpu(), scores, recall) if needs_agreement else None
     m = check_int(min_exit, "min_exit", minimum=0)
     if m >= scores.shape[1]:
         raise ValueError(f"Expected `min_exit` below the number of exits ({scores.shape[1]}).")
-    thresholds, shared_tau = _search(
+    limits = _limits_of(constraints, float(correct[:, -1].double().mean()), data.full_cost)
+    thresholds, shared_tau = search_thresholds(
         scores[:, m:],
         correct[:, m:],
-        costs[m:],
-        list(constraints),
+        costs[..., m:],
+        constraints,
         objective,
         rounds if per_exit else 0,
         None if agree is None else agree[:, m:],
         progress,
     )
     if thresholds is None:
-        return TunedPolicy(None, False, {}, math.inf, tuple(quantiles))
+        return _infeasible(data, correct, constraints, reference, limits, "sample")
     thresholds = torch.cat([torch.full((m,), math.inf, dtype=torch.float64), thresholds])
-    policy = ThresholdPolicy(signal, thresholds.tolist(), recall=recall, min_exit=m)
-    ev = evaluate_thresholds(
-        scores,
-        correct,
-        costs,
-        thresholds[None],
-        quantiles=tuple(quantiles) or None,
-        distributed=False,
+    policy = ThresholdPolicy(data.signal, thresholds.tolist(), recall=recall, min_exit=m)
+    evaluation = evaluate_policy(
+        policy, data, reference=reference, percentiles=[100.0 * q for q in qs] or None
     )
-    achieved = _with_lower_bound(_summary(ev), scores.shape[0], 0.95)
-    return TunedPolicy(policy, True, achieved, shared_tau, tuple(quantiles))
-
-
-def _with_lower_bound(achieved: dict[str, Any], n: int, confidence: float) -> dict[str, Any]:
-    """Add the accuracy's one-sided Clopper–Pearson lower bound at ``confidence``."""
-    if achieved.get("accuracy") is not None:
-        bound = accuracy_lower_bound(torch.tensor([achieved["accuracy"]]), n, confidence)
-        achieved.update(confidence=confidence, accuracy_lower_bound=float(bound[0]))
-    return achieved
+    return PolicyResult(
+        policy,
+        evaluation,
+        shared_threshold=shared_tau,
+        limits=limits,
+        num_units=data.num_samples,
+        unit="sample",
+    )
 
 
 def tune_for_accuracy(
-    outputs: ExitOutputs,
-    signal: str,
-    target: float,
+    outputs: ExitOutputs | ExitScores,
+    signal: Any = None,
+    target: float | None = None,
     *,
-    relative: bool = False,
+    relative: bool | None = None,
     confidence: float | None = None,
     grid: Any = None,
-    **kwargs: Any,
-) -> TunedPolicy:
+    per_exit: bool = True,
+    rounds: int = 3,
+    percentiles: Sequence[float] | None = None,
+    reference: Literal["labels", "final"] = "labels",
+    recall: Recall = "none",
+    min_exit: int = 0,
+    unit: str | None = None,
+    progress: bool | None = None,
+    quantiles: Any = MISSING,
+) -> PolicyResult:
     """Least mean cost with accuracy >= ``target`` (x the final exit's accuracy if
-    ``relative``).
+    ``relative``, the default of every tuner).
 
     By default the target is met on the tuning split, and new data misses it about half the
-    time when the chosen policy sits right on it (``achieved["accuracy_lower_bound"]``, the
+    time when the chosen policy sits right on it (``evaluation.accuracy_lower_bound``, the
     one-sided 95 % Clopper–Pearson bound, says how far it may fall). With ``confidence``
     (e.g. 0.9) the target holds on new data with at least that probability: the policy is a
     shared threshold certified by Learn-then-Test
-    (:func:`~exitwise.policies.risk_controlled_threshold` with ``risk="error"``, ``delta = 1 -
-    target`` and ``epsilon = 1 - confidence``; a relative target takes the final exit's
-    accuracy on this split as known). Per-exit thresholds picked on the same data would not
-    keep the guarantee: picking the cheapest of many candidates whose bound clears the target
-    met it on new data only 66 % of the time at confidence 0.9 on the bundled data.
-    ``grid`` is passed on for signals outside [0, 1].
+    (:func:`~exitwise.policies.risk_controlled_threshold` with ``risk="error"`` and
+    ``limit = 1 - target``; a relative target takes the final exit's accuracy on this split
+    as known), over sequences for token data (``unit``). Per-exit thresholds picked on the
+    same data would not keep the guarantee: picking the cheapest of many candidates whose
+    bound clears the target met it on new data only 66 % of the time at confidence 0.9 on
+    the bundled data. ``grid`` is passed on for signals outside [0, 1].
 
     Examples
     --------
     >>> from exitwise.datasets import load_default
     >>> cal, test = load_default().split(0.5, seed=0)
     >>> tuned = tune_for_accuracy(cal, "max_probability", 0.99, relative=True)
-    >>> tuned.achieved["speed_up"] > 1.0
+    >>> tuned.evaluation.speed_up > 1.0
     True
     """
+    if target is None:
+        raise TypeError("Expected an accuracy `target`, e.g. 0.99 (relative) or 0.87.")
+    relative = resolve_relative(relative)
     if not relative:
         check_open_unit(target, "target")
+    data = as_scores(outputs, signal)
     if confidence is None:
-        return tune(outputs, signal, "cost", [AccuracyAtLeast(target, relative)], **kwargs)
-    from exitwise.policies.certified_tuning import certified_tuning
-
-    reference = kwargs.get("reference", "labels")
-    final = float(outputs.correct(reference)[:, -1].double().mean())
-    absolute = target * final if relative else target
+        return tune(
+            data,
+            None,
+            "cost",
+            [AccuracyAtLeast(target, relative=relative)],
+            per_exit=per_exit,
+            rounds=rounds,
+            percentiles=percentiles,
+            reference=reference,
+            recall=recall,
+            min_exit=min_exit,
+            progress=progress,
+            quantiles=quantiles,
+        )
+    absolute = data.accuracy_target(target, relative, reference)
     if not 0.0 < absolute < 1.0:
         raise ValueError(f"Expected an accuracy target in (0, 1), got {absolute!r}.")
-    tuned = certified_tuning(
-        outputs,
-        signal,
-        confidence,
-        grid,
-        kwargs,
+    return certified_tuning(
+        data,
+        confidence=confidence,
         risk="error" if reference == "labels" else "disagreement",
-        delta=1.0 - absolute,
-        recall=kwargs.get("recall", "none"),
-        quantiles=tuple(kwargs.get("quantiles", ())),
+        limit=1.0 - absolute,
+        grid=grid,
+        reference=reference,
+        recall=recall,
+        unit=unit,
+        percentiles=check_percentiles(percentiles, quantiles),
+        asked={"accuracy": absolute},
     )
-    if tuned.feasible:
-        tuned.achieved["target"] = absolute
-    return tuned
 
 
 def tune_for_budget(
-    outputs: ExitOutputs,
-    signal: str,
-    budget: float,
+    outputs: ExitOutputs | ExitScores,
+    signal: Any = None,
+    budget: float | None = None,
     *,
     relative: bool = True,
     confidence: float | None = None,
     grid: Any = None,
-    **kwargs: Any,
-) -> TunedPolicy:
+    per_exit: bool = True,
+    rounds: int = 3,
+    percentiles: Sequence[float] | None = None,
+    reference: Literal["labels", "final"] = "labels",
+    recall: Recall = "none",
+    min_exit: int = 0,
+    unit: str | None = None,
+    progress: bool | None = None,
+    quantiles: Any = MISSING,
+) -> PolicyResult:
     """Best accuracy with mean cost <= ``budget`` (a fraction of the final exit's cost by
     default).
 
@@ -372,64 +327,113 @@ def tune_for_budget(
     --------
     >>> from exitwise.datasets import load_default
     >>> cal, test = load_default().split(0.5, seed=0)
-    >>> tune_for_budget(cal, "max_probability", 0.5).achieved["speed_up"] >= 2.0
+    >>> tune_for_budget(cal, "max_probability", 0.5).evaluation.speed_up >= 2.0
     True
     """
+    if budget is None:
+        raise TypeError("Expected a `budget`, e.g. 0.5 (half the full model's cost).")
+    relative = resolve_relative(relative)
+    data = as_scores(outputs, signal)
     if confidence is None:
-        return tune(outputs, signal, "accuracy", [CostAtMost(budget, relative)], **kwargs)
-    share = budget if relative else budget / float(outputs.costs[..., -1].max())
-    from exitwise.policies.certified_tuning import certified_tuning
-
+        return tune(
+            data,
+            None,
+            "accuracy",
+            [CostAtMost(budget, relative=relative)],
+            per_exit=per_exit,
+            rounds=rounds,
+            percentiles=percentiles,
+            reference=reference,
+            recall=recall,
+            min_exit=min_exit,
+            progress=progress,
+            quantiles=quantiles,
+        )
+    share = budget if relative else budget / float(data.costs[..., -1].max())
     return certified_tuning(
-        outputs, signal, confidence, grid, kwargs, risk="cost", delta=share, direction="up"
+        data,
+        confidence=confidence,
+        risk="cost",
+        limit=share,
+        grid=grid,
+        reference=reference,
+        recall=recall,
+        unit=unit,
+        direction="up",
+        percentiles=check_percentiles(percentiles, quantiles),
+        asked={"relative_cost": share},
     )
 
 
 def tune_for_latency(
-    outputs: ExitOutputs,
-    signal: str,
-    latencies: Any,
-    percentile: float,
-    limit: float,
+    outputs: ExitOutputs | ExitScores,
+    signal: Any = None,
+    latencies: Any = None,
+    percentile: float | None = None,
+    limit: float | None = None,
     *,
     confidence: float | None = None,
     grid: Any = None,
-    **kwargs: Any,
-) -> TunedPolicy:
+    per_exit: bool = True,
+    rounds: int = 3,
+    reference: Literal["labels", "final"] = "labels",
+    recall: Recall = "none",
+    min_exit: int = 0,
+    unit: str | None = None,
+    progress: bool | None = None,
+) -> PolicyResult:
     """Best accuracy with the ``percentile`` (e.g. 99) of per-sample latency <= ``limit``.
 
     ``latencies`` are cumulative per-exit latencies ``[E]`` (e.g. milliseconds); they replace
-    ``outputs.costs`` for this tuning. With ``confidence`` the percentile holds on new data with
-    at least that probability: a shared threshold certified by Learn-then-Test on the 0/1 loss
-    "latency > limit" with tolerance ``1 - percentile / 100`` (binomial p-values), walking the
-    thresholds up from "everyone leaves at the first exit".
+    the costs for this tuning (:meth:`ExitScores.with_costs`: labels, ``groups`` and
+    ``positions`` are kept). With ``confidence`` the percentile holds on new data with at
+    least that probability: a shared threshold certified by Learn-then-Test on the 0/1 loss
+    "latency > limit" with limit ``1 - percentile / 100`` (binomial p-values, or over
+    sequences for token data), walking the thresholds up from "everyone leaves at the first
+    exit".
+
+    Examples
+    --------
+    >>> from exitwise.datasets import load_default
+    >>> cal, _ = load_default().split(0.5, seed=0)
+    >>> r = tune_for_latency(cal, "max_probability", [2.0, 4.0, 6.0, 8.0], 90, 6.0)
+    >>> r.evaluation.cost_percentiles[90.0] <= 6.0
+    True
     """
-    lat = check_costs(
-        latencies, "latencies", outputs.num_exits, positive=True, device=outputs.device
-    )
-    q = percentile / 100.0
-    with_latency = ExitOutputs._trusted(outputs.logits, outputs.labels, lat, outputs.exit_names)
+    if latencies is None or percentile is None or limit is None:
+        raise TypeError("Expected `latencies` [E], a `percentile` (e.g. 99) and a `limit`.")
+    if isinstance(percentile, bool) or not 0.0 < float(percentile) < 100.0:
+        raise ValueError(f"Expected `percentile` in (0, 100), e.g. 99, got {percentile!r}.")
+    data = as_scores(outputs, signal)
+    lat = check_costs(latencies, "latencies", data.num_exits, positive=True, device=data.device)
+    timed = data.with_costs(lat)
+    q = float(percentile) / 100.0
     if confidence is None:
         return tune(
-            with_latency,
-            signal,
+            timed,
+            None,
             "accuracy",
             [CostQuantileAtMost(q, limit)],
-            quantiles=(q,),
-            **kwargs,
+            per_exit=per_exit,
+            rounds=rounds,
+            percentiles=(percentile,),
+            reference=reference,
+            recall=recall,
+            min_exit=min_exit,
+            progress=progress,
         )
-    slow = (lat > limit).to(torch.float64).expand(outputs.num_samples, -1)
-    from exitwise.policies.certified_tuning import certified_tuning
-
+    slow = (lat > limit).to(torch.float64).expand(data.num_samples, -1)
     return certified_tuning(
-        with_latency,
-        signal,
-        confidence,
-        grid,
-        kwargs,
+        timed,
+        confidence=confidence,
         risk="latency",
-        delta=1.0 - q,
+        limit=1.0 - q,
+        grid=grid,
+        reference=reference,
+        recall=recall,
+        unit=unit,
         direction="up",
         losses=slow,
-        quantiles=(q,),
+        percentiles=(q,),
+        asked={f"p{float(percentile):g}_latency": float(limit)},
     )

@@ -1,8 +1,14 @@
 """Serving-aware planning: latency per exit segment, a discrete-event serving simulator and
 the capacity questions (highest rate, replicas, the best policy under load)."""
 
-from exitwise.serving.latency import LatencyModel, measure_latency_model, measure_wake_up
+from exitwise.serving.latency import (
+    LatencyModel,
+    load_default_latency,
+    measure_latency_model,
+    measure_wake_up,
+)
 from exitwise.serving.planning import (
+    ServingCandidate,
     ServingPlan,
     latency_by_rate,
     max_rate,
@@ -19,9 +25,11 @@ from exitwise.serving.simulator import (
 __all__ = [
     "SCHEDULERS",
     "LatencyModel",
+    "ServingCandidate",
     "ServingPlan",
     "ServingResult",
     "latency_by_rate",
+    "load_default_latency",
     "max_rate",
     "measure_latency_model",
     "measure_wake_up",

@@ -23,7 +23,14 @@ from exitwise.data import ExitOutputs
 from exitwise.serving.latency import LatencyModel
 from exitwise.serving.simulator import simulate_serving
 
-__all__ = ["ServingPlan", "latency_by_rate", "max_rate", "replicas_needed", "tune_for_serving"]
+__all__ = [
+    "ServingCandidate",
+    "ServingPlan",
+    "latency_by_rate",
+    "max_rate",
+    "replicas_needed",
+    "tune_for_serving",
+]
 
 
 def _meets(exits, latency, rate, limit, percentile, **kwargs) -> tuple[bool, float]:
@@ -144,6 +151,48 @@ def latency_by_rate(
     return out
 
 
+# old dict keys of a candidate row -> its typed field (one release, with a warning)
+_OLD_KEYS = {
+    "policy": lambda c: c.policy,
+    "accuracy": lambda c: c.evaluation.accuracy,
+    "relative_cost": lambda c: c.evaluation.relative_cost,
+    "p": lambda c: c.latency,
+    "stable": lambda c: c.stable,
+}
+
+
+@dataclass(frozen=True)
+class ServingCandidate:
+    """One policy simulated under load.
+
+    Attributes
+    ----------
+    policy : ThresholdPolicy
+    evaluation : Evaluation
+        Its accuracy, agreement, relative cost, ... on the tuning split.
+    latency : float
+        Its latency (seconds) at ``percentile`` under the simulated load.
+    percentile : float
+    stable : bool
+        Whether the queue stayed bounded at that rate.
+    """
+
+    policy: Any
+    evaluation: Any
+    latency: float
+    percentile: float
+    stable: bool
+
+    def __getitem__(self, key: str) -> Any:
+        from exitwise._deprecation import warn_renamed
+
+        if key not in _OLD_KEYS:
+            raise KeyError(key)
+        new = {"p": "latency", "accuracy": "evaluation.accuracy"}.get(key, key)
+        warn_renamed(f'candidate["{key}"]', f"candidate.{new}")
+        return _OLD_KEYS[key](self)
+
+
 @dataclass(frozen=True)
 class ServingPlan:
     """Outcome of :func:`tune_for_serving`.
@@ -151,19 +200,21 @@ class ServingPlan:
     Attributes
     ----------
     policy : ThresholdPolicy or None
-        ``None`` when no candidate meets the limit (and the target).
-    candidates : list of dict
-        Per candidate: thresholds, accuracy, relative cost, latency percentile, stable.
-    chosen, full_model, accuracy_tuned : dict or None
-        The chosen candidate's row; the full model's; the row of the policy
-        ``tune_for_accuracy`` picks (when ``target_accuracy`` is given).
+        ``None`` when no candidate meets the limit (and the target); ``reason`` says why.
+    candidates : list of ServingCandidate
+        Every simulated candidate (its evaluation, latency percentile and stability).
+    chosen, full_model, accuracy_tuned : ServingCandidate or None
+        The chosen candidate; the full model; the policy ``tune_for_accuracy`` picks (when
+        ``target_accuracy`` is given and it finds one).
+    reason : str or None
     """
 
     policy: Any
-    candidates: list[dict[str, Any]]
-    chosen: dict[str, Any] | None
-    full_model: dict[str, Any]
-    accuracy_tuned: dict[str, Any] | None
+    candidates: list[ServingCandidate]
+    chosen: ServingCandidate | None
+    full_model: ServingCandidate
+    accuracy_tuned: ServingCandidate | None
+    reason: str | None = None
 
 
 def tune_for_serving(
@@ -196,29 +247,35 @@ def tune_for_serving(
     >>> lm = LatencyModel([1, 32], [[1e-4] * 4, [1e-3, 4e-3, 4e-3, 3e-3]])
     >>> plan = tune_for_serving(cal, "max_probability", lm, rate=3000.0, limit=0.02,
     ...                         num_candidates=8, num_requests=3000)
-    >>> plan.chosen["p"] <= 0.02, plan.full_model["p"] > 0.02
+    >>> plan.chosen.latency <= 0.02, plan.full_model.latency > 0.02
     (True, True)
     """
-    from exitwise.policies import ThresholdPolicy, evaluate, pareto_frontier, tune_for_accuracy
+    from exitwise.policies import (
+        ExitScores,
+        ThresholdPolicy,
+        evaluate_policy,
+        pareto_frontier,
+        tune_for_accuracy,
+    )
 
     num_candidates = check_int(num_candidates, "num_candidates", minimum=1)
-    front = pareto_frontier(outputs, signal)
+    scores = ExitScores(outputs, signal)  # the signal, once for every candidate
+    signal = scores.signal
+    front = pareto_frontier(scores)
     cost = front["mean_cost"].numpy()
     spread = np.linspace(cost.min(), cost.max(), num_candidates)
     picks = np.unique(np.minimum(np.searchsorted(cost, spread), cost.size - 1))
-    full_cost = float(outputs.costs[-1])
 
-    def row(policy: Any) -> dict[str, Any]:
-        exits = policy.exit_indices(outputs).cpu().numpy()
+    def row(policy: Any) -> ServingCandidate:
+        exits = policy.exit_indices(scores).cpu().numpy()
         result = simulate_serving(exits, latency, rate=rate, **kwargs)
-        ev = evaluate(policy, outputs)
-        return {
-            "policy": policy,
-            "accuracy": float(ev.accuracy[0]),
-            "relative_cost": float(ev.mean_cost[0]) / full_cost,
-            "p": result.percentiles((percentile,))[percentile],
-            "stable": result.stable,
-        }
+        return ServingCandidate(
+            policy,
+            evaluate_policy(policy, scores),
+            result.percentiles((percentile,))[percentile],
+            float(percentile),
+            result.stable,
+        )
 
     rows = []
     for i in picks.tolist():
@@ -230,20 +287,29 @@ def tune_for_serving(
     ok = [
         r
         for r in rows
-        if r["p"] <= limit
-        and (target_accuracy is None or r["accuracy"] >= target_accuracy)
-        and (budget is None or r["relative_cost"] <= budget + 1e-12)
+        if r.latency <= limit
+        and (target_accuracy is None or r.evaluation.accuracy >= target_accuracy)
+        and (budget is None or r.evaluation.relative_cost <= budget + 1e-12)
     ]
     chosen = None
     if ok:
         key = (
-            (lambda r: r["relative_cost"])
+            (lambda r: r.evaluation.relative_cost)
             if target_accuracy is not None
-            else (lambda r: -r["accuracy"])
+            else (lambda r: -r.evaluation.accuracy)
         )
         chosen = min(ok, key=key)
     tuned_row = None
     if target_accuracy is not None:
-        tuned = tune_for_accuracy(outputs, signal, target_accuracy)
+        tuned = tune_for_accuracy(scores, target=target_accuracy, relative=False)
         tuned_row = row(tuned.policy) if tuned.feasible else None
-    return ServingPlan(chosen["policy"] if chosen else None, rows, chosen, full, tuned_row)
+    reason = None
+    if chosen is None:
+        fastest = min(r.latency for r in rows)
+        reason = (
+            f"no candidate has p{percentile:g} latency <= {limit:g} s"
+            + (f" with accuracy >= {target_accuracy:g}" if target_accuracy is not None else "")
+            + (f" and mean cost <= {budget:g}" if budget is not None else "")
+            + f" at {rate:g} requests/s (the fastest candidate: {fastest:.4g} s)"
+        )
+    return ServingPlan(chosen.policy if chosen else None, rows, chosen, full, tuned_row, reason)

@@ -177,10 +177,10 @@ def test_recall_policy_evaluation_tuning_and_controller_are_exact(real_outputs):
             done_before |= done
         assert torch.equal(answer, policy.predictions(out))
     # tuning a recall policy, and the policy file round trip
-    tuned = tune_for_accuracy(out, "max_probability", 0.85, recall="most_confident")
+    tuned = tune_for_accuracy(out, "max_probability", 0.85, recall="most_confident", relative=False)
     assert tuned.policy.recall == "most_confident"
     assert float(evaluate(tuned.policy, out).accuracy[0]) == pytest.approx(
-        tuned.achieved["accuracy"]
+        tuned.evaluation.accuracy
     )
     assert ThresholdPolicy("max_probability", 0.5).params().get("recall") is None
     with pytest.raises(ValueError, match="fallback='most_confident'"):
@@ -197,19 +197,20 @@ def test_recall_policy_file_round_trips(tmp_path):
 def test_shared_ltt_with_bounded_risks_and_wsr(real_outputs):
     cal = real_outputs[:3000]
     res = risk_controlled_threshold(
-        cal, "max_probability", risk="nll_excess", delta=0.05, epsilon=0.05
+        cal, "max_probability", risk="nll_excess", limit=0.05, confidence=0.95
     )
     assert res.certified  # default p-value for a bounded loss is WSR
     exits = first_exit(
-        compute_signal(cal, "max_probability"), torch.full((4,), res.threshold, dtype=torch.float64)
+        compute_signal(cal, "max_probability"),
+        torch.full((4,), res.shared_threshold, dtype=torch.float64),
     )
     table = loss_table(cal, "nll_excess")
-    assert float(res.empirical_risk[res.certified_index]) == pytest.approx(
+    assert res.guarantee.empirical_risks["nll_excess"] == pytest.approx(
         float(table.gather(1, exits[:, None]).mean())
     )
     with pytest.raises(ValueError, match="0/1 losses only"):
         risk_controlled_threshold(
-            cal, "max_probability", risk="cost", delta=0.5, epsilon=0.1, p_value="binomial"
+            cal, "max_probability", risk="cost", limit=0.5, confidence=0.9, p_value="binomial"
         )
 
 
@@ -229,22 +230,22 @@ def test_non_dominated_against_a_naive_loop():
 def test_certify_reports_every_risk_and_is_reproducible(real_outputs):
     cal = real_outputs[:4000]
     res = certify(cal, "max_probability", {"disagreement": 0.05, "cost": 0.6}, 0.05, seed=3)
-    assert res.certified and set(res.p_values) == {"disagreement", "cost"}
-    assert max(res.p_values.values()) <= 0.05
+    assert res.certified and set(res.guarantee.p_values) == {"disagreement", "cost"}
+    assert max(res.guarantee.p_values.values()) <= 0.05
     assert res.p_value_methods == {"disagreement": "binomial", "cost": "wsr"}
-    assert res.num_tested in (res.num_certified, res.num_certified + 1)
-    assert res.num_optimisation + res.num_testing == 4000
+    assert res.path.num_tested in (res.path.num_passed, res.path.num_passed + 1)
+    assert res.path.num_optimisation + res.guarantee.num_units == 4000
     again = certify(cal, "max_probability", {"disagreement": 0.05, "cost": 0.6}, 0.05, seed=3)
     assert again.policy == res.policy
-    g = res.guarantee()
-    assert g["risks"] == {"disagreement": 0.05, "cost": 0.6} and g["n"] == res.num_testing
+    g = res.guarantee.to_dict()
+    assert g["limits"] == {"disagreement": 0.05, "cost": 0.6} and g["num_units"] == 2000
     impossible = certify(cal[:100], "max_probability", {"error": 0.01}, 0.05)
     assert not impossible.certified and impossible.policy is None
     with pytest.raises(TypeError, match="non-empty dict"):
         certify(cal, "max_probability", {}, 0.05)
-    with pytest.raises(ValueError, match="`risks` to be one of"):
+    with pytest.raises(ValueError, match="`limits` to be one of"):
         certify(cal, "max_probability", {"latency": 0.1}, 0.05)
-    with pytest.raises(ValueError, match=r"risks\['cost'\]"):
+    with pytest.raises(ValueError, match=r"limits\['cost'\]"):
         certify(cal, "max_probability", {"cost": 1.5}, 0.05)
 
 

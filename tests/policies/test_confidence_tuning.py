@@ -23,25 +23,29 @@ def test_clopper_pearson_lower_equals_scipy(k, n, c):
 
 def test_confidence_tuner_is_learn_then_test_on_error(real_outputs):
     cal = real_outputs[:2000]
-    tuned = tune_for_accuracy(cal, "max_probability", 0.85, confidence=0.9)
-    res = risk_controlled_threshold(cal, "max_probability", risk="error", delta=0.15, epsilon=0.1)
-    assert tuned.policy == res.policy and tuned.shared_threshold == res.threshold
-    assert tuned.achieved["p_value"] <= 0.1 and tuned.achieved["target"] == 0.85
+    tuned = tune_for_accuracy(cal, "max_probability", 0.85, confidence=0.9, relative=False)
+    res = risk_controlled_threshold(
+        cal, "max_probability", risk="error", limit=0.15, confidence=0.9
+    )
+    assert tuned.policy == res.policy and tuned.shared_threshold == res.shared_threshold
+    assert tuned.guarantee.p_values["error"] <= 0.1 and tuned.limits["accuracy"] == 0.85
     ev = evaluate(tuned.policy, cal)
-    assert tuned.achieved["accuracy"] == pytest.approx(float(ev.accuracy[0]))
-    hits = round(tuned.achieved["accuracy"] * 2000)
-    assert tuned.achieved["accuracy_lower_bound"] == pytest.approx(
+    assert tuned.evaluation.accuracy == pytest.approx(float(ev.accuracy[0]))
+    hits = round(tuned.evaluation.accuracy * 2000)
+    assert tuned.evaluation.accuracy_lower_bound == pytest.approx(
         float(clopper_pearson_lower(hits, 2000, 0.9))
     )
-    plain = tune_for_accuracy(cal, "max_probability", 0.85)
-    assert plain.achieved["confidence"] == 0.95
-    assert plain.achieved["accuracy_lower_bound"] < plain.achieved["accuracy"]
+    plain = tune_for_accuracy(cal, "max_probability", 0.85, relative=False)
+    assert plain.evaluation.confidence == 0.95
+    assert plain.evaluation.accuracy_lower_bound < plain.evaluation.accuracy
     relative = tune_for_accuracy(cal, "max_probability", 0.97, relative=True, confidence=0.9)
     final = float(cal.correct()[:, -1].double().mean())
-    assert relative.achieved["target"] == pytest.approx(0.97 * final)
-    assert not tune_for_accuracy(cal[:50], "max_probability", 0.99, confidence=0.9).feasible
+    assert relative.limits["accuracy"] == pytest.approx(0.97 * final)
+    assert not tune_for_accuracy(
+        cal[:50], "max_probability", 0.99, confidence=0.9, relative=False
+    ).feasible
     with pytest.raises(ValueError, match="`confidence` to be in"):
-        tune_for_accuracy(cal, "max_probability", 0.85, confidence=1.0)
+        tune_for_accuracy(cal, "max_probability", 0.85, confidence=1.0, relative=False)
 
 
 def test_cli_prints_the_guarantee_or_the_lower_bound(real_outputs, tmp_path, capsys):
@@ -67,7 +71,9 @@ def test_confidence_tuner_keeps_its_promise_over_400_small_splits(real_outputs):
         perm = torch.randperm(real_outputs.num_samples, generator=gen)
         tune_split, new = real_outputs[perm[:500]], real_outputs[perm[500:]]
         for confidence in (None, 0.9):
-            tuned = tune_for_accuracy(tune_split, "max_probability", target, confidence=confidence)
+            tuned = tune_for_accuracy(
+                tune_split, "max_probability", target, confidence=confidence, relative=False
+            )
             if not tuned.feasible:
                 continue
             returned += confidence is not None
@@ -86,27 +92,29 @@ def test_budget_and_latency_tuners_with_confidence_walk_up_from_the_first_exit(r
     cal = real_outputs[:3000]
     tuned = tune_for_budget(cal, "max_probability", 0.4, confidence=0.9)
     res = risk_controlled_threshold(
-        cal, "max_probability", risk="cost", delta=0.4, epsilon=0.1, direction="up"
+        cal, "max_probability", risk="cost", limit=0.4, confidence=0.9, direction="up"
     )
-    assert res.grid[0] == -math.inf and bool((res.grid[1:].diff() > 0).all())
-    assert tuned.policy == res.policy and tuned.achieved["p_value"] <= 0.1
-    assert tuned.achieved["relative_cost"] < 0.4
+    assert res.path.thresholds[0] == -math.inf and bool((res.path.thresholds[1:].diff() > 0).all())
+    assert tuned.policy == res.policy and max(tuned.guarantee.p_values.values()) <= 0.1
+    assert tuned.evaluation.relative_cost < 0.4
     # the walk stops at the first threshold whose p-value exceeds epsilon
-    tested = ~torch.isnan(res.p_values)
+    tested = ~torch.isnan(res.path.p_values)
     last = int(torch.nonzero(tested).max())
-    assert bool((res.p_values[:last] <= 0.1).all()) and float(res.p_values[last]) > 0.1
+    assert bool((res.path.p_values[:last] <= 0.1).all()) and float(res.path.p_values[last]) > 0.1
     latencies = [2.0, 5.0, 9.0, 14.0]
     lat = tune_for_latency(cal, "max_probability", latencies, 90, 9.0, confidence=0.9)
     slow = torch.tensor([0.0, 0.0, 0.0, 1.0]).expand(3000, -1)
     same = risk_controlled_threshold(
-        cal, "max_probability", losses=slow, delta=0.1, epsilon=0.1, direction="up"
+        cal, "max_probability", losses=slow, limit=0.1, confidence=0.9, direction="up"
     )
-    assert lat.policy == same.policy and lat.achieved["cost_quantiles"][0.9] <= 9.0
+    assert lat.policy == same.policy and lat.evaluation.cost_percentiles[90.0] <= 9.0
     with pytest.raises(ValueError, match=r"`losses` of shape \[N, E\]"):
-        risk_controlled_threshold(cal, "max_probability", losses=slow[:10], delta=0.1, epsilon=0.1)
+        risk_controlled_threshold(
+            cal, "max_probability", losses=slow[:10], limit=0.1, confidence=0.9
+        )
     with pytest.raises(ValueError, match="`direction` to be one of"):
         risk_controlled_threshold(
-            cal, "max_probability", delta=0.1, epsilon=0.1, direction="sideways"
+            cal, "max_probability", limit=0.1, confidence=0.9, direction="sideways"
         )
 
 

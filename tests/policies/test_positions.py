@@ -97,10 +97,10 @@ def test_the_factor_is_calms_decay():
 def test_tuners_return_position_aware_policies_that_round_trip(real_outputs, tmp_path):
     tokens = as_sequences(real_outputs[:3000], 30)
     signal = DecayedSignal("max_probability", length=30.0)
-    tuned = tune_for_accuracy(tokens, signal, 0.86, min_exit=1)
+    tuned = tune_for_accuracy(tokens, signal, 0.86, min_exit=1, relative=False)
     assert tuned.feasible and tuned.policy.signal == signal and tuned.policy.min_exit == 1
     res = evaluate(tuned.policy, tokens)
-    assert float(res.accuracy[0]) == pytest.approx(tuned.achieved["accuracy"])
+    assert float(res.accuracy[0]) == pytest.approx(tuned.evaluation.accuracy)
     assert int(res.exit_counts[0, 0]) == 0  # nobody leaves before min_exit
     tuned.policy.save(tmp_path / "p.json")
     back = load_policy(tmp_path / "p.json")
@@ -114,7 +114,7 @@ def test_tuners_return_position_aware_policies_that_round_trip(real_outputs, tmp
         groups=tokens.groups,
         positions=tokens.positions,
     )
-    alone = tune_for_accuracy(later, signal, 0.86)
+    alone = tune_for_accuracy(later, signal, 0.86, relative=False)
     assert tuned.policy.thresholds[0] == math.inf
     assert tuned.policy.thresholds[1:] == alone.policy.thresholds
 

@@ -54,14 +54,14 @@ def test_sequence_unit_equals_a_naive_fixed_sequence_test(real_outputs):
     tokens = _sequences(real_outputs[:2000], 10)
     for how in ("fraction", "any"):
         res = risk_controlled_threshold(
-            tokens, "max_probability", delta=0.1, epsilon=0.1, sequence_loss=how
+            tokens, "max_probability", limit=0.1, confidence=0.9, sequence_loss=how
         )
         assert res.num_samples == 200  # sequences, the default unit with groups
         scores = compute_signal(tokens, "max_probability").double()
         table = loss_table(tokens, "disagreement")
         shuffled = torch.randperm(200, generator=torch.Generator().manual_seed(0))
         certified = None
-        for i, thr in enumerate(res.grid.tolist()):
+        for i, thr in enumerate(res.path.thresholds.tolist()):
             exits = first_exit(scores, torch.full((4,), thr, dtype=torch.float64))
             tok = table[torch.arange(2000), exits]
             seq = torch.stack(
@@ -76,28 +76,30 @@ def test_sequence_unit_equals_a_naive_fixed_sequence_test(real_outputs):
                 p = binomial_p_value(int(seq.sum()), 200, 0.1)
             else:
                 p = wsr_p_value(seq[shuffled], 0.1, 0.1)
-            assert float(res.p_values[i]) == pytest.approx(p, abs=1e-12)
-            assert float(res.empirical_risk[i]) == pytest.approx(float(seq.mean()))
+            assert float(res.path.p_values[i]) == pytest.approx(p, abs=1e-12)
+            assert float(res.path.risks[i]) == pytest.approx(float(seq.mean()))
             if p > 0.1:
                 break
             certified = thr
-        assert res.threshold == (math.inf if certified is None else certified)
+        assert res.shared_threshold == (math.inf if certified is None else certified)
 
 
 def test_unit_rules_and_errors(real_outputs):
     plain = real_outputs[:500]
-    res = risk_controlled_threshold(plain, "max_probability", delta=0.1, epsilon=0.1)
+    res = risk_controlled_threshold(plain, "max_probability", limit=0.1, confidence=0.9)
     assert res.num_samples == 500
     with pytest.raises(ValueError, match="`unit='sequence'` needs outputs with `groups`"):
-        risk_controlled_threshold(plain, "max_probability", delta=0.1, epsilon=0.1, unit="sequence")
+        risk_controlled_threshold(
+            plain, "max_probability", limit=0.1, confidence=0.9, unit="sequence"
+        )
     tokens = _sequences(plain, 5)
     tok = risk_controlled_threshold(
-        tokens, "max_probability", delta=0.1, epsilon=0.1, unit="sample"
+        tokens, "max_probability", limit=0.1, confidence=0.9, unit="sample"
     )
     assert tok.num_samples == 500
     with pytest.raises(ValueError, match="`sequence_loss` to be one of"):
         risk_controlled_threshold(
-            tokens, "max_probability", delta=0.1, epsilon=0.1, sequence_loss="all"
+            tokens, "max_probability", limit=0.1, confidence=0.9, sequence_loss="all"
         )
 
 
@@ -109,7 +111,7 @@ def violation_rates(tokens, signal, delta, epsilon, trials):
         cal, test = tokens.split(0.5, seed=trial)
         for unit in violated:
             res = risk_controlled_threshold(
-                cal, signal, risk="disagreement", delta=delta, epsilon=epsilon, unit=unit
+                cal, signal, risk="disagreement", limit=delta, confidence=1 - epsilon, unit=unit
             )
             if res.policy is not None:
                 ev = evaluate(res.policy, test, reference="final")

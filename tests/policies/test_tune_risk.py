@@ -45,18 +45,19 @@ def test_accuracy_target_holds_and_per_exit_beats_shared(split):
     cal, test = split
     final = float(cal.correct()[:, -1].double().mean())
     tuned = tune_for_accuracy(cal, "max_probability", 0.99, relative=True)
-    assert tuned.feasible and tuned.achieved["accuracy"] >= 0.99 * final - 1e-12
+    assert tuned.feasible and tuned.evaluation.accuracy >= 0.99 * final - 1e-12
     shared_cost = best_shared(
         cal,
         lambda sw: sw.accuracy >= 0.99 * final - 1e-12,
         lambda sw, ok: float(sw.mean_cost[ok].min()),
     )
-    assert tuned.achieved["mean_cost"] <= shared_cost + 1e-9
-    # the achieved figures are what evaluate() reports for the policy on the tuning split
+    assert tuned.evaluation.mean_cost <= shared_cost + 1e-9
+    # the evaluation figures are what evaluate() reports for the policy on the tuning split
     again = evaluate(tuned.policy, cal)
-    assert float(again.accuracy[0]) == pytest.approx(tuned.achieved["accuracy"])
+    assert float(again.accuracy[0]) == pytest.approx(tuned.evaluation.accuracy)
     held_out = tuned.report(test)
-    assert set(held_out) >= {"accuracy", "mean_cost", "speed_up", "exit_fractions"}
+    assert held_out.accuracy is not None and held_out.speed_up > 1.0
+    assert held_out.num_samples == test.num_samples and len(held_out.exit_fractions) == 4
 
 
 def test_budget_holds_and_per_exit_beats_shared(split):
@@ -64,13 +65,13 @@ def test_budget_holds_and_per_exit_beats_shared(split):
     full = float(cal.costs[-1])
     for budget in (0.3, 0.5):
         tuned = tune_for_budget(cal, "max_probability", budget)
-        assert tuned.achieved["mean_cost"] <= budget * full * (1 + 1e-12)
+        assert tuned.evaluation.mean_cost <= budget * full * (1 + 1e-12)
         shared_acc = best_shared(
             cal,
             lambda sw, b=budget: sw.mean_cost <= b * full,
             lambda sw, ok: float(sw.accuracy[ok].max()),
         )
-        assert tuned.achieved["accuracy"] >= shared_acc - 1e-12
+        assert tuned.evaluation.accuracy >= shared_acc - 1e-12
 
 
 def exhaustive_coordinate_search(cal, objective, ok, rounds=3):
@@ -118,13 +119,13 @@ def test_regression_per_exit_search_is_exact_line_searches(split):
     full = float(cal.costs[-1])
     tuned = tune_for_accuracy(cal, "max_probability", 0.99, relative=True)
     ref = exhaustive_coordinate_search(cal, "cost", lambda a, c: a >= 0.99 * final - 1e-12)
-    assert tuned.achieved["mean_cost"] <= ref[1] + 1e-12
+    assert tuned.evaluation.mean_cost <= ref[1] + 1e-12
     for budget in (0.3, 0.5):
         tuned = tune_for_budget(cal, "max_probability", budget)
         ref = exhaustive_coordinate_search(
             cal, "accuracy", lambda a, c, b=budget: c <= b * full * (1 + 1e-12)
         )
-        assert tuned.achieved["accuracy"] >= ref[0] - 1e-12
+        assert tuned.evaluation.accuracy >= ref[0] - 1e-12
 
 
 def test_latency_percentile_constraint(split):
@@ -132,19 +133,19 @@ def test_latency_percentile_constraint(split):
     latencies = [2.0, 5.0, 9.0, 14.0]  # ms, cumulative
     tuned = tune_for_latency(cal, "max_probability", latencies, percentile=90, limit=9.0)
     assert tuned.feasible
-    assert tuned.achieved["cost_quantiles"][0.9] <= 9.0
+    assert tuned.evaluation.cost_percentiles[90.0] <= 9.0
     scores = compute_signal(cal, "max_probability")
     r = evaluate_thresholds(
-        scores, cal.correct(), latencies, tuned.policy.threshold_vector(4)[None], quantiles=[0.9]
+        scores, cal.correct(), latencies, tuned.policy.threshold_vector(4)[None], percentiles=[90]
     )
     assert float(r.cost_quantiles[0, 0]) <= 9.0
 
 
 def test_infeasible_target_is_a_result(split):
     cal, _ = split
-    tuned = tune_for_accuracy(cal, "max_probability", 0.999)
+    tuned = tune_for_accuracy(cal, "max_probability", 0.999, relative=False)
     assert not tuned.feasible and tuned.policy is None
-    with pytest.raises(ValueError, match="no feasible policy"):
+    with pytest.raises(ValueError, match="nothing to report"):
         tuned.report(cal)
     quantile = tune(cal, "max_probability", "accuracy", [CostQuantileAtMost(0.5, 0.0)])
     assert not quantile.feasible
@@ -179,27 +180,31 @@ def test_p_values_against_scipy_and_hand_values():
 
 def test_fixed_sequence_returns_the_last_rejected_threshold(split):
     cal, _ = split
-    res = risk_controlled_threshold(cal, "max_probability", delta=0.05, epsilon=0.1)
-    assert res.certified and res.grid[0] == math.inf
-    tested = ~torch.isnan(res.p_values)
+    res = risk_controlled_threshold(cal, "max_probability", limit=0.05, confidence=0.9)
+    assert res.certified and res.path.thresholds[0] == math.inf
+    tested = ~torch.isnan(res.path.p_values)
     last = int(torch.nonzero(tested).max())
-    assert float(res.p_values[last]) > 0.1 or last == len(res.grid) - 1
-    assert bool((res.p_values[:last] <= 0.1).all())
-    assert res.threshold == float(res.grid[last - 1]) if float(res.p_values[last]) > 0.1 else True
+    assert float(res.path.p_values[last]) > 0.1 or last == len(res.path.thresholds) - 1
+    assert bool((res.path.p_values[:last] <= 0.1).all())
+    assert (
+        res.shared_threshold == float(res.path.thresholds[last - 1])
+        if float(res.path.p_values[last]) > 0.1
+        else True
+    )
 
 
 def test_risk_validation(split):
     cal, _ = split
     with pytest.raises(ValueError, match="pass a `grid`"):
-        risk_controlled_threshold(cal, "negative_entropy", delta=0.1, epsilon=0.1)
-    with pytest.raises(ValueError, match=r"`delta` to be in \(0, 1\)"):
-        risk_controlled_threshold(cal, "max_probability", delta=1.5, epsilon=0.1)
+        risk_controlled_threshold(cal, "negative_entropy", limit=0.1, confidence=0.9)
+    with pytest.raises(ValueError, match=r"`limit` to be in \(0, 1\)"):
+        risk_controlled_threshold(cal, "max_probability", limit=1.5, confidence=0.9)
     res = risk_controlled_threshold(
-        cal, "negative_entropy", delta=0.1, epsilon=0.1, grid=np.linspace(-2.3, 0, 50)
+        cal, "negative_entropy", limit=0.1, confidence=0.9, grid=np.linspace(-2.3, 0, 50)
     )
-    assert res.grid.numel() == 51
+    assert res.path.thresholds.numel() == 51
     impossible = risk_controlled_threshold(
-        cal[:20], "max_probability", risk="error", delta=0.01, epsilon=0.01
+        cal[:20], "max_probability", risk="error", limit=0.01, confidence=0.99
     )
     assert not impossible.certified and impossible.policy is None
 
@@ -228,7 +233,9 @@ def test_grid_statistics_equal_a_naive_loop(real_outputs, risk):
     grid = torch.tensor(
         [-math.inf, 0.3, 0.5, float(scores[3, 1]), 0.9, 0.999, 1.0, math.inf], dtype=torch.float64
     )
-    losses, early, n = grid_statistics(out, scores, grid, risk)
+    from exitwise.policies import loss_table
+
+    losses, early, n = grid_statistics(scores, grid, loss_table(out, risk), True)
     naive = naive_losses(out, scores, grid, risk)
     assert n == 300 and torch.equal(losses, naive.sum(dim=1))
     first = torch.stack(
@@ -244,17 +251,17 @@ def test_regression_default_risk_grid_is_dense_near_one(real_outputs):
         real_outputs.logits[:5000] * 8, labels=real_outputs.labels[:5000], costs=real_outputs.costs
     )
     coarse = risk_controlled_threshold(
-        cal, "max_probability", delta=0.05, epsilon=0.1, grid=np.linspace(0, 1, 101)
+        cal, "max_probability", limit=0.05, confidence=0.9, grid=np.linspace(0, 1, 101)
     )
-    res = risk_controlled_threshold(cal, "max_probability", delta=0.05, epsilon=0.1)
-    assert coarse.threshold == 1.0 and 0.999 < res.threshold < 1.0
+    res = risk_controlled_threshold(cal, "max_probability", limit=0.05, confidence=0.9)
+    assert coarse.shared_threshold == 1.0 and 0.999 < res.shared_threshold < 1.0
     assert evaluate(res.policy, cal).speed_up[0] > 2 * evaluate(coarse.policy, cal).speed_up[0]
     # a certified threshold that lets nothing leave early is flagged as vacuous
     with pytest.warns(VacuousGuaranteeWarning, match="no calibration sample leave early"):
         none_early = risk_controlled_threshold(
-            cal, "max_probability", delta=0.05, epsilon=0.1, grid=np.linspace(0, 0.99, 100)
+            cal, "max_probability", limit=0.05, confidence=0.9, grid=np.linspace(0, 0.99, 100)
         )
-    assert none_early.certified and none_early.vacuous and none_early.threshold == math.inf
+    assert none_early.certified and none_early.vacuous and none_early.shared_threshold == math.inf
     assert not res.vacuous
 
 
@@ -263,7 +270,7 @@ def test_learn_then_test_validity_over_500_splits(real_outputs):
     """Violation rate <= epsilon (plus binomial noise); the naive rule must fail this test."""
     delta, epsilon, n_cal, trials = 0.05, 0.1, 1000, 500
     grid = risk_controlled_threshold(
-        real_outputs[:n_cal], "max_probability", delta=delta, epsilon=epsilon
+        real_outputs[:n_cal], "max_probability", limit=delta, confidence=1 - epsilon
     ).grid  # the fixed default sequence
     scores = compute_signal(real_outputs, "max_probability")
     # 0/1 losses [G, N] at every grid threshold, from the evaluator's kernel (itself checked
@@ -277,9 +284,9 @@ def test_learn_then_test_validity_over_500_splits(real_outputs):
         perm = torch.randperm(real_outputs.num_samples, generator=gen)
         cal_idx, test_idx = perm[:n_cal], perm[n_cal:]
         res = risk_controlled_threshold(
-            real_outputs[cal_idx], "max_probability", delta=delta, epsilon=epsilon
+            real_outputs[cal_idx], "max_probability", limit=delta, confidence=1 - epsilon
         )
-        g = int(torch.nonzero(grid == res.threshold)[0, 0]) if res.certified else 0
+        g = int(torch.nonzero(grid == res.shared_threshold)[0, 0]) if res.certified else 0
         ours += float(all_losses[g, test_idx].mean()) > delta
         # naive: walk the same sequence while the empirical risk is <= delta
         emp = all_losses[:, cal_idx].mean(dim=1)
@@ -297,9 +304,9 @@ def test_geometric_budget_baseline_meets_the_budget(split):
     cal, _ = split
     for budget in (0.3, 0.5, 0.8):
         base = geometric_budget_policy(cal, "max_probability", budget)
-        shares = torch.tensor(base.achieved["geometric_shares"], dtype=torch.float64)
-        assert float((shares * cal.costs / cal.costs[-1]).sum()) == pytest.approx(budget)
-        assert base.achieved["mean_cost"] / float(cal.costs[-1]) == pytest.approx(budget, abs=0.02)
+        shares = torch.tensor(base.evaluation.exit_fractions, dtype=torch.float64)
+        assert float((shares * cal.costs / cal.costs[-1]).sum()) == pytest.approx(budget, abs=0.02)
+        assert base.evaluation.mean_cost / float(cal.costs[-1]) == pytest.approx(budget, abs=0.02)
     with pytest.raises(ValueError, match="between the first and last exits' costs"):
         geometric_budget_policy(cal, "max_probability", 0.01)
 
@@ -313,19 +320,19 @@ def test_risk_constraints(split):
     agree = evaluate(tuned.policy, cal, reference="final")
     assert float(agree.mean_loss[0]) <= 0.03 + 1e-12
     err = tune(cal, "max_probability", "cost", [RiskAtMost(0.13, "error")])
-    assert err.achieved["accuracy"] >= 0.87 - 1e-12
+    assert err.evaluation.accuracy >= 0.87 - 1e-12
     assert not tune(cal, "max_probability", "cost", [RiskAtMost(0.01, "error")]).feasible
 
 
-def test_achieved_gives_cost_relative_to_the_full_model_and_risk_result_repr_is_short(split):
+def test_evaluation_gives_cost_relative_to_the_full_model_and_result_repr_is_short(split):
     cal, test = split
     tuned = tune_for_budget(cal, "max_probability", 0.5)
-    for rep in (tuned.achieved, tuned.report(test)):
-        assert rep["relative_cost"] == pytest.approx(rep["mean_cost"] / float(cal.costs[-1]))
-    res = risk_controlled_threshold(cal, "max_probability", delta=0.05, epsilon=0.1)
+    for ev in (tuned.evaluation, tuned.report(test)):
+        assert ev.relative_cost == pytest.approx(ev.mean_cost / float(cal.costs[-1]))
+    res = risk_controlled_threshold(cal, "max_probability", limit=0.05, confidence=0.9)
     text = repr(res)
-    assert "\n" not in text and len(text) < 200 and "threshold=" in text
+    assert "\n" not in text and len(text) < 250 and "guarantee=(disagreement <= 0.05" in text
     none = risk_controlled_threshold(
-        cal[:20], "max_probability", risk="error", delta=0.01, epsilon=0.01
+        cal[:20], "max_probability", risk="error", limit=0.01, confidence=0.99
     )
-    assert repr(none).endswith("certified=False)")
+    assert repr(none).startswith("PolicyResult(policy=None, reason='no threshold is certified")
