@@ -42,8 +42,8 @@ def test_certify_writes_the_guarantee_and_monitor_checks_logs(tmp_path, capsys):
             "disagreement=0.04",
             "--risk",
             "cost=0.5",
-            "--epsilon",
-            "0.05",
+            "--confidence",
+            "0.95",
             "--out",
             str(policy_file),
             "--json",
@@ -53,8 +53,9 @@ def test_certify_writes_the_guarantee_and_monitor_checks_logs(tmp_path, capsys):
     payload = json.loads(capsys.readouterr().out)
     policy = load_policy(policy_file)
     g = policy.context["guarantee"]
-    assert g["risks"] == {"disagreement": 0.04, "cost": 0.5} and g["epsilon"] == 0.05
-    assert g["n"] == 2500 and set(g["p_values"]) == {"disagreement", "cost"}
+    assert g["limits"] == {"disagreement": 0.04, "cost": 0.5} and g["confidence"] == 0.95
+    assert g["num_units"] == 2500 and g["unit"] == "sample"
+    assert set(g["p_values"]) == {"disagreement", "cost"}
     assert g["data_fingerprint"].startswith("sha256:") and len(g["exit_rates"]) == 4
     assert max(g["p_values"].values()) <= 0.05
     # the held-out risks printed are the evaluator's
@@ -92,7 +93,7 @@ def test_certify_and_monitor_errors(tmp_path, capsys):
         main(["certify", "--risk", "disagreement"])
     assert "expected NAME=LIMIT" in capsys.readouterr().err
     assert main(["certify", "--risk", "latency=0.1"]) == 2
-    assert "`risks` to be one of" in capsys.readouterr().err
+    assert "`limits` to be one of" in capsys.readouterr().err
     with pytest.raises(SystemExit) as nothing:
         main(["certify", "--risk", "error=0.001"])
     assert nothing.value.code == 1

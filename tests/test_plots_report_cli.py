@@ -67,11 +67,13 @@ def test_grid_and_other_plots(real_outputs):
     scores = compute_signal(real_outputs[:2000], "max_probability")
     sweep = sweep_shared_threshold(scores, real_outputs[:2000].correct(), real_outputs.costs)
     front = pareto_frontier(real_outputs[:2000], "max_probability", budgets=[0.5])
+    from exitwise.policies import OracleExit, ThresholdPolicy, evaluate, evaluate_policy
+
     ax = plots.pareto_plot(
         front,
         sweep=sweep,
-        oracle=(1.0, 0.9),
-        chosen=(2.0, 0.8),
+        oracle=evaluate(OracleExit(), real_outputs[:2000]),
+        chosen=evaluate_policy(ThresholdPolicy("max_probability", 0.9), real_outputs[:2000]),
         full_cost=float(real_outputs.costs[-1]),
     )
     assert "Pareto frontier" in [t.get_text() for t in ax.get_legend().get_texts()]
@@ -223,7 +225,7 @@ def test_cli_commands(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["speed_up"] > 1.0
     assert main(["tune", str(data), "--budget", "0.5"]) == 0
-    assert main(["tune", str(data), "--risk", "0.05", "--epsilon", "0.1"]) == 0
+    assert main(["tune", str(data), "--risk", "disagreement=0.05", "--confidence", "0.9"]) == 0
     assert main(["report", str(data), "--out", str(tmp_path / "rep"), "--resamples", "20"]) == 0
     assert "report written to" in capsys.readouterr().out
 
@@ -254,13 +256,16 @@ def test_cli_tune_risk_reports_held_out_disagreement(tmp_path, capsys):
     data = tmp_path / "data.npz"
     out = load_default()[:4000]
     out.save(data)
-    args = ["tune", str(data), "--risk", "0.05", "--epsilon", "0.1", "--json"]
+    args = ["tune", str(data), "--risk", "disagreement=0.05", "--confidence", "0.9", "--json"]
     assert main([*args, "--out", str(tmp_path / "p.json")]) == 0
     payload = json.loads(capsys.readouterr().out)
     test = out.split(0.5, seed=0)[1]
     ev = evaluate(load_policy(tmp_path / "p.json"), test, reference="final")
-    assert payload["test"]["disagreement"] == pytest.approx(float(ev.mean_loss[0]))
-    assert "accuracy" not in payload["test"] and payload["tune"]["vacuous"] is False
+    assert payload["test"]["risks"]["disagreement"] == pytest.approx(float(ev.mean_loss[0]))
+    assert payload["test"]["agreement"] == pytest.approx(1 - float(ev.mean_loss[0]))
+    assert payload["guarantee"]["vacuous"] is False
+    assert payload["guarantee"]["limits"] == {"disagreement": 0.05}
+    assert load_policy(tmp_path / "p.json").context["guarantee"]["confidence"] == 0.9
 
 
 def test_cli_infeasible_tune_states_target_and_best_achievable(tmp_path, capsys):
@@ -277,7 +282,9 @@ def test_cli_infeasible_tune_states_target_and_best_achievable(tmp_path, capsys)
     assert payload["best_achievable"]["accuracy"] == pytest.approx(float(sw.accuracy.max()))
     with pytest.raises(SystemExit):
         main(["tune", str(data), "--target-accuracy", "0.99"])
-    assert "target accuracy 0.99, best achievable" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert text.startswith("no policy: no policy meets accuracy >= 0.9900 on the 1500 tuning")
+    assert "best accuracy" in text and text.rstrip().endswith(")")
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
@@ -352,7 +359,8 @@ def test_cli_tunes_unlabelled_files_against_the_final_exit(tmp_path, capsys):
     ExitOutputs(load_default()[:3000].logits).save(data)
     assert main(["tune", str(data), "--budget", "0.5", "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
-    assert payload["feasible"] and payload["test"]["accuracy"] > 0.8  # agreement with final
+    assert payload["feasible"] and payload["test"]["accuracy"] is None  # no labels
+    assert payload["test"]["agreement"] > 0.8 and payload["evaluation"]["agreement"] > 0.8
 
 
 def test_policy_files_carry_their_context(tmp_path, capsys):
@@ -412,3 +420,23 @@ def test_policy_files_carry_their_context(tmp_path, capsys):
         main(["evaluate", str(data), "--policy", str(pol_file), "--calibrator", str(cal_file)]) == 2
     )
     assert "ts.safetensors" in capsys.readouterr().err
+
+
+def test_regression_cli_risk_and_confidence_have_one_meaning(tmp_path, capsys):
+    # issue 20 finding 6: --risk was a float in tune, NAME=LIMIT in certify, a name in monitor
+    from exitwise.datasets import load_default
+
+    data = tmp_path / "data.npz"
+    load_default()[:3000].save(data)
+    new = ["tune", str(data), "--risk", "disagreement=0.05", "--confidence", "0.9", "--json"]
+    assert main(new) == 0
+    by_new = json.loads(capsys.readouterr().out)
+    assert main(["tune", str(data), "--risk", "0.05", "--epsilon", "0.1", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["policy"] == by_new["policy"]
+    assert "--risk 0.05 is deprecated" in captured.err and "--epsilon is deprecated" in captured.err
+    assert main(["certify", str(data), "--risk", "disagreement=0.05", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["guarantee"]["limits"] == {"disagreement": 0.05}
+    # a risk named twice is refused, not silently overwritten
+    assert main(["certify", str(data), "--risk", "cost=0.5", "--risk", "cost=0.6"]) == 2
+    assert "given twice" in capsys.readouterr().err

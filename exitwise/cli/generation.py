@@ -10,10 +10,10 @@ __all__ = ["add_plan_speculation"]
 
 
 def _plan_speculation(args: argparse.Namespace) -> None:
-    from exitwise.cli import _load, _print
+    from exitwise.cli._common import load, print_payload
     from exitwise.generation import plan_self_speculation
 
-    out = _load(args.file)
+    out = load(args.file)
     plan = plan_self_speculation(
         out, args.max_draft, mode=args.mode, verification=args.verification
     )
@@ -31,14 +31,14 @@ def _plan_speculation(args: argparse.Namespace) -> None:
         speculation_plot(plan).figure.savefig(args.plot, dpi=110, bbox_inches="tight")
         text += f"\nplot written to {args.plot}"
     payload = {"rows": plan.rows, "best": best, "mode": plan.mode, "plot": args.plot}
-    _print(args, payload, text)
+    print_payload(args, payload, text)
 
 
 def add_plan_speculation(sub: Any) -> None:
     """Register ``exitwise plan-speculation``."""
-    from exitwise.cli import _command
+    from exitwise.cli._common import command
 
-    p = _command(
+    p = command(
         sub,
         "plan-speculation",
         "plan self-speculative decoding from token-level outputs",

@@ -14,7 +14,7 @@ def _ms(value: float) -> str:
 
 
 def _serve_plan(args: argparse.Namespace) -> None:
-    from exitwise.cli import _load_calibrated, _print
+    from exitwise.cli._common import load_calibrated, print_payload
     from exitwise.policies import load_policy
     from exitwise.serving import (
         SCHEDULERS,
@@ -24,7 +24,7 @@ def _serve_plan(args: argparse.Namespace) -> None:
         simulate_serving,
     )
 
-    out = _load_calibrated(args)
+    out = load_calibrated(args)
     policy = load_policy(args.policy)
     latency = LatencyModel.load(args.latency)
     if latency.num_segments != out.num_exits:
@@ -79,14 +79,14 @@ def _serve_plan(args: argparse.Namespace) -> None:
             f"max rate: highest rate with p99 <= {args.p99 * 1e3:g} ms on {args.replicas} "
             f"replica(s); replicas: fewest meeting it at {args.rate:g} requests/s"
         )
-    _print(args, {"rate": args.rate, "schedulers": rows}, "\n".join(lines))
+    print_payload(args, {"rate": args.rate, "schedulers": rows}, "\n".join(lines))
 
 
 def add_serve_plan(sub: Any) -> None:
-    from exitwise.cli import _command
+    from exitwise.cli._common import command
 
     help_text = "latency percentiles, throughput and capacity of a policy under load"
-    p = _command(sub, "serve-plan", help_text)
+    p = command(sub, "serve-plan", help_text)
     p.add_argument("--policy", required=True, help="policy file (.json)")
     p.add_argument("--latency", required=True, help="latency model (.json, LatencyModel.save)")
     p.add_argument("--rate", type=float, required=True, help="arrival rate (requests/s)")

@@ -4,74 +4,42 @@ risks, and checking traffic logs against them)."""
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from typing import Any
 
 __all__ = ["add_certify", "add_monitor"]
 
 
-def _risk_pair(text: str) -> tuple[str, float]:
-    name, sep, value = text.partition("=")
-    try:
-        limit = float(value)
-    except ValueError:
-        limit = None
-    if not sep or limit is None:
-        raise argparse.ArgumentTypeError(
-            f"expected NAME=LIMIT such as disagreement=0.02 or cost=0.4, got {text!r}"
-        )
-    return name.strip(), limit
-
-
-def _fingerprint(path: str | None, outputs: Any) -> str:
-    """sha256 of the data file (of the bundled logits without a file)."""
-    digest = hashlib.sha256()
-    if path is None:
-        digest.update(outputs.logits.cpu().numpy().tobytes())
-    else:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return "sha256:" + digest.hexdigest()
-
-
 def _certify(args: argparse.Namespace) -> None:
-    from exitwise.cli import _load_calibrated, _print, _tune_context
-    from exitwise.policies import certify, loss_table
+    from exitwise.cli._common import fingerprint, load_calibrated, print_payload, tune_context
+    from exitwise.policies import ExitScores, certify, loss_table
 
-    out = _load_calibrated(args)
+    out = load_calibrated(args)
     cal, test = out.split(args.split, seed=args.seed)
-    risks = dict(args.risk)
+    limits: dict[str, float] = {}
+    for name, limit in args.risk:
+        if name in limits:
+            raise ValueError(f"--risk {name} is given twice ({limits[name]:g} and {limit:g}).")
+        limits[name] = limit
     res = certify(
-        cal,
-        args.signal,
-        risks,
-        args.epsilon,
+        ExitScores(cal, args.signal),
+        limits=limits,
+        confidence=args.confidence,
         search=args.search,
         seed=args.seed,
         p_value=args.p_value,
         recall=args.recall,
     )
-    payload: dict[str, Any] = {
-        "certified": res.certified,
-        "risks": risks,
-        "epsilon": args.epsilon,
-        "calibration_samples": cal.num_samples,
-        "tested_candidates": res.num_tested,
-        "front_size": res.front_size,
-    }
-    if not res.certified:
-        payload["held_out"] = {}
-        text = (
-            f"nothing certified: no candidate on the Pareto front has every risk "
-            f"({', '.join(f'{k} <= {v:g}' for k, v in risks.items())}) certified with "
-            f"probability >= {1 - args.epsilon:g} on {res.num_testing} samples; more calibration "
-            "data or looser limits may"
+    payload = res.summary()
+    payload["calibration_samples"] = cal.num_samples
+    if res.path is not None:
+        payload.update(
+            tested_candidates=res.path.num_tested, front_size=int(res.path.thresholds.shape[0])
         )
-        _print(args, payload, text)
+    if not res.certified:
+        print_payload(args, payload, f"nothing certified: {res.reason}")
         sys.exit(1)
-    policy = res.policy
+    policy, guarantee = res.policy, res.guarantee
     exits = policy.exit_indices(test)
     scores = None
     if args.recall != "none":
@@ -79,43 +47,51 @@ def _certify(args: argparse.Namespace) -> None:
 
         scores = compute_signal(test, args.signal)
     held = {}
-    for name in risks:
+    for name in limits:
         table = loss_table(test, name, scores=scores, recall=args.recall)
         held[name] = float(table.gather(1, exits[:, None]).mean())
     rates = policy.exit_indices(cal).bincount(minlength=cal.num_exits) / cal.num_samples
-    guarantee = res.guarantee()
-    guarantee.update(exit_rates=rates.tolist(), data_fingerprint=_fingerprint(args.file, out))
-    payload.update(policy=policy.to_dict(), guarantee=guarantee, held_out=held)
+    record = guarantee.to_dict()
+    record.update(
+        exit_rates=rates.tolist(),
+        data_fingerprint=fingerprint(args.file, out),
+        relative_cost=res.evaluation.relative_cost,
+    )
+    payload.update(guarantee=record, held_out=held)
     if args.out:
-        context = {**_tune_context(args), "guarantee": guarantee}
+        context = {**tune_context(args), "guarantee": record}
         policy.save(args.out, context=context)
     lines = [f"policy: {policy!r}"]
-    for name, limit in risks.items():
+    for name, limit in limits.items():
         lines.append(
-            f"{name}: certified <= {limit:g} (p-value {res.p_values[name]:.3g}, "
-            f"{res.p_value_methods[name]}); calibration {res.empirical_risks[name]:.4f}, "
-            f"held-out {held[name]:.4f}"
+            f"{name}: certified <= {limit:g} (p-value {guarantee.p_values[name]:.3g}, "
+            f"{guarantee.p_value_methods[name]}); calibration "
+            f"{guarantee.empirical_risks[name]:.4f}, held-out {held[name]:.4f}"
         )
     lines.append(
-        f"with probability >= {1 - args.epsilon:g} over the {res.num_testing} testing samples; "
-        f"mean cost {res.relative_cost:.3f} of the full model"
+        f"with probability >= {guarantee.confidence:g} over the {guarantee.num_units} testing "
+        f"{guarantee.unit}s; mean cost {res.evaluation.relative_cost:.3f} of the full model"
     )
     if args.out:
         lines.append(f"policy and guarantee written to {args.out}")
-    _print(args, payload, "\n".join(lines))
+    print_payload(args, payload, "\n".join(lines))
 
 
 def _monitor(args: argparse.Namespace) -> None:
-    from exitwise.cli import _print
+    from exitwise.cli._common import print_payload
     from exitwise.monitor import check_log
     from exitwise.policies import load_policy
 
     monitor = check_log(
-        args.log, load_policy(args.policy), alpha=args.alpha, risk=args.risk, window=args.window
+        args.log,
+        load_policy(args.policy),
+        confidence=args.confidence,
+        risk=args.watch,
+        window=args.window,
     )
     summary = monitor.summary()
     if args.plot:
-        from exitwise.plots import monitor_plot
+        from exitwise.plots_monitor import monitor_plot
 
         ax = monitor_plot(monitor)
         ax.figure.savefig(args.plot, dpi=120, bbox_inches="tight")
@@ -123,7 +99,8 @@ def _monitor(args: argparse.Namespace) -> None:
     drift = summary["exit_rates"]
     verdict = (
         f"ALARM at request {monitor.alarm_at + 1}: the {monitor.risk} exceeds its certified "
-        f"limit {monitor.limit:g} (anytime-valid, false-alarm probability <= {args.alpha:g})"
+        f"limit {monitor.limit:g} (anytime-valid, false-alarm probability <= "
+        f"{1 - args.confidence:g})"
         if monitor.alarm
         else f"no alarm: the {monitor.risk} is consistent with its limit {monitor.limit:g}"
     )
@@ -140,29 +117,35 @@ def _monitor(args: argparse.Namespace) -> None:
         ]
         + ([f"plot written to {args.plot}"] if args.plot else [])
     )
-    _print(args, summary, text)
+    print_payload(args, summary, text)
     if monitor.alarm:
         sys.exit(1)
 
 
 def add_certify(sub: Any) -> None:
-    from exitwise.cli import _command, _signal_option
+    from exitwise.cli._common import (
+        CONFIDENCE_HELP,
+        command,
+        confidence_option,
+        risk_pair,
+        signal_option,
+    )
     from exitwise.policies.p_values import P_VALUES
     from exitwise.policies.recall import RECALLS
 
     help_text = "certify a policy for several risks at once (Pareto Testing)"
-    p = _command(sub, "certify", help_text, file_required=False)
-    _signal_option(p)
+    p = command(sub, "certify", help_text, file_required=False)
+    signal_option(p)
     p.add_argument(
         "--risk",
-        type=_risk_pair,
+        type=risk_pair,
         action="append",
         required=True,
         metavar="NAME=LIMIT",
         help="a certified limit, repeatable: error, disagreement, nll_excess or cost (as a "
         "share of the full model's)",
     )
-    p.add_argument("--epsilon", type=float, default=0.05, help="failure probability")
+    confidence_option(p, 0.95, CONFIDENCE_HELP + " (default: 0.95)")
     p.add_argument("--search", default="per_exit", choices=("per_exit", "shared"))
     p.add_argument("--p-value", default=None, choices=P_VALUES, help="default: per risk")
     p.add_argument("--recall", default="none", choices=RECALLS)
@@ -177,8 +160,37 @@ def add_monitor(sub: Any) -> None:
     p = sub.add_parser("monitor", help=help_text, description=help_text)
     p.add_argument("log", help="JSON lines: exit, confidence, prediction[, full_prediction, label]")
     p.add_argument("--policy", required=True, help="policy file from `exitwise certify --out`")
-    p.add_argument("--alpha", type=float, default=0.05, help="false-alarm probability")
-    p.add_argument("--risk", default=None, choices=("disagreement", "error"))
+    from exitwise.cli._common import DeprecatedFlag
+
+    p.add_argument(
+        "--confidence",
+        type=float,
+        default=0.95,
+        help="1 - the false-alarm probability (default: 0.95)",
+    )
+    p.add_argument(
+        "--alpha",
+        dest="confidence",
+        type=float,
+        action=DeprecatedFlag,
+        new="--confidence (= 1 - alpha)",
+        convert=lambda a: 1.0 - a,
+        help=argparse.SUPPRESS,
+    )
+    p.add_argument(
+        "--watch",
+        default=None,
+        choices=("disagreement", "error"),
+        help="the risk to watch (default: the policy's certified one)",
+    )
+    p.add_argument(
+        "--risk",
+        dest="watch",
+        action=DeprecatedFlag,
+        new="--watch NAME",
+        choices=("disagreement", "error"),
+        help=argparse.SUPPRESS,
+    )
     p.add_argument("--window", type=int, default=2000, help="requests in the drift window")
     p.add_argument("--plot", help="PNG of the risk bound over time")
     p.add_argument("--json", action="store_true", help="machine-readable output")

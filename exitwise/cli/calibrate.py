@@ -12,9 +12,9 @@ __all__ = ["add_calibrate"]
 
 def _calibrate(args: argparse.Namespace) -> None:
     from exitwise.calibrate import AUTO_METHODS, PerExitCalibration, calibrate, compare_calibrators
-    from exitwise.cli import _load, _print
+    from exitwise.cli._common import load, print_payload
 
-    out = _load(args.file)
+    out = load(args.file)
     cal, test = out.split(args.split, seed=args.seed)
     with warnings.catch_warnings(record=True) as caught:  # reported, not swallowed
         warnings.simplefilter("always")
@@ -33,14 +33,14 @@ def _calibrate(args: argparse.Namespace) -> None:
     text += f"\n\ncalibrator written to {args.out}" if args.out else ""
     text += "".join(f"\nwarning: {note}" for note in notes)
     payload = {"table": table.rows, "best": list(table.best), "out": args.out, "warnings": notes}
-    _print(args, payload, text)
+    print_payload(args, payload, text)
 
 
 def add_calibrate(sub: Any, methods: tuple[str, ...]) -> None:
     """Register ``exitwise calibrate``."""
-    from exitwise.cli import _command
+    from exitwise.cli._common import command
 
-    p = _command(sub, "calibrate", "fit a calibrator and compare it on a held-out split")
+    p = command(sub, "calibrate", "fit a calibrator and compare it on a held-out split")
     p.add_argument(
         "--method",
         default="temperature",

@@ -1,0 +1,186 @@
+"""What every command of the ``exitwise`` CLI shares: loading files, printing, the common
+options, and the one meaning of each shared flag:
+
+* ``--signal NAME``: the confidence signal;
+* ``--risk NAME=LIMIT``: a risk and its limit (repeatable where several are certified);
+* ``--confidence C``: the probability that a guarantee holds (1 - the failure probability);
+* ``--target-accuracy A`` with ``--relative``: an accuracy target (a fraction of the final
+  exit's accuracy with ``--relative``);
+* ``--split S`` / ``--seed K``: the tuning (calibration) share and the seed of that split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from typing import Any
+
+__all__ = [
+    "command",
+    "fingerprint",
+    "load",
+    "load_calibrated",
+    "print_payload",
+    "reference",
+    "risk_pair",
+    "signal_option",
+    "tune_context",
+    "warn",
+]
+
+TARGET_HELP = (
+    "accuracy target: an absolute accuracy, or with --relative a fraction of the final "
+    "exit's accuracy (the same in every command)"
+)
+RELATIVE_HELP = "--target-accuracy is a fraction of the final exit's accuracy"
+CONFIDENCE_HELP = "probability that the guarantee holds (1 - the failure probability)"
+
+
+def warn(message: str) -> None:
+    """One line on stderr (deprecated flags, notes); stdout stays machine-readable."""
+    print(f"exitwise: warning: {message}", file=sys.stderr)
+
+
+def load(path: str | None):
+    """An ExitOutputs file, or the bundled Fashion-MNIST exits without one."""
+    if path is None:
+        from exitwise.datasets import load_default
+
+        return load_default()
+    from exitwise.data import load as load_file
+
+    return load_file(path)
+
+
+def load_calibrated(args: argparse.Namespace):
+    """The file's outputs, transformed by ``--calibrator`` when one is given."""
+    out = load(args.file)
+    if args.calibrator:
+        from exitwise.calibrate import load_calibrator
+
+        out = load_calibrator(args.calibrator).transform(out)
+    return out
+
+
+def reference(out: Any) -> str:
+    """Score against labels when there are any, else against the final exit."""
+    return "labels" if out.labels is not None else "final"
+
+
+def print_payload(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
+    if args.json:
+        print(json.dumps(payload, indent=2, default=float))
+    else:
+        print(text)
+
+
+def risk_pair(text: str) -> tuple[str, float]:
+    """``NAME=LIMIT`` (e.g. ``disagreement=0.02``); a bare number is the deprecated spelling
+    of ``disagreement=NUMBER`` (``exitwise tune --risk 0.05``)."""
+    name, sep, value = text.partition("=")
+    if not sep:
+        try:
+            limit = float(text)
+        except ValueError:
+            limit = None
+        if limit is not None:
+            warn(
+                f"--risk {text} is deprecated; write --risk disagreement={text} (NAME=LIMIT, the "
+                "one meaning of --risk in every command)"
+            )
+            return "disagreement", limit
+    try:
+        limit = float(value)
+    except ValueError:
+        limit = None
+    if not sep or limit is None:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=LIMIT such as disagreement=0.02 or cost=0.4, got {text!r}"
+        )
+    return name.strip(), limit
+
+
+class DeprecatedFlag(argparse.Action):
+    """An old flag that still works for one release: it warns and sets the new option
+    (``convert`` maps the old value, e.g. ``--epsilon E`` -> ``--confidence 1-E``)."""
+
+    def __init__(
+        self, option_strings: Any, dest: str, new: str = "", convert: Any = None, **kwargs: Any
+    ) -> None:
+        self.new, self.convert = new, convert
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        warn(f"{option} is deprecated; use {self.new} (see CHANGELOG.md)")
+        setattr(namespace, self.dest, self.convert(values) if self.convert else values)
+
+
+def confidence_option(p: argparse.ArgumentParser, default: float | None, help_text: str) -> None:
+    """``--confidence`` and the deprecated ``--epsilon`` (= 1 - confidence)."""
+    p.add_argument("--confidence", type=float, default=default, help=help_text)
+    p.add_argument(
+        "--epsilon",
+        dest="confidence",
+        type=float,
+        action=DeprecatedFlag,
+        new="--confidence (= 1 - epsilon)",
+        convert=lambda e: 1.0 - e,
+        help=argparse.SUPPRESS,
+    )
+
+
+def fingerprint(path: str | None, outputs: Any) -> str:
+    """sha256 of the data file (of the bundled logits without a file)."""
+    digest = hashlib.sha256()
+    if path is None:
+        digest.update(outputs.logits.cpu().numpy().tobytes())
+    else:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def tune_context(args: argparse.Namespace) -> dict[str, Any]:
+    """What a policy file records about its making (read back by ``evaluate``)."""
+    return {
+        "data": str(args.file),
+        "calibrator": args.calibrator,
+        "signal": args.signal,
+        "split": args.split,
+        "seed": args.seed,
+        "tuned_on": "the first part of ExitOutputs.split(split, seed)",
+    }
+
+
+def command(
+    sub: Any, name: str, help_text: str, file_required: bool = True, seed: bool = True
+) -> argparse.ArgumentParser:
+    """A subcommand with the options every command shares."""
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    if file_required:
+        p.add_argument("file", help="ExitOutputs file (.safetensors or .npz)")
+    else:
+        p.add_argument(
+            "file",
+            nargs="?",
+            default=None,
+            help="ExitOutputs file (default: the bundled Fashion-MNIST exits)",
+        )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    if seed:
+        p.add_argument("--seed", type=int, default=0, help="seed of the split")
+    return p
+
+
+def signal_option(p: argparse.ArgumentParser) -> None:
+    from exitwise.signals import built_in_signals
+
+    p.add_argument(
+        "--signal",
+        default="max_probability",
+        choices=built_in_signals(),
+        help="confidence signal (default: max_probability)",
+    )
