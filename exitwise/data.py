@@ -25,10 +25,12 @@ from exitwise._checks import (
     check_open_unit,
     compute_dtype,
 )
+from exitwise.data_files import read_arrays, write_arrays
 
 __all__ = ["ExitOutputs", "load"]
 
-_FORMAT = "exitwise.ExitOutputs/1"
+#: the arrays of an ExitOutputs file (see :mod:`exitwise.data_files`)
+_ARRAYS = ("logits", "labels", "costs", "groups", "positions")
 
 
 class ExitOutputs:
@@ -398,9 +400,7 @@ class ExitOutputs:
         any); exit names in the safetensors metadata, or as a unicode array ``exit_names`` in
         npz. bfloat16 logits are written as float32 to npz (numpy has no bfloat16).
         """
-        from exitwise.data_files import save_outputs
-
-        save_outputs(self, path)
+        write_arrays(path, {k: getattr(self, k) for k in _ARRAYS}, self.exit_names)
 
 
 def _first_count(fraction: float, total: int, what: str) -> int:
@@ -445,6 +445,6 @@ def load(path: str | Path) -> ExitOutputs:
     >>> torch.equal(back.logits, out.logits)
     True
     """
-    from exitwise.data_files import load_outputs
-
-    return load_outputs(path)
+    arrays, names = read_arrays(path)  # validated by the public constructor
+    parts = {k: arrays.get(k) for k in _ARRAYS if k != "logits"}
+    return ExitOutputs(arrays["logits"], exit_names=names, **parts)

@@ -2,8 +2,10 @@
 
 Arrays ``logits`` ``[N, E, C]``, optional ``labels`` ``[N]``, ``costs`` ``[E]`` and optional
 ``groups``/``positions`` ``[N]`` (token-level data); exit names in the safetensors metadata or
-as a unicode array in npz. Reading validates everything through the ``ExitOutputs``
-constructor.
+as a unicode array in npz. This module knows the file format only (it does not import
+``ExitOutputs``): :meth:`ExitOutputs.save <exitwise.ExitOutputs.save>` hands it the public
+arrays, and :func:`exitwise.load` builds ``ExitOutputs`` from what it reads through the public
+constructor, which validates everything.
 """
 
 from __future__ import annotations
@@ -16,37 +18,36 @@ import numpy as np
 import torch
 
 from exitwise._checks import check_choice
-from exitwise.data import _FORMAT, ExitOutputs
 
-__all__ = ["load_outputs", "save_outputs"]
+__all__ = ["FORMAT", "read_arrays", "write_arrays"]
+
+FORMAT = "exitwise.ExitOutputs/1"
 
 
-def save_outputs(outputs: ExitOutputs, path: str | Path) -> None:
+def write_arrays(
+    path: str | Path, tensors: dict[str, torch.Tensor | None], exit_names: list[str]
+) -> None:
     """Write to ``.safetensors`` or ``.npz`` (chosen by the suffix; no pickle).
 
-    Arrays ``logits``, ``costs`` and, if any, ``labels``, ``groups`` and ``positions``; exit
-    names in the safetensors metadata, or as a unicode array ``exit_names`` in npz. bfloat16
-    logits are written as float32 to npz (numpy has no bfloat16).
+    ``tensors``: ``logits``, ``costs`` and, if not ``None``, ``labels``, ``groups`` and
+    ``positions``; exit names in the safetensors metadata, or as a unicode array
+    ``exit_names`` in npz. bfloat16 logits are written as float32 to npz (numpy has no
+    bfloat16).
     """
     path = Path(path)
     suffix = path.suffix.lower()
     check_choice(suffix, "path suffix", (".safetensors", ".npz"))
-    logits = outputs._logits.detach().cpu().contiguous()
-    tensors = {"logits": logits, "costs": outputs._costs.detach().cpu().contiguous()}
-    for name in ("labels", "groups", "positions"):
-        value = getattr(outputs, f"_{name}")
-        if value is not None:
-            tensors[name] = value.detach().cpu().contiguous()
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items() if v is not None}
     if suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        meta = {"format": _FORMAT, "exit_names": json.dumps(outputs._exit_names)}
+        meta = {"format": FORMAT, "exit_names": json.dumps(list(exit_names))}
         save_file(tensors, str(path), metadata=meta)
     else:
         arrays = {
             k: (v.float() if v.dtype == torch.bfloat16 else v).numpy() for k, v in tensors.items()
         }
-        arrays["exit_names"] = np.array(outputs._exit_names, dtype=str)
+        arrays["exit_names"] = np.array(list(exit_names), dtype=str)
         with open(path, "wb") as fh:
             np.savez_compressed(fh, **arrays)
 
@@ -75,8 +76,9 @@ def _read_npz(path: Path) -> dict[str, Any]:
         raise ValueError(f"'{path}' is not a readable npz file: {err}") from None
 
 
-def load_outputs(path: str | Path) -> ExitOutputs:
-    """Read an :class:`ExitOutputs` written by :func:`save_outputs` (validated, no pickle)."""
+def read_arrays(path: str | Path) -> tuple[dict[str, Any], list[str] | None]:
+    """The arrays and exit names of a file written by :func:`write_arrays` (no pickle);
+    ``logits`` is always there."""
     path = Path(path)
     suffix = path.suffix.lower()
     check_choice(suffix, "path suffix", (".safetensors", ".npz"))
@@ -110,11 +112,4 @@ def load_outputs(path: str | Path) -> ExitOutputs:
             f"'{path}' has no array named 'logits' (found {sorted(arrays)}); expected arrays "
             "'logits' [N, E, C], optional 'labels' [N] and 'costs' [E]."
         )
-    return ExitOutputs(
-        arrays["logits"],
-        labels=arrays.get("labels"),
-        costs=arrays.get("costs"),
-        exit_names=names,
-        groups=arrays.get("groups"),
-        positions=arrays.get("positions"),
-    )
+    return arrays, names

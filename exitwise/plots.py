@@ -19,7 +19,6 @@ from exitwise.data import ExitOutputs
 __all__ = [
     "confidence_histogram",
     "exit_distribution",
-    "monitor_plot",
     "new_figure",
     "pareto_plot",
     "reliability_diagram",
@@ -268,27 +267,39 @@ def pareto_plot(
     frontier: dict[str, torch.Tensor],
     *,
     sweep: Any = None,
-    fixed: dict[str, Sequence[float]] | None = None,
-    oracle: tuple[float, float] | None = None,
-    chosen: tuple[float, float] | None = None,
+    fixed: Any = None,
+    oracle: Any = None,
+    chosen: Any = None,
     full_cost: float = 1.0,
     target: float | None = None,
     held_out: bool = False,
     ax: Any = None,
 ):
-    """Accuracy vs relative mean cost: the shared-threshold curve (``sweep``: anything with
-    ``mean_cost`` and ``accuracy``), the frontier (per-exit points marked), fixed-exit
-    baselines, the oracle, the chosen SLA point and the accuracy ``target`` (a line).
+    """Accuracy vs relative mean cost, each argument one computed result:
+
+    * ``frontier``: :func:`~exitwise.policies.pareto_frontier`'s or
+      :func:`~exitwise.policies.held_out_frontier`'s dict (the latter's ``shared_mean_cost``
+      and ``shared_accuracy`` are drawn as the shared-threshold curve);
+    * ``sweep``: a :class:`~exitwise.policies.SharedThresholdSweep` (the exact curve);
+    * ``fixed``, ``oracle``: :func:`~exitwise.policies.evaluate` results (fixed exits, the
+      oracle);
+    * ``chosen``: the chosen policy's :class:`~exitwise.policies.Evaluation`;
+    * ``target``: the accuracy target (a line).
 
     ``held_out=True`` says the curves are policies tuned on another split and scored here
     (see :func:`exitwise.policies.held_out_frontier`): they are drawn in tuning order, not
     as a step frontier, and labelled so.
     """
     ax = _axes(ax)
+    shared = None
     if sweep is not None:
+        shared = (sweep.mean_cost, sweep.accuracy)
+    elif "shared_mean_cost" in frontier:
+        shared = (frontier["shared_mean_cost"], frontier["shared_accuracy"])
+    if shared is not None:
         ax.plot(
-            (sweep.mean_cost / full_cost).cpu(),
-            sweep.accuracy.cpu(),
+            (shared[0] / full_cost).cpu(),
+            shared[1].cpu(),
             color="0.6",
             linewidth=1,
             label=(
@@ -310,8 +321,8 @@ def pareto_plot(
         ax.axhline(target, color="red", linestyle=":", linewidth=1, label="accuracy target")
     if fixed is not None:
         ax.scatter(
-            [c / full_cost for c in fixed["cost"]],
-            fixed["accuracy"],
+            (fixed.mean_cost / full_cost).cpu(),
+            fixed.accuracy.cpu(),
             marker="s",
             color="C2",
             zorder=3,
@@ -319,8 +330,8 @@ def pareto_plot(
         )
     if oracle is not None:
         ax.scatter(
-            [oracle[0] / full_cost],
-            [oracle[1]],
+            [float(oracle.mean_cost[0]) / full_cost],
+            [float(oracle.accuracy[0])],
             marker="*",
             s=120,
             color="C4",
@@ -329,8 +340,8 @@ def pareto_plot(
         )
     if chosen is not None:
         ax.scatter(
-            [chosen[0] / full_cost],
-            [chosen[1]],
+            [chosen.relative_cost],
+            [chosen.accuracy],
             marker="o",
             s=90,
             facecolor="none",
@@ -358,13 +369,19 @@ def exit_distribution(fractions: Sequence[float], exit_names: Sequence[str], *, 
     return ax
 
 
-def risk_coverage_plot(outputs: ExitOutputs, signal: str = "max_probability", *, ax: Any = None):
-    """Risk (error rate) against coverage for each exit's confidence, AURC in the legend."""
-    from exitwise.signals import compute_signal
+def risk_coverage_plot(scores: Any, signal: Any = None, *, ax: Any = None):
+    """Risk (error rate) against coverage for each exit's confidence, AURC in the legend.
+
+    ``scores`` are :class:`~exitwise.policies.ExitScores` (computed once; ``signal=None``),
+    or ExitOutputs with a ``signal`` (computed here).
+    """
+    from exitwise.policies.scores import ExitScores, as_scores
 
     ax = _axes(ax)
-    scores = compute_signal(outputs, signal)
-    correct = outputs.correct()
+    if not isinstance(scores, ExitScores):
+        scores = as_scores(scores, signal or "max_probability", argument="scores")
+    data = scores
+    outputs, scores, correct = data.outputs, data.scores, data.correct()
     aurc = metrics.aurc(scores, correct)
     for j, name in enumerate(outputs.exit_names):
         cov, risk, _ = metrics.risk_coverage_curve(scores[:, j], correct[:, j])
@@ -386,50 +403,4 @@ def threshold_sweep_plot(sweep: Any, *, full_cost: float = 1.0, ax: Any = None):
     twin = ax.twinx()
     twin.plot(thr, (sweep.mean_cost[finite] / full_cost).cpu(), color="C1", label="cost")
     twin.set_ylabel("mean cost (fraction of full)", color="C1")
-    return ax
-
-
-def monitor_plot(monitor: Any, *, ax: Any = None):
-    """A deployed policy's risk over requests: the running estimate, the anytime-valid
-    confidence sequence (shaded), the certified limit and the alarm.
-
-    ``monitor`` is a :class:`~exitwise.monitor.RiskMonitor` after some updates. Returns the
-    Axes.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from exitwise.monitor import RiskMonitor
-    >>> m = RiskMonitor(0.1, num_exits=2)
-    >>> _ = m.update(np.zeros(500, int), np.full(500, 0.9), np.zeros(500, int),
-    ...              np.r_[np.zeros(450, int), np.ones(50, int)])
-    >>> len(monitor_plot(m).lines) >= 2
-    True
-    """
-    ax = _axes(ax)
-    h = monitor.history
-    x = [r + 1 for r in h["request"]]
-    ax.fill_between(
-        x,
-        h["lower"],
-        h["upper"],
-        step="post",
-        color="C0",
-        alpha=0.2,
-        label=f"confidence sequence ({1 - monitor.alpha:.0%} each side)",
-    )
-    ax.plot(x, h["estimate"], color="C0", linewidth=1.2, label="running estimate")
-    ax.axhline(monitor.limit, color="C3", linestyle="--", linewidth=1.2, label="certified limit")
-    if monitor.alarm:
-        ax.axvline(
-            monitor.alarm_at + 1,
-            color="C3",
-            linewidth=1,
-            label=f"alarm (request {monitor.alarm_at + 1})",
-        )
-    ax.set_xlabel("request")
-    ax.set_ylabel(monitor.risk)
-    top = max(monitor.limit * 2.5, max(h["estimate"], default=0.0) * 1.3)
-    ax.set_ylim(0, min(1.0, top))
-    ax.legend(loc="upper right", fontsize=7, framealpha=0.6)
     return ax

@@ -31,8 +31,10 @@ from typing import Any
 from exitwise import metrics
 from exitwise.calibrate import Calibrator, make_calibrator
 from exitwise.data import ExitOutputs
-from exitwise.demo import EXCLUDED_NOTE, interval_text
+from exitwise.policies import ExitScores, PolicyResult
+from exitwise.policies.scores import signal_label
 from exitwise.report_html import render_html
+from exitwise.report_text import EXCLUDED_NOTE, interval_text
 
 __all__ = ["build_report", "summary_table"]
 
@@ -118,87 +120,74 @@ def _calibration_rows(
     return rows
 
 
-def _target_value(outputs: ExitOutputs, target: float, relative: bool) -> float:
-    """The accuracy the SLA asks for on ``outputs`` (x its final exit's accuracy if relative)."""
-    final = float(outputs.correct()[:, -1].double().mean())
-    return target * final if relative else target
-
-
 def _policy_summary(
-    cal_c: ExitOutputs,
-    test_c: ExitOutputs,
-    signal: str,
+    cal_s: ExitScores,
+    test_s: ExitScores,
     target: float,
     relative: bool,
     calibrator: str,
-) -> dict[str, Any]:
-    """The SLA policy tuned on the calibrated calibration half, reported on both halves with
-    the target on each and by how much the held-out result misses it (0 when met)."""
+) -> tuple[dict[str, Any], PolicyResult]:
+    """The SLA policy tuned on the calibrated calibration half's scores, reported on both
+    halves with the target on each and by how much the held-out result misses it (0 when
+    met). Reads the result's fields (``evaluation``, ``reason``, ``best_achievable``)."""
     from exitwise.policies import tune_for_accuracy
 
-    tuned = tune_for_accuracy(cal_c, signal, target, relative=relative)
+    tuned = tune_for_accuracy(cal_s, target=target, relative=relative)
     sla = f"accuracy >= {target:g}" + (" x final" if relative else "")
     summary: dict[str, Any] = {
         "sla": sla,
-        "signal": signal,
+        "signal": signal_label(cal_s.signal),
         "calibrator": calibrator,
         "feasible": tuned.feasible,
         "target": {
-            "tune": _target_value(cal_c, target, relative),
-            "test": _target_value(test_c, target, relative),
+            "tune": cal_s.accuracy_target(target, relative),
+            "test": test_s.accuracy_target(target, relative),
         },
     }
     if tuned.feasible:
         summary["thresholds"] = list(tuned.policy.thresholds)
         summary["policy_file"] = tuned.policy.to_dict()
-        summary["tune"], summary["test"] = tuned.achieved, tuned.report(test_c)
+        summary["tune"] = tuned.evaluation.to_dict()
+        summary["test"] = tuned.report(test_s).to_dict()
         summary["missed_by"] = max(0.0, summary["target"]["test"] - summary["test"]["accuracy"])
     else:
-        summary["best_accuracy"] = float(cal_c.correct().double().mean(0).max())
-    return summary
+        summary["reason"] = tuned.reason
+        summary["best_accuracy"] = tuned.best_achievable["accuracy"]
+    return summary, tuned
 
 
-def _frontier(cal_c: ExitOutputs, test_c: ExitOutputs, signal: str) -> dict[str, Any]:
+def _frontier(cal_s: ExitScores, test_s: ExitScores) -> dict[str, Any]:
     """Policies tuned on the calibration half, scored on the test half (shared thresholds,
     the frontier with per-exit points), fixed exits and the oracle on the test half."""
     from exitwise.policies import FixedExitPolicy, OracleExit, evaluate, held_out_frontier
 
     return {
-        "frontier": held_out_frontier(cal_c, test_c, signal, budgets=[0.3, 0.5, 0.7]),
-        "fixed": evaluate([FixedExitPolicy(e) for e in range(test_c.num_exits)], test_c),
-        "oracle": evaluate(OracleExit(), test_c),
+        "frontier": held_out_frontier(cal_s, test_s, budgets=[0.3, 0.5, 0.7]),
+        "fixed": evaluate([FixedExitPolicy(e) for e in range(test_s.num_exits)], test_s),
+        "oracle": evaluate(OracleExit(), test_s),
     }
-
-
-class _Curve:
-    """``mean_cost`` and ``accuracy`` of a curve, as ``plots.pareto_plot`` reads them."""
-
-    def __init__(self, mean_cost: Any, accuracy: Any) -> None:
-        self.mean_cost, self.accuracy = mean_cost, accuracy
 
 
 def _figures(
     test: ExitOutputs,
-    test_c: ExitOutputs,
+    test_s: ExitScores,
     policy: dict[str, Any],
+    tuned: PolicyResult,
     curves: dict[str, Any],
     out_dir: Path,
 ) -> dict[str, str]:
     """Write the four PNGs; return them base64-encoded for the page."""
     from exitwise import plots
 
-    full = float(test.costs[-1])
+    full = test_s.full_cost
     fixed, oracle, front = curves["fixed"], curves["oracle"], curves["frontier"]
-    chosen = None
-    if policy["feasible"]:
-        chosen = (policy["test"]["mean_cost"], policy["test"]["accuracy"])
-    figures = {"reliability": plots.reliability_grid(test, test_c)}
+    chosen = tuned.report(test_s) if tuned.feasible else None
+    figures = {"reliability": plots.reliability_grid(test, test_s.outputs)}
     ax = plots.new_figure((6, 4.5)).subplots()
     plots.pareto_plot(
         front,
-        sweep=_Curve(front["shared_mean_cost"], front["shared_accuracy"]),
-        fixed={"cost": fixed.mean_cost.tolist(), "accuracy": fixed.accuracy.tolist()},
-        oracle=(float(oracle.mean_cost[0]), float(oracle.accuracy[0])),
+        fixed=fixed,
+        oracle=oracle,
         chosen=chosen,
         full_cost=full,
         target=policy["target"]["test"],
@@ -221,7 +210,7 @@ def _figures(
     ax.set_title(f"test half: where samples leave ({policy['sla']})", fontsize=10)
     figures["exits"] = ax.figure
     ax = plots.new_figure((5, 4)).subplots()
-    plots.risk_coverage_plot(test_c, policy["signal"], ax=ax)
+    plots.risk_coverage_plot(test_s, ax=ax)
     ax.set_title(f"test half: risk against coverage ({policy['signal']})", fontsize=10)
     figures["risk_coverage"] = ax.figure
     images = {}
@@ -240,7 +229,7 @@ def _chosen_policy(policy: dict[str, Any]) -> Any:
 
 
 def _token_section(
-    test: ExitOutputs, test_c: ExitOutputs, policy: dict[str, Any], out_dir: Path
+    test: ExitOutputs, test_s: ExitScores, policy: dict[str, Any], out_dir: Path
 ) -> dict[str, Any]:
     """Token-level data: calibration and exit depth by position (PNG) and the
     self-speculative decoding plan of the test half."""
@@ -248,7 +237,7 @@ def _token_section(
     from exitwise.plots_generation import position_plot
 
     chosen = _chosen_policy(policy)
-    axes = position_plot(test_c, chosen.exit_indices(test_c))
+    axes = position_plot(test_s.outputs, chosen.exit_indices(test_s))
     path = out_dir / "positions.png"
     axes[0].figure.savefig(path, dpi=110, bbox_inches="tight")
     plan = plan_self_speculation(test, max_draft=8)
@@ -260,14 +249,14 @@ def _token_section(
 
 
 def _serving_curves(
-    test_c: ExitOutputs, policy: dict[str, Any], latency: Any, max_batch: int = 32
+    test_s: ExitScores, policy: dict[str, Any], latency: Any, max_batch: int = 32
 ) -> dict[str, Any]:
     """p99 latency against arrival rate for the chosen policy (per scheduler) and the full
     model, on the test half's exit depths; rates up to 1.5x the full model's capacity."""
     from exitwise.serving import latency_by_rate
 
     chosen = _chosen_policy(policy)
-    exits = chosen.exit_indices(test_c).cpu().numpy()
+    exits = chosen.exit_indices(test_s).cpu().numpy()
     capacity = max_batch / latency.full_time(max_batch)
     rates = [float(capacity * (0.1 + 0.125 * k)) for k in range(12)]
     curves = latency_by_rate(exits, latency, rates, max_batch=max_batch, num_requests=5000)
@@ -327,15 +316,17 @@ def build_report(
         fitted[name] = steps.run(name, make_calibrator(method).fit, cal)
     rows = steps.run("metrics", _calibration_rows, test, fitted, n_resamples, seed)
     main_method = next(iter(fitted))
-    cal_c, test_c = fitted[main_method].transform(cal), fitted[main_method].transform(test)
-    policy = steps.run(
-        "tune", _policy_summary, cal_c, test_c, signal, target_accuracy, relative, main_method
+    # the signal is computed once per split, here; every later step reads these scores
+    cal_s = ExitScores(fitted[main_method].transform(cal), signal)
+    test_s = ExitScores(fitted[main_method].transform(test), signal)
+    policy, tuned = steps.run(
+        "tune", _policy_summary, cal_s, test_s, target_accuracy, relative, main_method
     )
-    curves = steps.run("frontier", _frontier, cal_c, test_c, signal)
-    images = steps.run("figures", _figures, test, test_c, policy, curves, out_dir)
+    curves = steps.run("frontier", _frontier, cal_s, test_s)
+    images = steps.run("figures", _figures, test, test_s, policy, tuned, curves, out_dir)
     serving = None
     if latency is not None:
-        serving = steps.run("serving", _serving_curves, test_c, policy, latency)
+        serving = steps.run("serving", _serving_curves, test_s, policy, latency)
         from exitwise.plots_serving import latency_rate_plot
 
         ax = latency_rate_plot(serving["rates"], serving["p99_seconds"])
@@ -343,7 +334,7 @@ def build_report(
         ax.figure.savefig(path, dpi=110, bbox_inches="tight")
         images["latency"] = base64.b64encode(path.read_bytes()).decode("ascii")
     if outputs.groups is not None and outputs.positions is not None:
-        tokens = steps.run("tokens", _token_section, test, test_c, policy, out_dir)
+        tokens = steps.run("tokens", _token_section, test, test_s, policy, out_dir)
         images["positions"] = tokens.pop("image")
     frontier, fixed, oracle = curves["frontier"], curves["fixed"], curves["oracle"]
     frontier = {k: v for k, v in frontier.items() if not k.startswith("shared_")}

@@ -11,7 +11,7 @@ import html
 import json
 from typing import Any
 
-from exitwise.demo import EXCLUDED_NOTE, interval_text
+from exitwise.report_text import EXCLUDED_NOTE, interval_text
 
 __all__ = ["CAPTIONS", "render_html"]
 

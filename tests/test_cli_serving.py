@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from exitwise.cli import main
-from exitwise.datasets import load_default, load_default_latency
+from exitwise.datasets import load_default
 from exitwise.policies import ThresholdPolicy
-from exitwise.serving import simulate_serving
+from exitwise.serving import load_default_latency, simulate_serving
 
 
 def test_serve_plan_prints_what_the_simulator_gives(tmp_path, capsys):

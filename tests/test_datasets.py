@@ -7,7 +7,7 @@ import torch
 
 from exitwise import metrics
 from exitwise.datasets import DATASET_NAMES, dataset_card, load_dataset, load_default
-from exitwise.demo import per_exit_table
+from exitwise.report_text import per_exit_table
 
 
 def test_default_dataset_is_real_and_matches_its_card(real_outputs):

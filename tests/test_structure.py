@@ -78,7 +78,7 @@ elif what == "ece":
 else:
     small = ExitOutputs(torch.randn(20_000, 4, 3, generator=g), labels=torch.arange(20_000) % 3)
     size = 200_001 * 20_000 * 8                                # the [G, N] float64 of before
-    risk_controlled_threshold(small, "max_probability", delta=0.3, epsilon=0.1,
+    risk_controlled_threshold(small, "max_probability", limit=0.3, confidence=0.9,
                               grid=np.linspace(0, 1, 200_001))
 print((rss("VmHWM:") - before) / size)
 """
@@ -99,3 +99,109 @@ def test_regression_signals_ece_and_risk_grids_do_not_copy_the_input():
             [sys.executable, "-c", MEMORY_PROBE, what], capture_output=True, text=True, check=True
         )
         assert float(run.stdout.strip()) <= limit, (what, run.stdout)
+
+
+# ----------------------------------------------------------------------------- import graph
+DESIGN = Path(__file__).resolve().parent.parent / "docs" / "design.md"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for p in PACKAGE.rglob("*.py"):
+        parts = p.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = p
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Every exitwise module -> the exitwise modules it imports (at any depth of the file:
+    function-level imports count, they are still dependencies)."""
+    import ast
+
+    mods = _modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                if not node.module.startswith("exitwise"):
+                    continue
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    deps.add(full if full in mods else node.module)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name.startswith("exitwise."))
+        graph[name] = {d for d in deps if d in mods and d != name}
+    return graph
+
+
+def design_layers() -> dict[str, int]:
+    """The layer table of docs/design.md: backticked paths (``exitwise/x.py`` or a folder
+    ``exitwise/x/``) -> layer number."""
+    import re
+
+    layers = {}
+    for line in DESIGN.read_text().splitlines():
+        m = re.match(r"\|\s*(\d+)\s+[a-z ]+\|(.*)\|", line)
+        if not m:
+            continue
+        for path in re.findall(r"`(exitwise/[\w/.]*)`", m.group(2)):
+            layers[path] = int(m.group(1))
+    return layers
+
+
+def layer_of(module: str, layers: dict[str, int]) -> int | None:
+    path = module.replace(".", "/")
+    candidates = [p for p in layers if p in (path + ".py", path + "/") or path.startswith(p)]
+    candidates = [p for p in candidates if p.endswith("/") or p == path + ".py"]
+    if not candidates:
+        return None
+    return layers[max(candidates, key=len)]
+
+
+def test_design_layer_table_names_every_module():
+    layers = design_layers()
+    assert layers, "docs/design.md has no layer table"
+    missing = [m for m in _modules() if m != "exitwise" and layer_of(m, layers) is None]
+    assert not missing, f"modules missing from the layer table of docs/design.md: {missing}"
+
+
+def test_regression_imports_point_down_the_layers_and_nothing_imports_the_cli():
+    layers = design_layers()
+    wrong = []
+    for module, deps in import_graph().items():
+        if module == "exitwise":
+            continue
+        mine = layer_of(module, layers)
+        for dep in deps:
+            if dep == "exitwise":
+                continue
+            theirs = layer_of(dep, layers)
+            if theirs is not None and mine is not None and theirs > mine:
+                wrong.append(f"{module} (layer {mine}) imports {dep} (layer {theirs})")
+            if dep.startswith("exitwise.cli") and not module.startswith("exitwise.cli"):
+                wrong.append(f"{module} imports the CLI ({dep})")
+    assert not wrong, "\n".join(sorted(wrong))
+
+
+def test_regression_import_graph_has_no_cycles():
+    graph = import_graph()
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(graph[node]):
+            if dep.startswith(node + ".") or node == "exitwise":
+                continue  # a package's __init__ re-exporting its own submodules
+            if state.get(dep) == 1:
+                cycles.append(" -> ".join([*stack[stack.index(dep) :], dep]))
+            elif dep not in state:
+                visit(dep, [*stack, dep])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)

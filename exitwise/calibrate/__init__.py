@@ -14,8 +14,6 @@ from exitwise.calibrate.compare import (
     CalibrationTable,
     calibrate,
     compare_calibrators,
-    make_calibrator,
-    methods,
 )
 from exitwise.calibrate.cross_fit import cross_fitted
 from exitwise.calibrate.decomposition import (
@@ -27,6 +25,7 @@ from exitwise.calibrate.halting import HaltingNetwork, halting_features
 from exitwise.calibrate.netcal_adapter import NetcalCalibrator
 from exitwise.calibrate.per_exit import PerExitCalibration
 from exitwise.calibrate.platt import BetaCalibration, PlattScaling
+from exitwise.calibrate.registry import make_calibrator, methods
 from exitwise.calibrate.scaling import DirichletCalibration, MatrixScaling, VectorScaling
 from exitwise.calibrate.structured import StructuredMatrixScaling
 from exitwise.calibrate.temperature import (

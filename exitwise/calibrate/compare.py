@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from exitwise._checks import check_choice
-from exitwise.calibrate._estimator import REGISTRY
 from exitwise.calibrate.base import Calibrator
+from exitwise.calibrate.registry import make_calibrator
 from exitwise.data import ExitOutputs
 
 __all__ = [
@@ -22,8 +22,6 @@ __all__ = [
     "CalibrationTable",
     "calibrate",
     "compare_calibrators",
-    "make_calibrator",
-    "methods",
     "metric_rows",
 ]
 
@@ -37,27 +35,6 @@ AUTO_METHODS = (
     "centred_isotonic",
     "venn_abers",
 )
-
-
-def methods() -> dict[str, type[Calibrator]]:
-    """Calibrator classes by short method name (``"temperature"``, ``"isotonic"``, ...), from
-    the one registry of estimator classes (each class names itself with ``method_name``)."""
-    return {
-        cls.method_name: cls
-        for cls in REGISTRY.values()
-        if cls.method_name is not None and issubclass(cls, Calibrator)
-    }
-
-
-def make_calibrator(method: str | Calibrator, **params: Any) -> Calibrator:
-    """A new calibrator from a method name (see :func:`methods`) or a calibrator instance."""
-    if isinstance(method, Calibrator):
-        from sklearn.base import clone
-
-        return clone(method).set_params(**params) if params else clone(method)
-    known = methods()
-    check_choice(method, "method", tuple(known))
-    return known[method](**params)
 
 
 def calibrate(outputs: ExitOutputs, method: str | Calibrator = "temperature", **params: Any):

@@ -47,7 +47,7 @@ def cross_fitted(
     >>> cross_fitted(cal[:1000], "temperature").logits.shape
     torch.Size([1000, 4, 10])
     """
-    from exitwise.calibrate.compare import make_calibrator
+    from exitwise.calibrate.registry import make_calibrator
 
     if outputs.labels is None:
         raise ValueError("`outputs` needs labels to cross-fit a calibrator.")

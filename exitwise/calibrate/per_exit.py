@@ -47,7 +47,7 @@ class PerExitCalibration(Calibrator):
         return list(dict.fromkeys(self.methods))
 
     def _fit(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        from exitwise.calibrate.compare import make_calibrator
+        from exitwise.calibrate.registry import make_calibrator
 
         methods = list(self.methods)
         if len(methods) != logits.shape[1] or not all(isinstance(m, str) for m in methods):

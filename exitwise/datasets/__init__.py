@@ -5,9 +5,9 @@ from __future__ import annotations
 from exitwise.datasets.bundled import (
     DATASET_NAMES,
     dataset_card,
+    default_latency_file,
     load_dataset,
     load_default,
-    load_default_latency,
 )
 
-__all__ = ["DATASET_NAMES", "dataset_card", "load_dataset", "load_default", "load_default_latency"]
+__all__ = ["DATASET_NAMES", "dataset_card", "default_latency_file", "load_dataset", "load_default"]

@@ -9,7 +9,13 @@ from typing import Any
 from exitwise._checks import check_choice
 from exitwise.data import ExitOutputs, load
 
-__all__ = ["DATASET_NAMES", "dataset_card", "load_dataset", "load_default", "load_default_latency"]
+__all__ = [
+    "DATASET_NAMES",
+    "dataset_card",
+    "default_latency_file",
+    "load_dataset",
+    "load_default",
+]
 
 DATASET_NAMES = ("fashion_mnist_cnn", "newsgroups_minilm")
 
@@ -76,17 +82,14 @@ def load_default() -> ExitOutputs:
     return load_dataset("fashion_mnist_cnn")
 
 
-def load_default_latency():
-    """The latency model of the bundled default model (its 4 exit segments, batch sizes 1 to
-    64, one CPU thread), made by ``examples/make_default_latency.py`` on a 2-core CPU.
+def default_latency_file() -> Any:
+    """A context manager giving the path of the bundled default model's latency model (JSON;
+    read it with :func:`exitwise.serving.load_default_latency`): data only, no serving code.
 
     Examples
     --------
-    >>> lm = load_default_latency()
-    >>> lm.num_segments, lm.batch_sizes.tolist()[-1]
-    (4, 64)
+    >>> with default_latency_file() as path:
+    ...     path.name
+    'fashion_mnist_cnn_latency.json'
     """
-    from exitwise.serving.latency import LatencyModel
-
-    with resources.as_file(_path("fashion_mnist_cnn", "_latency.json")) as path:
-        return LatencyModel.load(path)
+    return resources.as_file(_path("fashion_mnist_cnn", "_latency.json"))

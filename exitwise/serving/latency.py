@@ -21,7 +21,12 @@ import numpy as np
 
 from exitwise._checks import check_int
 
-__all__ = ["LatencyModel", "measure_latency_model", "measure_wake_up"]
+__all__ = [
+    "LatencyModel",
+    "load_default_latency",
+    "measure_latency_model",
+    "measure_wake_up",
+]
 
 _FORMAT = "exitwise.LatencyModel/1"
 
@@ -345,3 +350,20 @@ def measure_wake_up(
             times.append(timed(due))
         rows.append((float(idle), max(0.0, float(np.median(times)) - warm)))
     return np.maximum.accumulate(np.array(rows), axis=0)
+
+
+def load_default_latency() -> LatencyModel:
+    """The latency model of the bundled default model (its 4 exit segments, batch sizes 1 to
+    64, one CPU thread), made by ``examples/make_default_latency.py`` on a 2-core CPU (the file
+    ships with :mod:`exitwise.datasets`; serving reads it).
+
+    Examples
+    --------
+    >>> lm = load_default_latency()
+    >>> lm.num_segments, lm.batch_sizes.tolist()[-1]
+    (4, 64)
+    """
+    from exitwise.datasets import default_latency_file
+
+    with default_latency_file() as path:
+        return LatencyModel.load(path)
