@@ -83,8 +83,8 @@ def main() -> None:
     print(
         f"N={args.baseline_n} x 12 x 10, budget 50 %: exhaustive search {t_ref:.2f} s "
         f"(accuracy {ref_acc:.4f}), exitwise {t_ours:.2f} s (accuracy "
-        f"{ours.achieved['accuracy']:.4f}) -> {t_ref / t_ours:.1f}x; never worse: "
-        f"{ours.achieved['accuracy'] >= ref_acc - 1e-12}"
+        f"{ours.evaluation.accuracy:.4f}) -> {t_ref / t_ours:.1f}x; never worse: "
+        f"{ours.evaluation.accuracy >= ref_acc - 1e-12}"
     )
 
     big = synthetic(args.n)
@@ -97,8 +97,8 @@ def main() -> None:
     t_shared = time.perf_counter() - start
     print(
         f"N={args.n} x 12 x 10 ({size / 2**30:.2f} GiB of logits): per-exit search "
-        f"{t_big:.1f} s (target <= 60 s), accuracy {tuned.achieved['accuracy']:.4f}; shared "
-        f"threshold only {t_shared:.1f} s, accuracy {shared.achieved['accuracy']:.4f}; peak "
+        f"{t_big:.1f} s (target <= 60 s), accuracy {tuned.evaluation.accuracy:.4f}; shared "
+        f"threshold only {t_shared:.1f} s, accuracy {shared.evaluation.accuracy:.4f}; peak "
         f"RSS {peak_rss() / 2**30:.2f} GiB"
     )
 

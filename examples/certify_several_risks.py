@@ -2,7 +2,7 @@
 
 On the bundled Fashion-MNIST exits, over many random 50/50 splits (calibration / held-out):
 
-1. **One risk** (disagreement with the full model <= 5 %, epsilon = 0.1): the held-out cost
+1. **One risk** (disagreement with the full model <= 5 %, confidence 0.9): the held-out cost
    and how often the held-out disagreement exceeds 5 %, for shared-threshold LTT (all the
    calibration data tests one grid) and for Pareto Testing (half finds per-exit candidates,
    half tests them).
@@ -36,7 +36,7 @@ def held_out(thresholds, scores, tables, idx):
     return {r: float(t[idx].gather(1, exits).mean()) for r, t in tables.items()}
 
 
-def compare_procedures(out, splits, epsilon=0.1):
+def compare_procedures(out, splits, confidence=0.9):
     scores = compute_signal(out, "max_probability").double()
     tables = {r: loss_table(out, r) for r in ("disagreement", "cost")}
     e = out.num_exits
@@ -47,18 +47,18 @@ def compare_procedures(out, splits, epsilon=0.1):
         cal_idx, test_idx = perm[: out.num_samples // 2], perm[out.num_samples // 2 :]
         cal = out[cal_idx]
         ltt = risk_controlled_threshold(
-            cal, "max_probability", delta=0.05, epsilon=epsilon, p_value="binomial"
+            cal, "max_probability", limit=0.05, confidence=confidence, p_value="binomial"
         )
-        thr = [ltt.threshold] * (e - 1) + [-math.inf] if ltt.certified else [math.inf] * e
+        thr = [ltt.shared_threshold] * (e - 1) + [-math.inf] if ltt.certified else [math.inf] * e
         rows["ltt"].append(held_out(thr, scores, tables, test_idx) | {"ok": ltt.certified})
         for key, risks in (
             ("pt1", {"disagreement": 0.05}),
             ("pt2", {"disagreement": 0.05, "cost": 0.42}),
         ):
-            res = certify(cal, "max_probability", risks, epsilon, seed=s)
+            res = certify(cal, "max_probability", risks, confidence=confidence, seed=s)
             thr = res.policy.thresholds if res.certified else [math.inf] * e
             rows[key].append(held_out(thr, scores, tables, test_idx) | {"ok": res.certified})
-    print(f"{splits} random 50/50 splits, epsilon {epsilon}; held-out figures")
+    print(f"{splits} random 50/50 splits, confidence {confidence}; held-out figures")
     print("(a violation: a certified policy whose held-out risk exceeds its limit; the cost is")
     print(" the mean over splits where something was certified)")
     print(
@@ -85,7 +85,7 @@ def compare_procedures(out, splits, epsilon=0.1):
 
 
 def compare_p_values(out, draws=20):
-    print("\nshared LTT, epsilon 0.05: WSR vs Hoeffding-Bentkus (mean over random draws)")
+    print("\nshared LTT, confidence 0.95: WSR vs Hoeffding-Bentkus (mean over random draws)")
     print(f"{'risk':<22} {'n':>5} {'p-value':<18} {'threshold':>9} {'held-out cost':>13}")
     scores = compute_signal(out, "max_probability").double()
     cost = loss_table(out, "cost")
@@ -102,11 +102,11 @@ def compare_p_values(out, draws=20):
                             out[perm[:n]],
                             "max_probability",
                             risk=risk,
-                            delta=delta,
-                            epsilon=0.05,
+                            limit=delta,
+                            confidence=0.95,
                             p_value=method,
                         )
-                    t = res.threshold
+                    t = res.shared_threshold
                     thr.append(t)
                     exits = first_exit(
                         scores[perm[n:]], torch.full((out.num_exits,), t, dtype=torch.float64)

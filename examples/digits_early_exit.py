@@ -25,8 +25,8 @@ from torch import nn
 
 from exitwise.calibrate import TemperatureScaling
 from exitwise.collect import collect, measure_costs
-from exitwise.demo import per_exit_table
 from exitwise.policies import ThresholdPolicy, evaluate, sweep_shared_threshold
+from exitwise.report_text import per_exit_table
 from exitwise.signals import compute_signal
 
 

@@ -279,7 +279,7 @@ def analyse(model, out, seqs, prompts: int, plot: str | None = None, reduced=Non
     )
     signal = DecayedSignal("max_probability", length=float(CONTEXT))
     tuned = tune_for_accuracy(cal_c, signal, 0.99, relative=True, reference="final")
-    cert = risk_controlled_threshold(cal_c, signal, risk="disagreement", delta=0.1, epsilon=0.1)
+    cert = risk_controlled_threshold(cal_c, signal, risk="disagreement", limit=0.1, confidence=0.9)
     plan = plan_self_speculation(test, max_draft=6)
     print(plan.to_text())
     if reduced is not None:
@@ -360,10 +360,10 @@ def report(model, policy, cert, plan, test_c, seqs, ts, prompts) -> None:
         f"  tokens/s: full {tokens / times['full']:.0f}, early exit "
         f"{tokens / times['early']:.0f}, self-speculative {tokens / times['spec']:.0f}"
     )
-    certified = "none" if cert.policy is None else f"{cert.threshold:.3f}"
+    certified = "none" if cert.policy is None else f"{cert.shared_threshold:.3f}"
     print(
-        f"  sequence-level certificate (disagreement share <= 0.1, epsilon 0.1, "
-        f"{cert.num_samples} sequences): threshold {certified}"
+        f"  sequence-level certificate (disagreement share <= 0.1, confidence 0.9, "
+        f"{cert.num_units} {cert.unit}s): threshold {certified}"
     )
 
 

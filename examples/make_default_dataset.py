@@ -38,8 +38,8 @@ from torch import nn
 
 from exitwise.calibrate import TemperatureScaling
 from exitwise.collect import collect, measure_costs
-from exitwise.demo import per_exit_table
 from exitwise.policies import tune_for_accuracy
+from exitwise.report_text import per_exit_table
 
 DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = [

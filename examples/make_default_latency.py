@@ -5,7 +5,7 @@ Latency depends on the architecture, not on the trained weights, so this builds
 head) at batch sizes 1 to 64 on one CPU thread with
 :func:`exitwise.serving.measure_latency_model`, plus the extra time of a request that finds
 the core idle. Writes ``exitwise/datasets/fashion_mnist_cnn_latency.json`` (read by
-``exitwise.datasets.load_default_latency``). The figures are those of the machine it ran on
+``exitwise.serving.load_default_latency``). The figures are those of the machine it ran on
 (the bundled file: the project's 2-core CPU development VM, whose speed drifts by up to 30 %).
 
 Usage::

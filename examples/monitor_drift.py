@@ -1,7 +1,7 @@
 """Monitor a certified policy on replayed traffic: silent on the test split, alarmed by a shift.
 
 The bundled Fashion-MNIST exits are split in half. A policy is certified on the first half
-(disagreement with the full model <= 5 %, epsilon = 0.05) and "deployed". Traffic is replayed
+(disagreement with the full model <= 5 %, confidence 0.95) and "deployed". Traffic is replayed
 from the second half, with 20 % of requests also run to full depth (shadow requests):
 
 * **in distribution**: requests drawn at random from the test half. The monitor's risk
@@ -30,7 +30,7 @@ from exitwise.signals import compute_signal
 def deployed_policy(seed: int = 0):
     """Certify on one half; return (certificate, the test half, what serving would log)."""
     cal, test = load_default().split(0.5, seed=seed)
-    cert = certify(cal, "max_probability", {"disagreement": 0.05}, 0.05, seed=seed)
+    cert = certify(cal, "max_probability", {"disagreement": 0.05}, confidence=0.95, seed=seed)
     policy = cert.policy
     exits = policy.exit_indices(test).numpy()
     answers = policy.answer_indices(test)
@@ -63,7 +63,7 @@ def replay(served, weights, cert, rates, requests, shadow, alpha, rng) -> RiskMo
     monitor = RiskMonitor(
         cert.limits["disagreement"],
         num_exits=len(rates),
-        alpha=alpha,
+        confidence=1 - alpha,
         reference_exit_rates=rates,
     )
     monitor.update(served["exit"][idx], served["confidence"][idx], served["prediction"][idx], full)
@@ -78,7 +78,7 @@ def main(replays: int = 500, requests: int = 20000, shadow: float = 0.2, alpha: 
     shifted = shifted_weights(served)
     print(
         f"certified policy: disagreement <= {cert.limits['disagreement']:.2f} "
-        f"(epsilon 0.05), cost {cert.relative_cost:.3f} of the full model"
+        f"(confidence 0.95), cost {cert.evaluation.relative_cost:.3f} of the full model"
     )
     print(
         f"true risk of the replayed traffic: in distribution {float(uniform @ wrong):.4f}, "

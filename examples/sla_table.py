@@ -60,7 +60,6 @@ def main() -> None:
                 geometric_budget_policy(cal, "max_probability", budget),
             )
         )
-    full = float(cal.costs[-1])
     for name, per_exit, tuned in rows:
         search = per_exit if isinstance(per_exit, str) else ("per-exit" if per_exit else "shared")
         if not tuned.feasible:
@@ -68,18 +67,18 @@ def main() -> None:
             continue
         rep = tuned.report(test)
         print(
-            f"{name:<26} {search:<9} {tuned.achieved['accuracy']:>8.4f} "
-            f"{rep['accuracy']:>8.4f} {tuned.achieved['mean_cost'] / full:>9.3f} "
-            f"{rep['mean_cost'] / full:>9.3f} {rep['speed_up']:>12.2f}x"
+            f"{name:<26} {search:<9} {tuned.evaluation.accuracy:>8.4f} "
+            f"{rep.accuracy:>8.4f} {tuned.evaluation.relative_cost:>9.3f} "
+            f"{rep.relative_cost:>9.3f} {rep.speed_up:>12.2f}x"
         )
     res = risk_controlled_threshold(
-        cal, "max_probability", risk="disagreement", delta=0.05, epsilon=0.05
+        cal, "max_probability", risk="disagreement", limit=0.05, confidence=0.95
     )
     if res.certified:
         rep = evaluate(res.policy, test, reference="final")
         print(
             f"\nLearn-then-Test, disagreement <= 5 % with probability >= 95 %: threshold "
-            f"{res.threshold:.2f}; test disagreement {float(rep.mean_loss[0]):.4f}, "
+            f"{res.shared_threshold:.2f}; test disagreement {float(rep.mean_loss[0]):.4f}, "
             f"speed-up {float(rep.speed_up[0]):.2f}x"
         )
     print(f"\ntook {time.perf_counter() - start:.1f} s")
