@@ -7,7 +7,13 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["MISSING", "renamed_argument", "warn_renamed"]
+__all__ = [
+    "MISSING",
+    "confidence_or_failure_probability",
+    "moved_names",
+    "renamed_argument",
+    "warn_renamed",
+]
 
 
 class _Missing:
@@ -74,3 +80,41 @@ def renamed_argument(
         raise TypeError(f"Pass `{new}` or the deprecated `{old}`, not both.")
     warn_renamed(old, new + hint, stacklevel=stacklevel)
     return convert(old_value) if convert is not None else old_value
+
+
+def confidence_or_failure_probability(
+    confidence: Any, old_value: Any, old: str, *, strict: bool = False, stacklevel: int = 4
+) -> Any:
+    """``confidence``, or ``1 - old_value`` from a deprecated failure probability (``epsilon``,
+    ``alpha``) with a warning. ``strict``: ``confidence`` was passed too (not a default), which
+    is an error.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> warnings.simplefilter("ignore", DeprecationWarning)
+    >>> confidence_or_failure_probability(0.95, 0.1, "epsilon")
+    0.9
+    """
+    if old_value is MISSING:
+        return confidence
+    if strict:
+        raise TypeError(f"Pass `confidence` or the deprecated `{old}`, not both.")
+    from exitwise._checks import check_open_unit
+
+    warn_renamed(old, f"confidence (= 1 - {old})", stacklevel=stacklevel)
+    return 1.0 - check_open_unit(old_value, old)
+
+
+def moved_names(module: str, names: dict[str, tuple[str, Callable[[], Any]]]) -> Any:
+    """A module ``__getattr__`` that serves old names for one release, with a warning:
+    ``names`` maps an old name to ``(new spelling, loader)``."""
+
+    def __getattr__(name: str) -> Any:
+        if name in names:
+            new, load = names[name]
+            warn_renamed(name, new)
+            return load()
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from exitwise._checks import check_choice, check_int, check_open_unit
-from exitwise._deprecation import MISSING, renamed_argument
+from exitwise._deprecation import MISSING, confidence_or_failure_probability
 from exitwise.policies.p_values import BettingState, continue_capital
 
 __all__ = ["RiskMonitor", "check_log", "read_log", "write_log"]
@@ -70,6 +70,9 @@ class RiskMonitor:
         Requests in the exit-rate and ECE windows.
     grid_size : int, default=200
         Null values in the confidence sequence.
+    drift_limit : float in (0, 1), default=0.1
+        Total variation between the windowed exit rates and the reference beyond which (with
+        a chi-square p-value <= 1 - confidence) the exit rates alone raise a drift alarm.
 
     Examples
     --------
@@ -93,18 +96,12 @@ class RiskMonitor:
         reference_exit_rates: Any = None,
         window: int = 2000,
         grid_size: int = 200,
+        drift_limit: float = 0.1,
         alpha: Any = MISSING,
     ) -> None:
         self.limit = check_open_unit(limit, "limit")
-        if alpha is not MISSING:
-            confidence = renamed_argument(
-                MISSING,
-                "confidence",
-                alpha,
-                "alpha",
-                convert=lambda a: 1.0 - a,
-                hint=" (= 1 - alpha)",
-            )
+        self.drift_limit = check_open_unit(drift_limit, "drift_limit")
+        confidence = confidence_or_failure_probability(confidence, alpha, "alpha")
         self.confidence = check_open_unit(confidence, "confidence")
         self.alpha = 1.0 - self.confidence  # the false-alarm probability of the bets
         self.risk = check_choice(risk, "risk", ("disagreement", "error"))
@@ -154,15 +151,7 @@ class RiskMonitor:
         ``exitwise certify`` or :meth:`Guarantee.to_dict
         <exitwise.policies.Guarantee.to_dict>`; files that name the limits ``risks`` still
         read)."""
-        if alpha is not MISSING:
-            confidence = renamed_argument(
-                MISSING,
-                "confidence",
-                alpha,
-                "alpha",
-                convert=lambda a: 1.0 - a,
-                hint=" (= 1 - alpha)",
-            )
+        confidence = confidence_or_failure_probability(confidence, alpha, "alpha")
         guarantee = (getattr(policy, "context", None) or {}).get("guarantee")
         risks = None
         if isinstance(guarantee, dict):
@@ -183,6 +172,12 @@ class RiskMonitor:
         if risk not in risks:
             raise ValueError(f"The guarantee has no limit for risk {risk!r}: {sorted(risks)}.")
         rates = guarantee.get("exit_rates")
+        thresholds = getattr(policy, "thresholds", None)
+        if rates and isinstance(thresholds, list) and len(thresholds) != len(rates):
+            raise ValueError(
+                f"The policy has {len(thresholds)} thresholds but its guarantee records exit "
+                f"rates for {len(rates)} exits: the file is inconsistent."
+            )
         if not rates and num_exits is None:
             raise ValueError("The guarantee records no exit rates: pass `num_exits`.")
         return cls(
@@ -206,13 +201,13 @@ class RiskMonitor:
     ) -> bool:
         """Add one request or a batch (arrays of equal length; ``full_prediction`` and
         ``label`` may hold -1 or NaN where unknown). Returns :attr:`alarm`."""
-        ex = np.atleast_1d(np.asarray(exit))
-        n = ex.size
+        n = np.atleast_1d(np.asarray(exit)).size
+        ex = _column(exit, "exit", n, int)
         conf = _column(confidence, "confidence", n, float)
         pred = _column(prediction, "prediction", n, int)
         full = _column(full_prediction, "full_prediction", n, int)
         lab = _column(label, "label", n, int)
-        if not np.issubdtype(ex.dtype, np.integer) or ((ex < 0) | (ex >= self.num_exits)).any():
+        if ((ex < 0) | (ex >= self.num_exits)).any():
             raise ValueError(f"Expected `exit` to hold exits in [0, {self.num_exits - 1}].")
         if ((conf < 0) | (conf > 1) | np.isnan(conf)).any():
             raise ValueError("Expected `confidence` in [0, 1].")
@@ -256,6 +251,30 @@ class RiskMonitor:
     def alarm(self) -> bool:
         """The risk is shown to exceed the limit (at level ``alpha``, anytime-valid)."""
         return self.alarm_at is not None
+
+    @property
+    def drift_alarm(self) -> bool:
+        """The exit rates of the last ``window`` requests moved from the calibration data's by
+        more than ``drift_limit`` in total variation, and a chi-square test at level
+        ``1 - confidence`` agrees: the traffic (or the model) is not what was certified."""
+        drift = self.exit_rate_drift()
+        return bool(
+            drift["total_variation"] > self.drift_limit
+            and drift["p_value"] <= 1.0 - self.confidence
+        )
+
+    @property
+    def verdict(self) -> str:
+        """``"alarm"`` (the risk exceeds its limit), ``"drift"`` (the exit rates moved),
+        ``"no verdict"`` (no request has a reference answer: no shadow requests for
+        disagreement, no labels for error) or ``"no alarm"``."""
+        if self.alarm:
+            return "alarm"
+        if self.drift_alarm:
+            return "drift"
+        if self.num_losses == 0:
+            return "no verdict"
+        return "no alarm"
 
     @property
     def lower_bound(self) -> float:
@@ -311,8 +330,10 @@ class RiskMonitor:
             "estimate": self.loss_sum / self.num_losses if self.num_losses else math.nan,
             "lower_bound": self.lower_bound,
             "upper_bound": self.upper_bound,
+            "verdict": self.verdict,
             "alarm": self.alarm,
             "alarm_at_request": self.alarm_at,
+            "drift_alarm": self.drift_alarm,
             "exit_rates": self.exit_rate_drift(),
             "windowed_ece": self.windowed_ece(),
         }
@@ -327,14 +348,34 @@ def _first_true(mask: np.ndarray) -> np.ndarray:
     return np.argmax(mask, axis=0)
 
 
+def _check_field(value: Any, name: str, where: str) -> None:
+    """A log field of the right JSON type: integers for exits, predictions and labels (not
+    ``1.5``, not ``true``), a number for the confidence."""
+    if name == "confidence":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        expected = "a number in [0, 1]"
+    else:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        expected = "an integer"
+    if not ok:
+        raise ValueError(f"{where}: expected `{name}` to be {expected}, got {value!r}.")
+
+
 def _column(values: Any, name: str, n: int, kind: type) -> np.ndarray:
     if values is None:
         return np.full(n, -1 if kind is int else np.nan)
-    a = np.atleast_1d(np.asarray(values, dtype=np.float64))
+    raw = np.atleast_1d(np.asarray(values))
+    if raw.dtype == bool or raw.dtype.kind not in "iuf":
+        raise TypeError(f"Expected `{name}` to hold numbers, got dtype {raw.dtype}.")
+    a = raw.astype(np.float64)
     if a.shape != (n,):
         raise ValueError(f"Expected `{name}` of length {n} (one per request), got {a.shape}.")
     if kind is int:
-        return np.where(np.isnan(a), -1, a).astype(np.int64)
+        known = ~np.isnan(a)
+        if (a[known] != np.round(a[known])).any():
+            first = a[known][a[known] != np.round(a[known])][0]
+            raise ValueError(f"Expected `{name}` to hold integers, got {float(first)!r}.")
+        return np.where(known, a, -1).astype(np.int64)
     return a
 
 
@@ -374,7 +415,9 @@ def read_log(path: str | Path) -> dict[str, np.ndarray]:
             if missing:
                 raise ValueError(f"{path}, line {number}: missing {', '.join(missing)}.")
             for k in _FIELDS:
-                rows[k].append(record.get(k, -1))
+                value = record.get(k, -1)
+                _check_field(value, k, f"{path}, line {number}")
+                rows[k].append(value)
     if not rows["exit"]:
         raise ValueError(f"{path} holds no requests.")
     return {
@@ -394,15 +437,7 @@ def check_log(
 ) -> RiskMonitor:
     """Replay a request log through a :class:`RiskMonitor` built from a certified policy."""
     log = read_log(path)
-    if alpha is not MISSING:
-        confidence = renamed_argument(
-            MISSING,
-            "confidence",
-            alpha,
-            "alpha",
-            convert=lambda a: 1.0 - a,
-            hint=" (= 1 - alpha)",
-        )
+    confidence = confidence_or_failure_probability(confidence, alpha, "alpha")
     monitor = RiskMonitor.from_policy(policy, confidence=confidence, risk=risk, window=window)
     monitor.update(
         log["exit"], log["confidence"], log["prediction"], log["full_prediction"], log["label"]

@@ -31,9 +31,9 @@ def stream(n, risk, seed, num_exits=3):
 def test_one_request_at_a_time_equals_one_batch_and_the_reference_capital():
     s = stream(900, 0.2, 0)
     s["full_prediction"][::3] = -1  # only two thirds are shadow requests
-    whole = RiskMonitor(0.08, num_exits=3, alpha=0.1)
+    whole = RiskMonitor(0.08, num_exits=3, confidence=0.9)
     whole.update(**s)
-    single = RiskMonitor(0.08, num_exits=3, alpha=0.1)
+    single = RiskMonitor(0.08, num_exits=3, confidence=0.9)
     for i in range(900):
         single.update(**{k: v[i] for k, v in s.items()})
     assert whole.alarm and single.alarm_at == whole.alarm_at
@@ -52,7 +52,7 @@ def test_false_alarm_rate_is_at_most_alpha_when_the_risk_is_at_the_limit():
     alpha, runs = 0.1, 300
     alarms = 0
     for seed in range(runs):
-        m = RiskMonitor(0.1, num_exits=3, alpha=alpha, grid_size=20)
+        m = RiskMonitor(0.1, num_exits=3, confidence=1 - alpha, grid_size=20)
         alarms += m.update(**stream(3000, 0.1, seed))
     assert alarms / runs <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / runs)
 
@@ -60,7 +60,7 @@ def test_false_alarm_rate_is_at_most_alpha_when_the_risk_is_at_the_limit():
 def test_confidence_sequence_covers_at_all_times_and_tightens():
     covered, widths, alarms = 0, [], 0
     for seed in range(100):
-        m = RiskMonitor(0.5, num_exits=3, alpha=0.1, grid_size=100)
+        m = RiskMonitor(0.5, num_exits=3, confidence=0.9, grid_size=100)
         alarms += m.update(**stream(4000, 0.2, seed))
         lower, upper = np.array(m.history["lower"]), np.array(m.history["upper"])
         assert (lower <= upper + 0.011).all()
@@ -136,3 +136,78 @@ def test_replayed_traffic_is_silent_and_a_class_mix_shift_is_detected(capsys):
     assert false_alarm_rate <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 200)
     assert np.isfinite(delays).mean() >= 0.8
     assert "false-alarm rate" in capsys.readouterr().out
+
+
+def _certified_file(tmp_path, num_exits=3, limit=0.05, rates=None):
+    thresholds = [0.9] * (num_exits - 1) + [-math.inf]
+    rates = rates or [1 / num_exits] * num_exits
+    guarantee = {"limits": {"disagreement": limit}, "confidence": 0.95, "exit_rates": rates}
+    ThresholdPolicy("max_probability", thresholds).save(
+        tmp_path / "p.json", context={"guarantee": guarantee}
+    )
+    return tmp_path / "p.json"
+
+
+def test_regression_monitor_without_shadow_requests_gives_no_verdict(tmp_path, capsys):
+    # issue 24 item 2: "no alarm ... estimate nan" with exit code 0 and no reference data
+    from exitwise.cli import main
+
+    s = stream(3000, 0.5, 3)
+    del s["full_prediction"]  # no shadow request at all
+    write_log(tmp_path / "log.jsonl", s)
+    policy = _certified_file(tmp_path)
+    monitor = check_log(tmp_path / "log.jsonl", load_policy(policy))
+    assert monitor.verdict == "no verdict" and not monitor.alarm
+    with pytest.raises(SystemExit) as status:
+        main(["monitor", str(tmp_path / "log.jsonl"), "--policy", str(policy)])
+    out = capsys.readouterr().out
+    assert status.value.code == 3 and out.startswith("NO VERDICT: none of the 3000 requests")
+    assert "no alarm" not in out
+
+
+def test_regression_monitor_refuses_bad_types_and_alarms_on_exit_rate_drift(tmp_path, capsys):
+    # issue 24 item 3: "exit": 1.5 or true became exit 1; a policy of another model passed
+    from exitwise.cli import main
+
+    for bad, message in (
+        ('"exit": 1.5', "`exit` to be an integer, got 1.5"),
+        ('"exit": true', "`exit` to be an integer, got True"),
+        ('"exit": 1, "confidence": "high"', "`confidence` to be a number"),
+    ):
+        (tmp_path / "bad.jsonl").write_text(
+            '{"exit": 0, "confidence": 0.5, "prediction": 1}\n'
+            + "{"
+            + bad
+            + (', "confidence": 0.5' if "confidence" not in bad else "")
+            + ', "prediction": 1}\n'
+        )
+        with pytest.raises(ValueError, match=rf"line 2: expected {message}"):
+            read_log(tmp_path / "bad.jsonl")
+    m = RiskMonitor(0.1, num_exits=3)
+    with pytest.raises(ValueError, match=r"`exit` to hold integers, got 1\.5"):
+        m.update([1.5], [0.5], [1])
+    with pytest.raises(TypeError, match="`exit` to hold numbers"):
+        m.update([True], [0.5], [1])
+    # traffic whose exit rates are far from the certified ones: a drift alarm of its own,
+    # even though the disagreement itself is below the limit
+    s = stream(4000, 0.0, 4)
+    s["exit"] = np.where(np.arange(4000) % 10 == 0, 1, 0)  # 90 % leave at the first exit
+    write_log(tmp_path / "drift.jsonl", s)
+    policy = _certified_file(tmp_path, limit=0.3, rates=[0.2, 0.3, 0.5])
+    monitor = check_log(tmp_path / "drift.jsonl", load_policy(policy))
+    assert not monitor.alarm and monitor.drift_alarm and monitor.verdict == "drift"
+    with pytest.raises(SystemExit) as status:
+        main(["monitor", str(tmp_path / "drift.jsonl"), "--policy", str(policy)])
+    assert status.value.code == 1
+    assert capsys.readouterr().out.startswith("ALARM (exit-rate drift)")
+    # the same traffic against its own exit rates: silent
+    rates = (np.bincount(s["exit"][-2000:], minlength=3) / 2000).tolist()
+    policy = _certified_file(tmp_path, limit=0.3, rates=rates)
+    assert check_log(tmp_path / "drift.jsonl", load_policy(policy)).verdict == "no alarm"
+    # a policy whose thresholds do not match its own guarantee's exits
+    guarantee = {"limits": {"disagreement": 0.3}, "exit_rates": [0.5, 0.5]}
+    ThresholdPolicy("max_probability", [0.9, 0.9, -math.inf]).save(
+        tmp_path / "q.json", context={"guarantee": guarantee}
+    )
+    with pytest.raises(ValueError, match="3 thresholds but its guarantee records exit rates"):
+        check_log(tmp_path / "drift.jsonl", load_policy(tmp_path / "q.json"))

@@ -143,3 +143,76 @@ def test_cli_plan_speculation_prints_the_best_and_writes_the_plot(tmp_path, caps
     plain = tmp_path / "plain.npz"
     ExitOutputs(torch.randn(10, 2, 3)).save(plain)
     assert main(["plan-speculation", str(plain)]) == 2
+
+
+def _expected_verifications(alpha, k):
+    """The backward recursion of the module docstring for one sequence, literally."""
+    t = len(alpha)
+    v = [0.0] * (t + k + 2)
+    for p in range(t - 1, -1, -1):
+        total, alive = 0.0, 1.0
+        for j in range(k + 1):
+            a = alpha[p + j] if p + j < t else 0.0
+            stop = alive * (1.0 - a) if j < k else alive
+            total += stop * v[p + j + 1]
+            alive *= a
+        v[p] = 1.0 + total
+    return v[0]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 12), min_size=1, max_size=5),
+    seed=st.integers(0, 10_000),
+    k=st.integers(1, 5),
+)
+def test_sampling_plan_equals_the_recursion_per_sequence(lengths, seed, k):
+    out = _outputs(lengths, 3, 4, seed, 0.6)
+    alpha = acceptance(out, "sampling")
+    k = min(k, max(lengths))  # longer drafts are capped (with a warning)
+    plan = plan_self_speculation(out, max_draft=k, mode="sampling")
+    for d in range(2):
+        verifs = 0.0
+        for grp in out.groups.unique():
+            rows = torch.nonzero(out.groups == grp).flatten()
+            rows = rows[torch.argsort(out.positions[rows])]
+            verifs += _expected_verifications(alpha[rows, d].tolist(), k)
+        row = next(r for r in plan.rows if r["draft_exit"] == d and r["draft_length"] == k)
+        assert row["tokens_per_verification"] == pytest.approx(sum(lengths) / verifs)
+
+
+def test_regression_planner_memory_is_linear_in_tokens_and_k_is_capped():
+    # issue 24 item 9: one long sequence among many short ones padded every sequence to the
+    # longest (190 s, 5.96 GB for 40k + 2,000 short); k beyond any sequence printed rows no
+    # sequence can reach
+    import tracemalloc
+
+    g = torch.Generator().manual_seed(0)
+    lengths = [20_000] + [20] * 2000
+    n = sum(lengths)
+    out = ExitOutputs(
+        torch.randn(n, 3, 4, generator=g),
+        groups=torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)),
+        positions=torch.cat([torch.arange(t) for t in lengths]),
+    )
+    tracemalloc.start()
+    plan = plan_self_speculation(out, max_draft=3)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    padded = len(lengths) * max(lengths) * 2 * 8  # the [S, T_max, D] float64 of before
+    assert peak < padded / 20, (peak, padded)
+    assert len(plan.rows) == 6
+    short = ExitOutputs(
+        torch.randn(60, 2, 4, generator=g),
+        groups=torch.arange(60) // 20,
+        positions=torch.arange(60) % 20,
+    )
+    with pytest.warns(UserWarning, match="longer than the longest sequence"):
+        capped = plan_self_speculation(short, max_draft=200)
+    assert max(r["draft_length"] for r in capped.rows) == 20
+    # positions need not be small: the order is two stable sorts, not a product key
+    far = ExitOutputs(short.logits, groups=short.groups, positions=short.positions + (1 << 40))
+    assert (
+        plan_self_speculation(far, max_draft=3).rows
+        == plan_self_speculation(short, max_draft=3).rows
+    )

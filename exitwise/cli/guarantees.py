@@ -97,13 +97,7 @@ def _monitor(args: argparse.Namespace) -> None:
         ax.figure.savefig(args.plot, dpi=120, bbox_inches="tight")
         summary["plot"] = args.plot
     drift = summary["exit_rates"]
-    verdict = (
-        f"ALARM at request {monitor.alarm_at + 1}: the {monitor.risk} exceeds its certified "
-        f"limit {monitor.limit:g} (anytime-valid, false-alarm probability <= "
-        f"{1 - args.confidence:g})"
-        if monitor.alarm
-        else f"no alarm: the {monitor.risk} is consistent with its limit {monitor.limit:g}"
-    )
+    verdict = _verdict_text(monitor, drift, args)
     text = "\n".join(
         [
             verdict,
@@ -118,8 +112,36 @@ def _monitor(args: argparse.Namespace) -> None:
         + ([f"plot written to {args.plot}"] if args.plot else [])
     )
     print_payload(args, summary, text)
-    if monitor.alarm:
+    if monitor.verdict in ("alarm", "drift"):
         sys.exit(1)
+    if monitor.verdict == "no verdict":
+        sys.exit(3)
+
+
+def _verdict_text(monitor: Any, drift: dict[str, Any], args: argparse.Namespace) -> str:
+    """The first line of ``exitwise monitor``: alarm, drift, no verdict or no alarm."""
+    if monitor.verdict == "alarm":
+        return (
+            f"ALARM at request {monitor.alarm_at + 1}: the {monitor.risk} exceeds its certified "
+            f"limit {monitor.limit:g} (anytime-valid, false-alarm probability <= "
+            f"{1 - monitor.confidence:g})"
+        )
+    if monitor.verdict == "drift":
+        return (
+            f"ALARM (exit-rate drift): the last {args.window} requests leave at rates "
+            f"{[round(r, 3) for r in drift['rates']]}, total variation "
+            f"{drift['total_variation']:.3f} > {monitor.drift_limit:g} from the calibration "
+            f"data's (chi-square p {drift['p_value']:.3g}): the traffic or the model is not "
+            "the one certified"
+        )
+    if monitor.verdict == "no verdict":
+        needed = "full_prediction (shadow requests)" if monitor.risk == "disagreement" else "label"
+        return (
+            f"NO VERDICT: none of the {monitor.num_requests} requests has a reference answer "
+            f"({needed}), so the {monitor.risk} cannot be checked against its limit "
+            f"{monitor.limit:g}"
+        )
+    return f"no alarm: the {monitor.risk} is consistent with its limit {monitor.limit:g}"
 
 
 def add_certify(sub: Any) -> None:
@@ -156,7 +178,10 @@ def add_certify(sub: Any) -> None:
 
 
 def add_monitor(sub: Any) -> None:
-    help_text = "check a request log (JSON lines) against a certified policy"
+    help_text = (
+        "check a request log (JSON lines) against a certified policy; exit status 1 on an "
+        "alarm (risk or exit-rate drift), 3 when no request has a reference answer"
+    )
     p = sub.add_parser("monitor", help=help_text, description=help_text)
     p.add_argument("log", help="JSON lines: exit, confidence, prediction[, full_prediction, label]")
     p.add_argument("--policy", required=True, help="policy file from `exitwise certify --out`")

@@ -5,7 +5,27 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["by_sequence"]
+__all__ = ["by_sequence", "sequence_order"]
+
+
+def sequence_order(
+    groups: torch.Tensor, positions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The token rows sorted by sequence (in id order), then position: ``(order [N],
+    sequence of each sorted row [N], lengths [S])``. Two stable sorts, so any int64 positions
+    work (no ``sequence * (max position + 1)`` key to overflow).
+
+    Examples
+    --------
+    >>> order, seq, lengths = sequence_order(torch.tensor([4, 4, 1]), torch.tensor([1, 0, 0]))
+    >>> order.tolist(), seq.tolist(), lengths.tolist()
+    ([2, 1, 0], [0, 1, 1], [1, 2])
+    """
+    _, seq = torch.unique(groups, return_inverse=True)
+    by_position = torch.argsort(positions.to(groups.device), stable=True)
+    order = by_position[torch.argsort(seq[by_position], stable=True)]
+    seq_sorted = seq[order]
+    return order, seq_sorted, torch.bincount(seq_sorted)
 
 
 def by_sequence(
@@ -23,13 +43,9 @@ def by_sequence(
     ([[30, -1], [20, 10]], [1, 2], [[2, -1], [1, 0]])
     """
     device = values.device
-    _, seq = torch.unique(groups.to(device), return_inverse=True)
-    pos = positions.to(device)
-    order = torch.argsort(seq * (int(pos.max()) + 1) + pos)
-    seq_sorted = seq[order]
-    lengths = torch.bincount(seq_sorted)
+    order, seq_sorted, lengths = sequence_order(groups.to(device), positions.to(device))
     starts = torch.cumsum(lengths, 0) - lengths
-    col = torch.arange(seq.numel(), device=device) - starts[seq_sorted]
+    col = torch.arange(order.numel(), device=device) - starts[seq_sorted]
     shape = (lengths.numel(), int(lengths.max()))
     table = torch.full((*shape, *values.shape[1:]), fill, dtype=values.dtype, device=device)
     table[seq_sorted, col] = values[order]

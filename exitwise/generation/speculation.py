@@ -32,14 +32,16 @@ verification} / (k\,c_d + c_v)`.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from exitwise._checks import check_choice, check_int
 from exitwise.data import ExitOutputs
-from exitwise.generation.sequences import by_sequence
+from exitwise.generation.sequences import by_sequence, sequence_order
 
 __all__ = ["SpeculationPlan", "acceptance", "plan_self_speculation", "sequence_table"]
 
@@ -115,22 +117,59 @@ def sequence_table(outputs: ExitOutputs, values: torch.Tensor) -> tuple[torch.Te
     return table, lengths
 
 
-def _verifications(alpha: torch.Tensor, lengths: torch.Tensor, k: int) -> torch.Tensor:
-    """Expected verifications per sequence and draft exit ``[S, D]`` (the backward DP)."""
-    s, t_max, d = alpha.shape
-    v = torch.zeros((s, t_max + k + 2, d), dtype=torch.float64, device=alpha.device)
-    inside = torch.arange(t_max + k + 1, device=alpha.device)[None, :] < lengths[:, None]
-    a = torch.zeros((s, t_max + k + 1, d), dtype=torch.float64, device=alpha.device)
-    a[:, :t_max] = alpha
-    for p in range(t_max - 1, -1, -1):
-        alive = torch.ones((s, d), dtype=torch.float64, device=alpha.device)  # P(J >= j)
-        total = torch.zeros((s, d), dtype=torch.float64, device=alpha.device)
+def _padded(
+    alpha: np.ndarray, lengths: np.ndarray, pad: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tokens (sorted by sequence, then position) with ``pad`` zero rows after every sequence,
+    ``[N + S pad, D]``, each sequence's first row and every token's row. Memory is linear in
+    the tokens (no padding to the longest sequence)."""
+    starts = np.cumsum(lengths + pad) - (lengths + pad)
+    rows = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
+    out = np.zeros((int(lengths.sum()) + lengths.size * pad, alpha.shape[1]))
+    out[rows] = alpha
+    return out, starts, rows
+
+
+def _greedy_verifications(alpha: np.ndarray, lengths: np.ndarray, k: int) -> np.ndarray:
+    """Verifications per sequence and draft exit ``[S, D]`` when every acceptance is 0 or 1:
+    from position ``p`` the walk jumps to ``p + min(run, k) + 1`` (``run``: accepted drafts
+    in a row); the number of jumps before a sequence ends, by pointer doubling over all
+    tokens at once (``O(N D log T)`` time, ``O(N D)`` memory)."""
+    a, starts, rows = _padded(alpha, lengths, 2)  # a walk ends <= 2 rows past a sequence
+    n = a.shape[0]
+    index = np.arange(n)[:, None]
+    big = np.iinfo(np.int64).max
+    zero_at = np.where(a == 0.0, index, big)  # padding rows are zeros: sequence ends
+    next_zero = np.minimum.accumulate(zero_at[::-1], axis=0)[::-1]
+    inside = np.zeros(n, dtype=bool)
+    inside[rows] = True
+    inside = np.broadcast_to(inside[:, None], a.shape)
+    jump = np.where(inside, np.minimum(index + np.minimum(next_zero - index, k) + 1, n - 1), index)
+    count = inside.astype(np.int64)
+    for _ in range(int(np.ceil(np.log2(max(int(lengths.max()), 1) + 1))) + 1):
+        count = count + np.take_along_axis(count, jump, axis=0)
+        jump = np.take_along_axis(jump, jump, axis=0)
+    return count[starts].astype(np.float64)
+
+
+def _verifications(alpha: np.ndarray, lengths: np.ndarray, k: int) -> np.ndarray:
+    """Expected verifications per sequence and draft exit ``[S, D]``: the backward recursion
+    of the module docstring, one position rank at a time over the sequences still that long
+    (``O(N D k)`` time, ``O(N D)`` memory; no padding to the longest sequence)."""
+    a, starts, _ = _padded(alpha, lengths, k + 1)
+    v = np.zeros_like(a)
+    by_length = np.argsort(-lengths, kind="stable")
+    ordered = np.sort(lengths)[::-1]
+    for p in range(int(lengths.max()) - 1, -1, -1):
+        active = starts[by_length[: int(np.searchsorted(-ordered, -p, side="left"))]] + p
+        alive = np.ones((active.size, a.shape[1]))  # P(J >= j)
+        total = np.zeros_like(alive)
         for j in range(k + 1):
-            stop = alive * (1.0 - a[:, p + j]) if j < k else alive
-            total += stop * v[:, p + j + 1]
-            alive = alive * a[:, p + j]
-        v[:, p] = torch.where(inside[:, p, None], 1.0 + total, torch.zeros_like(total))
-    return v[:, 0]
+            at = a[active + j]
+            total += (alive * (1.0 - at) if j < k else alive) * v[active + j + 1]
+            alive *= at
+        v[active] = 1.0 + total
+    return v[starts]
 
 
 def plan_self_speculation(
@@ -157,15 +196,33 @@ def plan_self_speculation(
     check_choice(verification, "verification", ("remaining", "full"))
     if outputs.num_exits < 2:
         raise ValueError("Planning speculation needs at least 2 exits (a draft and the last).")
+    if outputs.groups is None or outputs.positions is None:
+        raise ValueError(
+            "Planning speculation needs token-level outputs with `groups` and `positions` "
+            "(collect fills both for [B, T, C] outputs)."
+        )
     alpha = acceptance(outputs, mode)  # [N, D]
-    table, lengths = sequence_table(outputs, alpha)
+    order, _, lengths_t = sequence_order(outputs.groups, outputs.positions.to(outputs.device))
+    flat = alpha[order.to(alpha.device)].cpu().numpy()
+    lengths = lengths_t.cpu().numpy()
+    longest = int(lengths.max())
+    if max_draft > longest:
+        warnings.warn(
+            f"max_draft={max_draft} is longer than the longest sequence ({longest} tokens): "
+            f"no sequence can accept that many drafts, so the plan stops at k = {longest}.",
+            UserWarning,
+            stacklevel=2,
+        )
+        max_draft = longest
+    greedy = bool(np.isin(flat, (0.0, 1.0)).all())
     costs = outputs.costs.to(torch.float64).cpu()
     full = float(costs[-1])
     mean_alpha = alpha.mean(dim=0).cpu()
     tokens = float(lengths.sum())
     rows = []
     for k in range(1, max_draft + 1):
-        verifs = _verifications(table, lengths, k).sum(dim=0).cpu()  # [D]
+        count = _greedy_verifications if greedy else _verifications
+        verifs = count(flat, lengths, k).sum(axis=0)  # [D]
         for d in range(outputs.num_exits - 1):
             per_verif = tokens / float(verifs[d])
             a = float(mean_alpha[d])

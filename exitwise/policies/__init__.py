@@ -1,5 +1,6 @@
 """Exit policies (a signal per exit plus a threshold per exit) and the evaluator."""
 
+from exitwise._deprecation import moved_names
 from exitwise.policies.base import ExitPolicy, load_policy, policy_from_dict
 from exitwise.policies.batching import BatchingResult, simulate_batching
 from exitwise.policies.evaluate import (
@@ -98,13 +99,10 @@ __all__ = [
 ]
 
 # the old result types, one release with a DeprecationWarning: all are PolicyResult now
-_OLD_RESULTS = ("CertifiedPolicy", "RiskControlResult", "TunedPolicy")
-
-
-def __getattr__(name: str):
-    if name in _OLD_RESULTS:
-        from exitwise._deprecation import warn_renamed
-
-        warn_renamed(name, "PolicyResult")
-        return PolicyResult
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = moved_names(
+    __name__,
+    {
+        old: ("PolicyResult", lambda: PolicyResult)
+        for old in ("CertifiedPolicy", "RiskControlResult", "TunedPolicy")
+    },
+)

@@ -70,6 +70,12 @@ class _Relative:
     value: float
     relative: bool
 
+    def __init__(
+        self, value: float, relative: bool | None = None, *, relative_to_final: Any = MISSING
+    ) -> None:
+        object.__setattr__(self, "value", float(value))
+        object.__setattr__(self, "relative", resolve_relative(relative, relative_to_final))
+
     def _limit(self, full_cost: float) -> float:
         return self.value * full_cost if self.relative else self.value
 
@@ -88,12 +94,6 @@ class AccuracyAtLeast(_Relative):
 
     value: float
     relative: bool
-
-    def __init__(
-        self, value: float, relative: bool | None = None, *, relative_to_final: Any = MISSING
-    ) -> None:
-        object.__setattr__(self, "value", float(value))
-        object.__setattr__(self, "relative", resolve_relative(relative, relative_to_final))
 
     def bound(self, final_accuracy: float, full_cost: float) -> float:
         return self.value * final_accuracy if self.relative else self.value
@@ -114,12 +114,6 @@ class CostAtMost(_Relative):
 
     value: float
     relative: bool
-
-    def __init__(
-        self, value: float, relative: bool | None = None, *, relative_to_final: Any = MISSING
-    ) -> None:
-        object.__setattr__(self, "value", float(value))
-        object.__setattr__(self, "relative", resolve_relative(relative, relative_to_final))
 
     def ok(self, ev: _Stats, final_accuracy: float, full_cost: float) -> torch.Tensor:
         limit = self._limit(full_cost)

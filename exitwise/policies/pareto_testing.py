@@ -37,7 +37,12 @@ import numpy as np
 import torch
 
 from exitwise._checks import check_choice, check_int, check_open_unit
-from exitwise._deprecation import MISSING, renamed_argument
+from exitwise._deprecation import (
+    MISSING,
+    confidence_or_failure_probability,
+    moved_names,
+    renamed_argument,
+)
 from exitwise.data import ExitOutputs
 from exitwise.policies.constraints import AccuracyAtLeast
 from exitwise.policies.evaluate import evaluate_thresholds
@@ -60,13 +65,8 @@ from exitwise.signals import get_signal
 __all__ = ["certify", "non_dominated"]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "CertifiedPolicy":  # the old result type of certify
-        from exitwise._deprecation import warn_renamed
-
-        warn_renamed("CertifiedPolicy", "PolicyResult")
-        return PolicyResult
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# the old result type of certify, one release with a warning
+__getattr__ = moved_names(__name__, {"CertifiedPolicy": ("PolicyResult", lambda: PolicyResult)})
 
 
 def non_dominated(points: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
@@ -228,16 +228,7 @@ def certify(
     if limits is MISSING:
         raise TypeError('Expected `limits`, e.g. {"disagreement": 0.02, "cost": 0.4}.')
     limits = _check_limits(limits)
-    if epsilon is not MISSING:
-        confidence = renamed_argument(
-            MISSING,
-            "confidence",
-            epsilon,
-            "epsilon",
-            convert=lambda e: 1.0 - check_open_unit(e, "epsilon"),
-            hint=" (= 1 - epsilon)",
-            stacklevel=3,
-        )
+    confidence = confidence_or_failure_probability(confidence, epsilon, "epsilon")
     confidence = check_open_unit(confidence, "confidence")
     alpha = 1.0 - confidence
     check_choice(search, "search", ("per_exit", "shared"))

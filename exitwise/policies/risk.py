@@ -49,7 +49,12 @@ import numpy as np
 import torch
 
 from exitwise._checks import as_tensor, check_choice, check_open_unit
-from exitwise._deprecation import MISSING, renamed_argument
+from exitwise._deprecation import (
+    MISSING,
+    confidence_or_failure_probability,
+    moved_names,
+    renamed_argument,
+)
 from exitwise.data import ExitOutputs
 from exitwise.exceptions import VacuousGuaranteeWarning
 from exitwise.policies.evaluate_policies import evaluate_policy
@@ -94,13 +99,8 @@ def default_risk_grid() -> np.ndarray:
     return np.unique(np.concatenate([np.linspace(0.0, 1.0, 101), dense]))
 
 
-def __getattr__(name: str) -> Any:
-    if name == "RiskControlResult":  # the old result type of risk control
-        from exitwise._deprecation import warn_renamed
-
-        warn_renamed("RiskControlResult", "PolicyResult")
-        return PolicyResult
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# the old result type of risk control, one release with a warning
+__getattr__ = moved_names(__name__, {"RiskControlResult": ("PolicyResult", lambda: PolicyResult)})
 
 
 def grid_statistics(
@@ -263,16 +263,10 @@ def risk_controlled_threshold(
     limit = renamed_argument(
         MISSING if limit is None else limit, "limit", delta, "delta", stacklevel=3
     )
-    confidence = renamed_argument(
-        MISSING if confidence is None else confidence,
-        "confidence",
-        epsilon,
-        "epsilon",
-        convert=lambda e: 1.0 - check_open_unit(e, "epsilon"),
-        hint=" (= 1 - epsilon)",
-        stacklevel=3,
+    confidence = confidence_or_failure_probability(
+        confidence, epsilon, "epsilon", strict=confidence is not None
     )
-    if limit is MISSING or confidence is MISSING:
+    if limit is MISSING or confidence is None:
         raise TypeError(
             "Expected a risk `limit` and a `confidence`, e.g. limit=0.05, confidence=0.9."
         )

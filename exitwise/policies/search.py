@@ -54,7 +54,7 @@ def search_thresholds(
     objective: str,
     rounds: int,
     agree: torch.Tensor | None = None,
-    progress: bool | None = None,
+    progress: bool | None = False,
 ) -> tuple[torch.Tensor | None, float]:
     """The best per-exit thresholds ``[E]`` for ``constraints`` and the best shared threshold
     (``(None, inf)`` when no shared threshold is feasible).

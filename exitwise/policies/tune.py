@@ -24,7 +24,7 @@ from typing import Any, Literal
 import torch
 
 from exitwise._checks import check_choice, check_costs, check_int, check_open_unit
-from exitwise._deprecation import MISSING
+from exitwise._deprecation import MISSING, moved_names
 from exitwise.data import ExitOutputs
 from exitwise.policies.certified_tuning import certified_tuning
 from exitwise.policies.constraints import (
@@ -55,13 +55,8 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "TunedPolicy":  # the old result type of the tuners
-        from exitwise._deprecation import warn_renamed
-
-        warn_renamed("TunedPolicy", "PolicyResult")
-        return PolicyResult
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# the old result type of the tuners, one release with a warning
+__getattr__ = moved_names(__name__, {"TunedPolicy": ("PolicyResult", lambda: PolicyResult)})
 
 
 def _infeasible(
