@@ -221,3 +221,63 @@ def check_costs(
             f"{float(c[bad])} at exit {bad} after {float(c[bad - 1])} at exit {bad - 1}."
         )
     return c
+
+
+#: the largest token position accepted (a position is an index into a sequence)
+MAX_POSITION = 2**31 - 1
+
+
+def per_sample(
+    values: Any, name: str, n: int, device: torch.device, minimum: int | None = None
+) -> torch.Tensor:
+    """An int64 ``[n]`` tensor of ``values`` on ``device`` (integers, at least ``minimum``)."""
+    t = as_tensor(values, name, device=device)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"Expected `{name}` to hold integers, got dtype {t.dtype}.")
+    if tuple(t.shape) != (n,):
+        raise ValueError(
+            f"Expected `{name}` of shape [{n}] (one per sample), got {tuple(t.shape)}."
+        )
+    t = t.long()
+    if minimum is not None and bool((t < minimum).any()):
+        first = int(torch.nonzero(t < minimum)[0])
+        raise ValueError(f"Expected `{name}` >= {minimum}, got {int(t[first])} at sample {first}.")
+    return t
+
+
+def check_sequences(
+    groups: Any, positions: Any, n: int, device: torch.device
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Token-level ``groups`` (sequence ids) and ``positions`` ``[n]``: integers, positions in
+    ``[0, MAX_POSITION]`` and distinct within each sequence (a token's place in its sequence).
+
+    Examples
+    --------
+    >>> check_sequences([0, 0, 1], [0, 0, 0], 3, torch.device("cpu"))
+    Traceback (most recent call last):
+    ...
+    ValueError: Expected distinct `positions` within a sequence; sequence 0 has position 0 ...
+    """
+    if positions is not None and groups is None:
+        raise ValueError("`positions` needs `groups` (the sequence of each token).")
+    g = None if groups is None else per_sample(groups, "groups", n, device)
+    if positions is None:
+        return g, None
+    p = per_sample(positions, "positions", n, device, 0)
+    if bool((p > MAX_POSITION).any()):
+        first = int(torch.nonzero(p > MAX_POSITION)[0])
+        raise ValueError(
+            f"Expected `positions` <= {MAX_POSITION} (a token's index in its sequence), got "
+            f"{int(p[first])} at sample {first}."
+        )
+    by_position = torch.argsort(p, stable=True)
+    order = by_position[torch.argsort(g[by_position], stable=True)]
+    same = (g[order][1:] == g[order][:-1]) & (p[order][1:] == p[order][:-1])
+    if bool(same.any()):
+        i = int(torch.nonzero(same)[0])
+        a, b = sorted((int(order[i]), int(order[i + 1])))
+        raise ValueError(
+            "Expected distinct `positions` within a sequence; sequence "
+            f"{int(g[a])} has position {int(p[a])} twice (samples {a} and {b})."
+        )
+    return g, p

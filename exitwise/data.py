@@ -23,6 +23,7 @@ from exitwise._checks import (
     check_labels,
     check_ndim,
     check_open_unit,
+    check_sequences,
     compute_dtype,
 )
 from exitwise.data_files import read_arrays, write_arrays
@@ -123,16 +124,11 @@ class ExitOutputs:
             if len(set(names)) != e:
                 raise ValueError(f"Expected `exit_names` to be unique, got {names}.")
 
-        if positions is not None and groups is None:
-            raise ValueError("`positions` needs `groups` (the sequence of each token).")
+        self._groups, self._positions = check_sequences(groups, positions, n, device)
         self._logits = logits_t
         self._labels = labels_t
         self._costs = costs_t
         self._exit_names = names
-        self._groups = None if groups is None else _per_sample(groups, "groups", n, device)
-        self._positions = (
-            None if positions is None else _per_sample(positions, "positions", n, device, 0)
-        )
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
@@ -412,24 +408,6 @@ def _first_count(fraction: float, total: int, what: str) -> int:
             f"{what} ({first} in the first part)."
         )
     return first
-
-
-def _per_sample(
-    values: Any, name: str, n: int, device: torch.device, minimum: int | None = None
-) -> torch.Tensor:
-    """An int64 ``[n]`` tensor of ``values`` on ``device`` (integers, at least ``minimum``)."""
-    t = as_tensor(values, name, device=device)
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise TypeError(f"Expected `{name}` to hold integers, got dtype {t.dtype}.")
-    if tuple(t.shape) != (n,):
-        raise ValueError(
-            f"Expected `{name}` of shape [{n}] (one per sample), got {tuple(t.shape)}."
-        )
-    t = t.long()
-    if minimum is not None and bool((t < minimum).any()):
-        first = int(torch.nonzero(t < minimum)[0])
-        raise ValueError(f"Expected `{name}` >= {minimum}, got {int(t[first])} at sample {first}.")
-    return t
 
 
 def load(path: str | Path) -> ExitOutputs:

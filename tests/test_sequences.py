@@ -222,3 +222,23 @@ def test_report_adds_positions_and_speculation_for_token_data(real_outputs, tmp_
     spec = summary["tokens"]["speculation"]
     assert spec["best"]["speed_up"] == max(r["speed_up"] for r in spec["rows"])
     assert summary["tokens"]["num_sequences"] == 40
+
+
+def test_regression_duplicate_and_huge_positions_are_refused(tmp_path):
+    # issue 24 item 5: duplicate positions within a sequence were accepted (the planner's
+    # tokens per verification moved from 1.739 to 1.77); positions near 2**62 gave a traceback
+    logits = torch.randn(4, 2, 3)
+    with pytest.raises(ValueError, match=r"sequence 7 has position 1 twice \(samples 1 and 3\)"):
+        ExitOutputs(logits, groups=[7, 7, 8, 7], positions=[0, 1, 0, 1])
+    ExitOutputs(logits, groups=[7, 7, 8, 8], positions=[0, 1, 0, 1])  # across sequences: fine
+    with pytest.raises(ValueError, match=r"`positions` <= 2147483647 .* got 4611686018427387904"):
+        ExitOutputs(logits, groups=[0, 0, 1, 1], positions=[0, 1, 0, 2**62])
+    # files go through the same constructor
+    np.savez(
+        tmp_path / "dup.npz",
+        logits=logits.numpy(),
+        groups=np.array([0, 0, 1, 1]),
+        positions=np.array([3, 3, 0, 1]),
+    )
+    with pytest.raises(ValueError, match="position 3 twice"):
+        load(tmp_path / "dup.npz")

@@ -20,6 +20,8 @@ from typing import Any
 __all__ = [
     "command",
     "fingerprint",
+    "held_out_options",
+    "held_out_part",
     "load",
     "load_calibrated",
     "print_payload",
@@ -173,6 +175,35 @@ def command(
     if seed:
         p.add_argument("--seed", type=int, default=0, help="seed of the split")
     return p
+
+
+def held_out_options(p: argparse.ArgumentParser) -> None:
+    """``--split``/``--seed`` of the split a policy was tuned on, and ``--all``."""
+    p.add_argument(
+        "--split",
+        type=float,
+        default=None,
+        help="tuning share to skip (default: the policy file's, else 0.5)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of that split (default: the policy file's, else 0)",
+    )
+    p.add_argument("--all", action="store_true", help="use every sample, the tuning part included")
+
+
+def held_out_part(out: Any, context: dict[str, Any], args: argparse.Namespace) -> tuple[Any, str]:
+    """The part of ``out`` a policy was not tuned or certified on (its file's split and seed
+    unless ``--split``/``--seed`` say otherwise; every sample with ``--all``), and its name."""
+    if args.all:
+        return out, "all samples"
+    split = context.get("split", 0.5) if args.split is None else args.split
+    seed = context.get("seed", 0) if args.seed is None else args.seed
+    split = 0.5 if split is None else split
+    seed = 0 if seed is None else seed
+    return out.split(split, seed=seed)[1], f"the held-out part of split({split}, seed={seed})"
 
 
 def signal_option(p: argparse.ArgumentParser) -> None:

@@ -14,11 +14,12 @@ def _ms(value: float) -> str:
 
 
 def _serve_plan(args: argparse.Namespace) -> None:
-    from exitwise.cli._common import load_calibrated, print_payload
+    from exitwise.cli._common import held_out_part, load_calibrated, print_payload
     from exitwise.policies import load_policy
     from exitwise.serving import (
         SCHEDULERS,
         LatencyModel,
+        latency_floor,
         max_rate,
         replicas_needed,
         simulate_serving,
@@ -32,8 +33,21 @@ def _serve_plan(args: argparse.Namespace) -> None:
             f"The latency model has {latency.num_segments} segments but the outputs have "
             f"{out.num_exits} exits; measure it on the same model."
         )
+    out, part = held_out_part(out, policy.context, args)
     exits = policy.exit_indices(out).cpu().numpy()
-    common = {"max_batch": args.max_batch, "num_requests": args.requests, "seed": args.seed}
+    if args.p99 is not None:
+        floor = latency_floor(exits, latency, 99.0)
+        if args.p99 < floor:
+            raise ValueError(
+                f"--p99 {args.p99:g} s is below the p99 latency of this policy's requests run "
+                f"alone at batch 1 ({floor * 1e3:.3g} ms): no rate and no number of replicas "
+                "meets it"
+            )
+    common = {
+        "max_batch": args.max_batch,
+        "num_requests": args.requests,
+        "seed": args.simulation_seed,
+    }
     rows: list[dict[str, Any]] = []
     for scheduler in SCHEDULERS:
         res = simulate_serving(
@@ -62,7 +76,7 @@ def _serve_plan(args: argparse.Namespace) -> None:
     lines = [
         f"{policy!r} at {args.rate:g} requests/s, {args.replicas} replica(s), batches of at "
         f"most {args.max_batch} ({args.requests} simulated requests; exits of the policy on "
-        f"{out.num_samples} samples)",
+        f"{out.num_samples} samples: {part}); latencies in ms",
         head,
     ]
     for r in rows:
@@ -79,14 +93,15 @@ def _serve_plan(args: argparse.Namespace) -> None:
             f"max rate: highest rate with p99 <= {args.p99 * 1e3:g} ms on {args.replicas} "
             f"replica(s); replicas: fewest meeting it at {args.rate:g} requests/s"
         )
-    print_payload(args, {"rate": args.rate, "schedulers": rows}, "\n".join(lines))
+    payload = {"rate": args.rate, "evaluated_on": part, "unit": "s", "schedulers": rows}
+    print_payload(args, payload, "\n".join(lines))
 
 
 def add_serve_plan(sub: Any) -> None:
-    from exitwise.cli._common import command
+    from exitwise.cli._common import command, held_out_options
 
     help_text = "latency percentiles, throughput and capacity of a policy under load"
-    p = command(sub, "serve-plan", help_text)
+    p = command(sub, "serve-plan", help_text, seed=False)
     p.add_argument("--policy", required=True, help="policy file (.json)")
     p.add_argument("--latency", required=True, help="latency model (.json, LatencyModel.save)")
     p.add_argument("--rate", type=float, required=True, help="arrival rate (requests/s)")
@@ -95,4 +110,6 @@ def add_serve_plan(sub: Any) -> None:
     p.add_argument("--replicas", type=int, default=1, help="servers (default: 1)")
     p.add_argument("--requests", type=int, default=20000, help="simulated requests")
     p.add_argument("--calibrator", help="calibrator file (.json) to apply first")
+    held_out_options(p)
+    p.add_argument("--simulation-seed", type=int, default=0, help="seed of the simulated arrivals")
     p.set_defaults(run=_serve_plan)

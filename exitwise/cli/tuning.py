@@ -15,6 +15,8 @@ from exitwise.cli._common import (
     TARGET_HELP,
     command,
     confidence_option,
+    held_out_options,
+    held_out_part,
     load_calibrated,
     print_payload,
     reference,
@@ -145,16 +147,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         )
     elif args.calibrator and context and not tuned_with:
         notes.append("the policy was tuned on raw logits but is applied to calibrated outputs")
-    out = load_calibrated(args)
-    split = context.get("split", args.split) if args.split is None else args.split
-    seed = context.get("seed", args.seed) if args.seed is None else args.seed
-    if args.all:
-        part = "all samples"
-    else:
-        out = out.split(split if split is not None else 0.5, seed=seed or 0)[1]
-        part = (
-            f"the held-out part of split({split if split is not None else 0.5}, seed={seed or 0})"
-        )
+    out, part = held_out_part(load_calibrated(args), context, args)
     ev = evaluate(policy, out, reference=reference(out))
     payload = {
         "evaluated_on": part,
@@ -201,17 +194,5 @@ def add_evaluate(sub: Any) -> None:
     p = command(sub, "evaluate", help_text, seed=False)
     p.add_argument("--policy", required=True, help="policy file (.json) from `exitwise tune --out`")
     p.add_argument("--calibrator", help="calibrator file (.json) to apply first")
-    p.add_argument(
-        "--split",
-        type=float,
-        default=None,
-        help="tuning share to skip (default: the policy file's, else 0.5)",
-    )
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=None,
-        help="seed of that split (default: the policy file's, else 0)",
-    )
-    p.add_argument("--all", action="store_true", help="evaluate on every sample instead")
+    held_out_options(p)
     p.set_defaults(run=_evaluate)

@@ -30,6 +30,9 @@ __all__ = [
 
 _FORMAT = "exitwise.LatencyModel/1"
 
+#: latency units a model may be given in, and their length in seconds
+UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
+
 
 class LatencyModel:
     """Seconds to run each exit segment for a batch, from a measured table.
@@ -40,8 +43,9 @@ class LatencyModel:
         Increasing batch sizes the table was measured at (>= 1).
     seconds : array-like of shape (len(batch_sizes), E)
         ``seconds[i, e]``: time of segment ``e`` for a batch of ``batch_sizes[i]``.
-    unit : str, default="s"
-        Only recorded.
+    unit : {"s", "ms", "us"}, default="s"
+        The unit of ``seconds`` and ``wake_up`` as given; they are converted to seconds (the
+        model's ``unit`` is then ``"s"``). Any other unit is refused.
     wake_up : float or sequence of (idle seconds, extra seconds), default=0.0
         Extra time of the first segment a server runs after waiting idle for a request (cold
         caches, a clocked-down core, the wake-up itself): a constant, or a table over the
@@ -69,8 +73,14 @@ class LatencyModel:
         wake_up: Any = 0.0,
         jitter: Any = None,
     ) -> None:
+        if unit not in UNITS:
+            raise ValueError(
+                f"Expected the latency `unit` to be one of {', '.join(map(repr, UNITS))}, got "
+                f"{unit!r}."
+            )
+        scale = UNITS[unit]
         sizes = np.asarray(batch_sizes, dtype=np.float64)
-        table = np.asarray(seconds, dtype=np.float64)
+        table = np.asarray(seconds, dtype=np.float64) * scale
         if sizes.ndim != 1 or sizes.size == 0 or (sizes < 1).any() or (np.diff(sizes) <= 0).any():
             raise ValueError(
                 f"Expected `batch_sizes`: increasing integers >= 1, got {sizes.tolist()}."
@@ -84,8 +94,9 @@ class LatencyModel:
             raise ValueError("Expected `seconds` to be finite and >= 0.")
         self.batch_sizes = sizes.astype(np.int64)
         self.seconds = table
-        self.unit = unit
+        self.unit = "s"  # converted from `unit`
         self.wake_up = _wake_up_table(wake_up)
+        self.wake_up = self.wake_up * scale
         self.jitter = None
         if jitter is not None:
             factors = np.asarray(jitter, dtype=np.float64)

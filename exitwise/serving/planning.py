@@ -27,6 +27,7 @@ __all__ = [
     "ServingCandidate",
     "ServingPlan",
     "latency_by_rate",
+    "latency_floor",
     "max_rate",
     "replicas_needed",
     "tune_for_serving",
@@ -37,6 +38,23 @@ def _meets(exits, latency, rate, limit, percentile, **kwargs) -> tuple[bool, flo
     result = simulate_serving(exits, latency, rate=rate, **kwargs)
     value = result.percentiles((percentile,))[percentile]
     return value <= limit, value
+
+
+def latency_floor(exits: Any, latency: LatencyModel, percentile: float = 99.0) -> float:
+    """The ``percentile`` latency with no queueing and no batching: every request alone at
+    batch 1 (its exit's cumulative segment time). No rate and no number of replicas can go
+    below it, so a limit under it is unreachable and needs no search.
+
+    Examples
+    --------
+    >>> from exitwise.serving import LatencyModel
+    >>> lm = LatencyModel([1, 8], [[0.001, 0.002], [0.002, 0.006]])
+    >>> latency_floor([0, 1, 1, 1], lm, 50)
+    0.003
+    """
+    exits = np.asarray(exits, dtype=np.int64)
+    alone = np.cumsum(latency.table(2)[1])[exits]
+    return float(np.percentile(alone, percentile, method="inverted_cdf"))
 
 
 def max_rate(
@@ -65,6 +83,8 @@ def max_rate(
     """
     if not limit > 0:
         raise ValueError(f"Expected `limit` > 0 seconds, got {limit!r}.")
+    if limit < latency_floor(exits, latency, percentile):
+        return 0.0  # unreachable at any rate: no simulation needed
     replicas = kwargs.get("replicas", 1)
     low = 0.05 / latency.full_time(1) * replicas  # a trickle: 5 % busy at batch 1
     ok, _ = _meets(exits, latency, low, limit, percentile, **kwargs)
@@ -106,6 +126,8 @@ def replicas_needed(
     """
     max_replicas = check_int(max_replicas, "max_replicas", minimum=1)
     kwargs.pop("replicas", None)
+    if limit < latency_floor(exits, latency, percentile):
+        return None  # unreachable with any number of replicas
     low, high = 0, 1
     while not _meets(exits, latency, rate, limit, percentile, replicas=high, **kwargs)[0]:
         low, high = high, high * 2
