@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from exitwise._checks import as_tensor, batched_logits, check_finite, check_labels
+from exitwise._chunks import CHUNK_BYTES, rows_per_chunk
 from exitwise.calibrate._estimator import FittedEstimator, load_estimator
 from exitwise.data import ExitOutputs
 
@@ -116,7 +117,7 @@ class Calibrator(FittedEstimator, abstract=True):
                 f"{type(self).__name__} was fitted on {self.num_exits_} exit(s) x "
                 f"{self.num_classes_} classes, got {logits.shape[1]} x {logits.shape[2]}."
             )
-        log_probs = self._transform(logits)
+        log_probs = _by_row_chunks(self._transform, logits)
         if exit_outputs is not None:
             return exit_outputs.with_logits(log_probs)
         return log_probs[:, 0] if single else log_probs
@@ -129,3 +130,22 @@ class Calibrator(FittedEstimator, abstract=True):
         result = self.transform(outputs)
         log_probs = result.logits if isinstance(result, ExitOutputs) else result
         return log_probs.exp()
+
+
+def _by_row_chunks(transform: Any, logits: torch.Tensor) -> torch.Tensor:
+    """``transform(logits)`` applied to chunks of whole rows, written into one output: every
+    calibrator maps each sample on its own, so the peak memory is the output plus one chunk's
+    work arrays (not the two or three full-size temporaries of one big call)."""
+    n = logits.shape[0]
+    row_bytes = logits[0].numel() * 8
+    # work arrays of a chunk: at most 1/16 of the input's float64 size (as the signals)
+    step = rows_per_chunk(row_bytes, min(CHUNK_BYTES, max(1 << 23, n * row_bytes // 16)))
+    if step >= n:
+        return transform(logits)
+    first = transform(logits[:step])
+    out = torch.empty((n, *first.shape[1:]), dtype=first.dtype, device=first.device)
+    out[:step] = first
+    del first
+    for start in range(step, n, step):
+        out[start : start + step] = transform(logits[start : start + step])
+    return out

@@ -321,3 +321,23 @@ def test_regression_pareto_plot_takes_computed_results(halves):
         warnings.simplefilter("error")
         plots.risk_coverage_plot(test_s)
     assert np.isfinite(test_s.full_cost)
+
+
+def test_regression_library_internals_print_no_progress_bars(halves, monkeypatch):
+    # issue 24 item 11: one certify call printed 24 tqdm bars (its per-exit searches)
+    import exitwise.policies.search as search
+
+    asked = []
+    original = search._progress_bar
+
+    def spy(total, size, progress):
+        asked.append(progress)
+        return original(total, size, progress)
+
+    monkeypatch.setattr(search, "_progress_bar", spy)
+    cal, _ = halves
+    certify(cal, "max_probability", {"disagreement": 0.05, "cost": 0.6})
+    assert asked and set(asked) == {False}  # internal searches stay quiet
+    asked.clear()
+    tune_for_budget(cal, "max_probability", 0.5)  # a long top-level call may show one
+    assert asked == [None]
