@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/calibrators.py
 	$(PY) benchmarks/tuning.py
 	$(PY) benchmarks/vocabulary.py
+	$(PY) benchmarks/certify.py
 
 docs: $(STAMP)
 	$(PY) -m pip install -q -e ".[docs]"

@@ -437,6 +437,9 @@ def test_regression_cli_risk_and_confidence_have_one_meaning(tmp_path, capsys):
     assert "--risk 0.05 is deprecated" in captured.err and "--epsilon is deprecated" in captured.err
     assert main(["certify", str(data), "--risk", "disagreement=0.05", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["guarantee"]["limits"] == {"disagreement": 0.05}
-    # a risk named twice is refused, not silently overwritten
+    # issue 24 item 6: a risk named twice is refused, not silently overwritten
     assert main(["certify", str(data), "--risk", "cost=0.5", "--risk", "cost=0.6"]) == 2
     assert "given twice" in capsys.readouterr().err
+    twice = ["--risk", "disagreement=0.03", "--risk", "disagreement=0.05"]
+    assert main(["tune", str(data), *twice]) == 2
+    assert "tune takes one --risk, got 2" in capsys.readouterr().err

@@ -51,7 +51,13 @@ def _choose(cal: Any, args: argparse.Namespace) -> Any:
         return tune_for_budget(
             scores, budget=args.budget, relative=True, reference=ref, confidence=args.confidence
         )
-    name, limit = args.risk
+    if len(args.risk) > 1:
+        given = ", ".join(f"{n}={v:g}" for n, v in args.risk)
+        raise ValueError(
+            f"tune takes one --risk, got {len(args.risk)} ({given}); use `exitwise certify` to "
+            "certify several risks at once"
+        )
+    name, limit = args.risk[0]
     return risk_controlled_threshold(
         scores, risk=name, limit=limit, confidence=args.confidence or 0.95
     )
@@ -172,6 +178,7 @@ def add_tune(sub: Any) -> None:
     group.add_argument(
         "--risk",
         type=risk_pair,
+        action="append",
         metavar="NAME=LIMIT",
         help="a risk limit certified by Learn-then-Test (error, disagreement, nll_excess or "
         "cost), e.g. disagreement=0.05",

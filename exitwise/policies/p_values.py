@@ -89,24 +89,29 @@ def clopper_pearson_lower(successes: Any, n: int, confidence: float) -> np.ndarr
     return np.where(k > 0, low, 0.0)
 
 
-def hoeffding_bentkus_p_value(mean_loss: float, n: int, delta: float) -> float:
-    r"""Hoeffding–Bentkus p-value of :math:`H_0: R > \delta` for losses in [0, 1].
+def hoeffding_bentkus_p_value(mean_loss: Any, n: int, delta: float) -> Any:
+    r"""Hoeffding–Bentkus p-value of :math:`H_0: R > \delta` for losses in [0, 1]:
+    :math:`\min(e^{-n h_1(\min(R, \delta), \delta)},\ e\,P[\mathrm{Bin}(n, \delta) \le
+    \lceil nR \rceil])`, elementwise for an array of mean losses (a float for a float).
 
     Examples
     --------
     >>> hoeffding_bentkus_p_value(0.0, 100, 0.05) <= 1.0
     True
+    >>> hoeffding_bentkus_p_value([0.0, 0.04, 0.2], 100, 0.05).round(4).tolist()
+    [0.0059, 0.8934, 1.0]
     """
-    a = min(mean_loss, delta)
+    from scipy.stats import binom
 
-    def h1(x: float, y: float) -> float:
-        left = x * math.log(x / y) if x > 0 else 0.0
-        right = (1 - x) * math.log((1 - x) / (1 - y)) if x < 1 else 0.0
-        return left + right
-
-    hoeffding = math.exp(-n * h1(a, delta))
-    bentkus = math.e * binomial_p_value(math.ceil(n * mean_loss - 1e-9), n, delta)
-    return min(hoeffding, bentkus, 1.0)
+    r = np.asarray(mean_loss, dtype=np.float64)
+    a = np.minimum(r, delta)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        left = np.where(a > 0, a * np.log(a / delta), 0.0)
+        right = np.where(a < 1, (1 - a) * np.log((1 - a) / (1 - delta)), 0.0)
+    hoeffding = np.exp(-n * (left + right))
+    bentkus = math.e * binom.cdf(np.ceil(n * r - 1e-9), n, delta)
+    out = np.minimum(np.minimum(hoeffding, bentkus), 1.0)
+    return float(out) if out.ndim == 0 else out
 
 
 def _losses_array(losses: Any, name: str = "losses", allow_empty: bool = False) -> np.ndarray:

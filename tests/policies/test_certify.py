@@ -281,3 +281,19 @@ def test_pareto_testing_validity_over_500_splits(real_outputs):
     assert certified >= trials * 0.9
     for r in limits:
         assert violations[r] / trials <= allowed, (r, violations[r] / trials, certified)
+
+
+def test_regression_certify_at_large_n_searches_a_bounded_optimisation_part(real_outputs):
+    # issue 24 item 7: certify on N = 2M ran 1,148 s and returned nothing without a reason;
+    # the front is now found on at most `max_optimisation` samples (the testing part stays
+    # whole, so the guarantee is unchanged) and a failure states its reason in full
+    cal = real_outputs[:6000]
+    limits = {"disagreement": 0.05, "cost": 0.6}
+    small = certify(cal, "max_probability", limits, max_optimisation=500, seed=1)
+    assert small.certified and small.path.num_optimisation == 3000  # units of the whole part
+    assert small.guarantee.num_units == 3000  # tested on the whole testing part
+    assert max(small.guarantee.p_values.values()) <= 0.05
+    none = certify(cal, "max_probability", {"cost": 0.01, "disagreement": 0.001})
+    assert none.policy is None and none.reason.endswith("may certify one")
+    with pytest.raises(TypeError, match="`max_optimisation` to be an integer"):
+        certify(cal, "max_probability", limits, max_optimisation=0.5)
