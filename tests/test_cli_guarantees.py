@@ -97,7 +97,10 @@ def test_certify_and_monitor_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as nothing:
         main(["certify", "--risk", "error=0.001"])
     assert nothing.value.code == 1
-    assert "nothing certified" in capsys.readouterr().out
+    out = capsys.readouterr().out.strip()
+    # issue 24 item 7: the reason was cut off mid-sentence ("... looser limits may")
+    assert out.startswith("nothing certified: no candidate on the Pareto front")
+    assert out.endswith("more calibration data, looser limits or a lower confidence may certify one")
     (tmp_path / "p.json").write_text(
         '{"format": "exitwise.ExitPolicy/1", "kind": "fixed", "params": {"exit": 1}}'
     )
