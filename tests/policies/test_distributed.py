@@ -26,7 +26,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         scores, correct, loss, costs, thresholds = _data()
         shard = slice(rank * 600, (rank + 1) * 600)  # uneven shards: 600 and 401 samples
         r = evaluate_thresholds(
-            scores[shard], correct[shard], costs, thresholds, quantiles=[0.5, 0.9]
+            scores[shard], correct[shard], costs, thresholds, percentiles=[50, 90]
         )
         d = evaluate_thresholds(scores[shard], loss[shard], costs, thresholds, backend="dense")
         s = evaluate_thresholds_streaming(
@@ -55,7 +55,7 @@ def test_distributed_sum_equals_single_process(tmp_path):
     world = 2
     mp.spawn(_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world, join=True)
     scores, correct, loss, costs, thresholds = _data()
-    single = evaluate_thresholds(scores, correct, costs, thresholds, quantiles=[0.5, 0.9])
+    single = evaluate_thresholds(scores, correct, costs, thresholds, percentiles=[50, 90])
     single_loss = evaluate_thresholds(scores, loss, costs, thresholds, backend="dense")
     for rank in range(world):
         got = np.load(tmp_path / f"rank{rank}.npz")

@@ -83,7 +83,7 @@ def test_matches_naive_loop(problem, backend, budget):
         torch.tensor(correct),
         torch.tensor(costs),
         torch.tensor(thresholds),
-        quantiles=qs,
+        percentiles=[100 * q for q in qs],
         backend=backend,
         memory_budget=budget,
     )
@@ -143,10 +143,10 @@ def test_results_on_device(device):
     correct = torch.tensor(rng.random((500, 4)) < 0.6, device=device)
     costs = torch.tensor([1.0, 2.0, 3.0, 4.0], device=device)
     thr = torch.tensor(rng.random((64, 4)), device=device)
-    r = evaluate_thresholds(scores, correct, costs, thr, quantiles=[0.5, 0.9])
+    r = evaluate_thresholds(scores, correct, costs, thr, percentiles=[50, 90])
     assert r.accuracy.device.type == device and r.exit_counts.device.type == device
     ref = evaluate_thresholds(
-        scores.cpu(), correct.cpu(), costs.cpu(), thr.cpu(), quantiles=[0.5, 0.9]
+        scores.cpu(), correct.cpu(), costs.cpu(), thr.cpu(), percentiles=[50, 90]
     )
     assert torch.equal(r.exit_counts.cpu(), ref.exit_counts)
     assert torch.allclose(r.mean_cost.cpu(), ref.mean_cost)
@@ -159,9 +159,9 @@ def test_streaming_equals_single_call():
     correct = rng.random((1000, 5)) < 0.6
     costs = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
     thr = rng.random((40, 5))
-    whole = evaluate_thresholds(scores, correct, costs, thr, quantiles=[0.5, 0.99])
+    whole = evaluate_thresholds(scores, correct, costs, thr, percentiles=[50, 99])
     chunks = ((scores[i : i + 128], correct[i : i + 128], costs) for i in range(0, 1000, 128))
-    streamed = evaluate_thresholds_streaming(chunks, thr, quantiles=[0.5, 0.99])
+    streamed = evaluate_thresholds_streaming(chunks, thr, percentiles=[50, 99])
     assert torch.equal(streamed.exit_counts, whole.exit_counts)
     assert torch.equal(streamed.accuracy, whole.accuracy)
     assert torch.allclose(streamed.mean_cost, whole.mean_cost)
@@ -232,7 +232,7 @@ def test_first_exit_kernel():
         ({"thresholds": np.zeros((2, 3))}, ValueError, "with E = 2"),
         ({"thresholds": np.array([[np.nan, 0.0]])}, ValueError, "NaN at candidate 0, exit 0"),
         ({"thresholds": np.zeros((0, 2))}, ValueError, "K = 0"),
-        ({"quantiles": [1.5]}, ValueError, r"`quantiles` in \[0, 1\]"),
+        ({"percentiles": [150]}, ValueError, r"`percentiles` in \[0, 100\]"),
         ({"backend": "gpu"}, ValueError, "`backend` to be one of"),
         ({"memory_budget": 0}, ValueError, "`memory_budget` to be an integer >= 1"),
     ],

@@ -133,7 +133,7 @@ def test_evaluate_policies_matches_direct_computation(real_outputs):
         OracleExit(),
         PatiencePolicy(2),
     ]
-    r = evaluate(policies, real_outputs, quantiles=[0.5])
+    r = evaluate(policies, real_outputs, percentiles=[50])
     labels = real_outputs.labels
     for i, policy in enumerate(policies):
         idx = policy.exit_indices(real_outputs)

@@ -27,8 +27,12 @@ from tests.conftest import as_sequences
 
 def _token_outputs(n, e, c, seed, max_position=60):
     g = torch.Generator().manual_seed(seed)
-    positions = torch.randint(0, max_position, (n,), generator=g)
     groups = torch.arange(n) // 5
+    # distinct positions within each sequence of 5 (drawn from [0, max_position))
+    picks = torch.stack(
+        [torch.randperm(max_position, generator=g)[:5] for _ in range(-(-n // 5))]
+    )
+    positions = picks.reshape(-1)[:n]
     logits = torch.randn(n, e, c, generator=g) * torch.linspace(0.5, 3.0, e)[None, :, None]
     labels = torch.randint(0, c, (n,), generator=g)
     return ExitOutputs(logits, labels=labels, groups=groups, positions=positions)

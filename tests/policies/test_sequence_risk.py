@@ -56,7 +56,7 @@ def test_sequence_unit_equals_a_naive_fixed_sequence_test(real_outputs):
         res = risk_controlled_threshold(
             tokens, "max_probability", limit=0.1, confidence=0.9, sequence_loss=how
         )
-        assert res.num_samples == 200  # sequences, the default unit with groups
+        assert res.guarantee.num_units == 200  # sequences, the default unit with groups
         scores = compute_signal(tokens, "max_probability").double()
         table = loss_table(tokens, "disagreement")
         shuffled = torch.randperm(200, generator=torch.Generator().manual_seed(0))
@@ -87,7 +87,7 @@ def test_sequence_unit_equals_a_naive_fixed_sequence_test(real_outputs):
 def test_unit_rules_and_errors(real_outputs):
     plain = real_outputs[:500]
     res = risk_controlled_threshold(plain, "max_probability", limit=0.1, confidence=0.9)
-    assert res.num_samples == 500
+    assert res.guarantee.num_units == 500
     with pytest.raises(ValueError, match="`unit='sequence'` needs outputs with `groups`"):
         risk_controlled_threshold(
             plain, "max_probability", limit=0.1, confidence=0.9, unit="sequence"
@@ -96,7 +96,7 @@ def test_unit_rules_and_errors(real_outputs):
     tok = risk_controlled_threshold(
         tokens, "max_probability", limit=0.1, confidence=0.9, unit="sample"
     )
-    assert tok.num_samples == 500
+    assert tok.guarantee.num_units == 500
     with pytest.raises(ValueError, match="`sequence_loss` to be one of"):
         risk_controlled_threshold(
             tokens, "max_probability", limit=0.1, confidence=0.9, sequence_loss="all"
