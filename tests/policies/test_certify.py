@@ -265,7 +265,7 @@ def test_pareto_testing_validity_over_500_splits(real_outputs):
             real_outputs[cal_idx],
             "max_probability",
             limits,
-            epsilon,
+            confidence=1 - epsilon,
             seed=trial,
             num_candidates=300,
             tuned_levels=4,

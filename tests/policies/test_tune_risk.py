@@ -271,7 +271,7 @@ def test_learn_then_test_validity_over_500_splits(real_outputs):
     delta, epsilon, n_cal, trials = 0.05, 0.1, 1000, 500
     grid = risk_controlled_threshold(
         real_outputs[:n_cal], "max_probability", limit=delta, confidence=1 - epsilon
-    ).grid  # the fixed default sequence
+    ).path.thresholds  # the fixed default sequence
     scores = compute_signal(real_outputs, "max_probability")
     # 0/1 losses [G, N] at every grid threshold, from the evaluator's kernel (itself checked
     # against a per-sample loop)
