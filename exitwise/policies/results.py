@@ -55,6 +55,15 @@ class Guarantee:
     procedure : {"learn_then_test", "pareto_testing"}
     vacuous : bool
         The certified policy lets no calibration unit leave early (the full model).
+
+    Examples
+    --------
+    >>> from exitwise.datasets import load_default
+    >>> from exitwise.policies import risk_controlled_threshold
+    >>> g = risk_controlled_threshold(load_default()[:3000], "max_probability", limit=0.05,
+    ...                               confidence=0.9).guarantee
+    >>> g.limits, g.confidence, g.unit, g.num_units, g.p_values["disagreement"] <= 0.1
+    ({'disagreement': 0.05}, 0.9, 'sample', 3000, True)
     """
 
     limits: dict[str, float]
@@ -98,6 +107,8 @@ class TestingPath:
     num_optimisation : int
         Units used to build the candidates and their order (0 for a fixed grid).
     """
+
+    __test__ = False  # a result type, not a pytest test class
 
     thresholds: torch.Tensor
     p_values: torch.Tensor
@@ -162,6 +173,18 @@ class PolicyResult:
     num_units : int
         Samples or sequences the choice was made on.
     unit : {"sample", "sequence"}
+
+    Examples
+    --------
+    >>> from exitwise.datasets import load_default
+    >>> from exitwise.policies import ExitScores, tune_for_accuracy
+    >>> cal, test = load_default().split(0.5, seed=0)
+    >>> found = tune_for_accuracy(ExitScores(cal, "margin"), target=0.99, relative=True)
+    >>> found.feasible, found.evaluation.speed_up > 1, found.report(test).accuracy > 0.85
+    (True, True, True)
+    >>> none = tune_for_accuracy(cal, "margin", 0.999, relative=False)
+    >>> none.policy is None, none.reason.startswith("no policy meets accuracy >= 0.9990")
+    (True, True)
     """
 
     policy: Any
