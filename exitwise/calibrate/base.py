@@ -138,8 +138,9 @@ def _by_row_chunks(transform: Any, logits: torch.Tensor) -> torch.Tensor:
     work arrays (not the two or three full-size temporaries of one big call)."""
     n = logits.shape[0]
     row_bytes = logits[0].numel() * 8
-    # work arrays of a chunk: at most 1/16 of the input's float64 size (as the signals)
-    step = rows_per_chunk(row_bytes, min(CHUNK_BYTES, max(1 << 23, n * row_bytes // 16)))
+    # work arrays of a chunk: at most 1/64 of the input's float64 size (a chunk's scaled copy
+    # and log-softmax, plus what the allocator keeps, stay well inside the 1.3x bound)
+    step = rows_per_chunk(row_bytes, min(CHUNK_BYTES, max(1 << 22, n * row_bytes // 64)))
     if step >= n:
         return transform(logits)
     first = transform(logits[:step])
