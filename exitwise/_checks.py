@@ -245,6 +245,19 @@ def per_sample(
     return t
 
 
+def sequence_sort(groups: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Row order by sequence id, then position: two stable sorts, so any int64 ids and
+    positions work (no ``group * (max position + 1)`` key to overflow).
+
+    Examples
+    --------
+    >>> sequence_sort(torch.tensor([4, 4, 1]), torch.tensor([1, 0, 0])).tolist()
+    [2, 1, 0]
+    """
+    by_position = torch.argsort(positions, stable=True)
+    return by_position[torch.argsort(groups[by_position], stable=True)]
+
+
 def check_sequences(
     groups: Any, positions: Any, n: int, device: torch.device
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -270,8 +283,7 @@ def check_sequences(
             f"Expected `positions` <= {MAX_POSITION} (a token's index in its sequence), got "
             f"{int(p[first])} at sample {first}."
         )
-    by_position = torch.argsort(p, stable=True)
-    order = by_position[torch.argsort(g[by_position], stable=True)]
+    order = sequence_sort(g, p)
     same = (g[order][1:] == g[order][:-1]) & (p[order][1:] == p[order][:-1])
     if bool(same.any()):
         i = int(torch.nonzero(same)[0])
@@ -281,3 +293,30 @@ def check_sequences(
             f"{int(g[a])} has position {int(p[a])} twice (samples {a} and {b})."
         )
     return g, p
+
+
+def row_index(index: Any, n: int, device: torch.device) -> slice | torch.Tensor:
+    """A sample selection of ``n`` rows as a slice or a tensor: an int (kept as a one-row
+    slice), a slice, 1-D integer indices or a boolean mask of length ``n``.
+
+    Examples
+    --------
+    >>> row_index(-1, 5, torch.device("cpu")), row_index([0, 2], 5, torch.device("cpu"))
+    (slice(-1, None, None), tensor([0, 2]))
+    """
+    if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+        return slice(int(index), int(index) + 1 if int(index) != -1 else None)
+    if isinstance(index, slice):
+        return index
+    index = as_tensor(index, "index", device=device)
+    if index.dtype == torch.bool:
+        if index.shape != (n,):
+            raise ValueError(
+                f"Expected a boolean `index` of shape [{n}], got {tuple(index.shape)}."
+            )
+    elif index.is_floating_point() or index.ndim != 1:
+        raise TypeError(
+            "Expected `index` to be a slice, an int, a 1-D integer index or a boolean "
+            f"mask, got dtype {index.dtype} with shape {tuple(index.shape)}."
+        )
+    return index

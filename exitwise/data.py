@@ -25,6 +25,7 @@ from exitwise._checks import (
     check_open_unit,
     check_sequences,
     compute_dtype,
+    row_index,
 )
 from exitwise.data_files import read_arrays, write_arrays
 
@@ -268,21 +269,7 @@ class ExitOutputs:
     # ------------------------------------------------------------------ indexing and devices
     def __getitem__(self, index: Any) -> ExitOutputs:
         """Select samples with a slice, an integer, integer indices or a boolean mask."""
-        if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
-            index = slice(int(index), int(index) + 1 if int(index) != -1 else None)
-        elif not isinstance(index, slice):
-            index = as_tensor(index, "index", device=self.device)
-            if index.dtype == torch.bool:
-                if index.shape != (self.num_samples,):
-                    raise ValueError(
-                        f"Expected a boolean `index` of shape [{self.num_samples}], got "
-                        f"{tuple(index.shape)}."
-                    )
-            elif index.is_floating_point() or index.ndim != 1:
-                raise TypeError(
-                    "Expected `index` to be a slice, an int, a 1-D integer index or a boolean "
-                    f"mask, got dtype {index.dtype} with shape {tuple(index.shape)}."
-                )
+        index = row_index(index, self.num_samples, self.device)
         logits = self._logits[index]
         if logits.shape[0] == 0:
             raise ValueError("`index` selects no samples; ExitOutputs cannot be empty.")

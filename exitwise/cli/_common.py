@@ -119,15 +119,18 @@ class DeprecatedFlag(argparse.Action):
         setattr(namespace, self.dest, self.convert(values) if self.convert else values)
 
 
-def confidence_option(p: argparse.ArgumentParser, default: float | None, help_text: str) -> None:
-    """``--confidence`` and the deprecated ``--epsilon`` (= 1 - confidence)."""
+def confidence_option(
+    p: argparse.ArgumentParser, default: float | None, help_text: str, old: str = "epsilon"
+) -> None:
+    """``--confidence`` and its deprecated spelling ``--{old}``, a failure probability
+    (``--epsilon`` in tune and certify, ``--alpha`` in monitor; = 1 - confidence)."""
     p.add_argument("--confidence", type=float, default=default, help=help_text)
     p.add_argument(
-        "--epsilon",
+        f"--{old}",
         dest="confidence",
         type=float,
         action=DeprecatedFlag,
-        new="--confidence (= 1 - epsilon)",
+        new=f"--confidence (= 1 - {old})",
         convert=lambda e: 1.0 - e,
         help=argparse.SUPPRESS,
     )

@@ -12,7 +12,7 @@ __all__ = ["add_certify", "add_monitor"]
 
 def _certify(args: argparse.Namespace) -> None:
     from exitwise.cli._common import fingerprint, load_calibrated, print_payload, tune_context
-    from exitwise.policies import ExitScores, certify, loss_table
+    from exitwise.policies import ExitScores, certify
 
     out = load_calibrated(args)
     cal, test = out.split(args.split, seed=args.seed)
@@ -21,8 +21,9 @@ def _certify(args: argparse.Namespace) -> None:
         if name in limits:
             raise ValueError(f"--risk {name} is given twice ({limits[name]:g} and {limit:g}).")
         limits[name] = limit
+    cal_s = ExitScores(cal, args.signal)
     res = certify(
-        ExitScores(cal, args.signal),
+        cal_s,
         limits=limits,
         confidence=args.confidence,
         search=args.search,
@@ -40,17 +41,13 @@ def _certify(args: argparse.Namespace) -> None:
         print_payload(args, payload, f"nothing certified: {res.reason}")
         sys.exit(1)
     policy, guarantee = res.policy, res.guarantee
-    exits = policy.exit_indices(test)
-    scores = None
-    if args.recall != "none":
-        from exitwise.signals import compute_signal
-
-        scores = compute_signal(test, args.signal)
+    test_s = ExitScores(test, args.signal)  # the signal once, for the exits and recall
+    exits = policy.exit_indices(test_s)
     held = {}
     for name in limits:
-        table = loss_table(test, name, scores=scores, recall=args.recall)
+        table = test_s.losses(name, recall=args.recall)
         held[name] = float(table.gather(1, exits[:, None]).mean())
-    rates = policy.exit_indices(cal).bincount(minlength=cal.num_exits) / cal.num_samples
+    rates = policy.exit_indices(cal_s).bincount(minlength=cal.num_exits) / cal.num_samples
     record = guarantee.to_dict()
     record.update(
         exit_rates=rates.tolist(),
@@ -185,23 +182,9 @@ def add_monitor(sub: Any) -> None:
     p = sub.add_parser("monitor", help=help_text, description=help_text)
     p.add_argument("log", help="JSON lines: exit, confidence, prediction[, full_prediction, label]")
     p.add_argument("--policy", required=True, help="policy file from `exitwise certify --out`")
-    from exitwise.cli._common import DeprecatedFlag
+    from exitwise.cli._common import DeprecatedFlag, confidence_option
 
-    p.add_argument(
-        "--confidence",
-        type=float,
-        default=0.95,
-        help="1 - the false-alarm probability (default: 0.95)",
-    )
-    p.add_argument(
-        "--alpha",
-        dest="confidence",
-        type=float,
-        action=DeprecatedFlag,
-        new="--confidence (= 1 - alpha)",
-        convert=lambda a: 1.0 - a,
-        help=argparse.SUPPRESS,
-    )
+    confidence_option(p, 0.95, "1 - the false-alarm probability (default: 0.95)", old="alpha")
     p.add_argument(
         "--watch",
         default=None,

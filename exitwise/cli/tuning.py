@@ -93,8 +93,9 @@ def _claim(result: Any) -> str:
 
 def _held_out(result: Any, test: Any) -> tuple[dict[str, Any], str]:
     """The policy on the held-out part (its evaluation, and each certified risk)."""
-    from exitwise.policies import evaluate_policy, loss_table
+    from exitwise.policies import ExitScores, evaluate_policy
 
+    test = ExitScores(test, result.policy.signal)  # the signal once, for every figure below
     ev = evaluate_policy(result.policy, test)
     payload = ev.to_dict()
     text = (
@@ -107,8 +108,7 @@ def _held_out(result: Any, test: Any) -> tuple[dict[str, Any], str]:
         risks = {}
         for name in result.guarantee.limits:
             if name in ("error", "disagreement", "nll_excess", "cost"):
-                table = loss_table(test, name)
-                risks[name] = float(table.gather(1, exits[:, None]).mean())
+                risks[name] = float(test.losses(name).gather(1, exits[:, None]).mean())
         payload["risks"] = risks
         text += "".join(f"\ntest: {k} {v:.4f}" for k, v in risks.items())
     return payload, text

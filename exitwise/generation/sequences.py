@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import torch
 
+from exitwise._checks import sequence_sort
+
 __all__ = ["by_sequence", "sequence_order"]
 
 
 def sequence_order(
     groups: torch.Tensor, positions: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The token rows sorted by sequence (in id order), then position: ``(order [N],
-    sequence of each sorted row [N], lengths [S])``. Two stable sorts, so any int64 positions
-    work (no ``sequence * (max position + 1)`` key to overflow).
+    """The token rows sorted by sequence (in id order), then position
+    (:func:`exitwise._checks.sequence_sort`): ``(order [N], sequence of each sorted row [N],
+    lengths [S])``.
 
     Examples
     --------
@@ -22,8 +24,7 @@ def sequence_order(
     ([2, 1, 0], [0, 1, 1], [1, 2])
     """
     _, seq = torch.unique(groups, return_inverse=True)
-    by_position = torch.argsort(positions.to(groups.device), stable=True)
-    order = by_position[torch.argsort(seq[by_position], stable=True)]
+    order = sequence_sort(seq, positions.to(groups.device))
     seq_sorted = seq[order]
     return order, seq_sorted, torch.bincount(seq_sorted)
 

@@ -40,8 +40,8 @@ def certified_tuning(
 ) -> PolicyResult:
     """Learn-then-Test at ``confidence`` for ``risk <= limit``
     (:func:`~exitwise.policies.risk_controlled_threshold`), with the certified policy's
-    :class:`~exitwise.policies.results.Evaluation` on ``scores`` (``percentiles`` as
-    fractions) and ``asked`` (what the tuner was asked, e.g. ``{"accuracy": 0.85}``) as the
+    :class:`~exitwise.policies.results.Evaluation` on ``scores`` (``percentiles`` in
+    percent) and ``asked`` (what the tuner was asked, e.g. ``{"accuracy": 0.85}``) as the
     result's ``limits``.
 
     Examples
@@ -72,7 +72,7 @@ def certified_tuning(
         res.policy,
         scores,
         reference=reference,
-        percentiles=[100.0 * q for q in percentiles] or None,
+        percentiles=percentiles or None,
         confidence=confidence,
     )
     return dataclasses.replace(res, evaluation=evaluation, limits=limits)

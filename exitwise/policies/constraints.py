@@ -10,7 +10,7 @@ from typing import Any, Literal
 import torch
 
 from exitwise._checks import check_choice
-from exitwise._deprecation import MISSING, renamed_argument
+from exitwise._deprecation import MISSING, renamed_argument, warn_renamed
 from exitwise.policies.kernels import quantiles_from_counts
 
 __all__ = [
@@ -82,8 +82,6 @@ class _Relative:
     @property
     def relative_to_final(self) -> bool:
         """Deprecated name of ``relative``."""
-        from exitwise._deprecation import warn_renamed
-
         warn_renamed("relative_to_final", "relative")
         return self.relative
 

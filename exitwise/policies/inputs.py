@@ -23,6 +23,7 @@ __all__ = [
     "check_scores",
     "check_thresholds",
     "costs_for",
+    "percent_levels",
 ]
 
 
@@ -126,3 +127,15 @@ def check_percentiles(percentiles: Any = None, quantiles: Any = MISSING) -> tupl
             raise ValueError(f"Expected `percentiles` in [0, 100] (e.g. 99), got {p!r}.")
         out.append(round(float(p) / 100.0, 12))
     return tuple(out)
+
+
+def percent_levels(percentiles: Any = None, quantiles: Any = MISSING) -> tuple[float, ...]:
+    """:func:`check_percentiles` in percent again, for the layers above the kernels (tuners,
+    evaluations) that pass percentiles on.
+
+    Examples
+    --------
+    >>> percent_levels((50, 99))
+    (50.0, 99.0)
+    """
+    return tuple(round(100.0 * q, 10) for q in check_percentiles(percentiles, quantiles))

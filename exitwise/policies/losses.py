@@ -25,12 +25,26 @@ from exitwise._checks import check_choice
 from exitwise.data import ExitOutputs
 from exitwise.policies.recall import RECALLS, Recall, recall_indices
 
-__all__ = ["RISKS", "ZERO_ONE_RISKS", "loss_table"]
+__all__ = ["RISKS", "ZERO_ONE_RISKS", "cost_losses", "loss_table"]
 
 #: the risks :func:`loss_table` knows
 RISKS: tuple[str, ...] = ("error", "disagreement", "nll_excess", "cost")
 #: risks whose losses are 0/1 (the exact binomial p-value applies)
 ZERO_ONE_RISKS: tuple[str, ...] = ("error", "disagreement")
+
+
+def cost_losses(costs: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """The ``"cost"`` loss table ``[N, E]``: each exit's cost over the full cost
+    (:math:`c_e / c_{E-1}`), from per-exit ``[E]`` or per-sample ``[N, E]`` costs.
+
+    Examples
+    --------
+    >>> cost_losses(torch.tensor([1.0, 4.0]), 2)
+    tensor([[0.2500, 1.0000],
+            [0.2500, 1.0000]], dtype=torch.float64)
+    """
+    costs = costs.to(torch.float64)
+    return (costs / costs[..., -1:]).expand(num_samples, -1).clone()
 
 
 def loss_table(
@@ -67,9 +81,7 @@ def loss_table(
     if risk in ("error", "nll_excess") and outputs.labels is None:
         raise ValueError(f"risk={risk!r} needs labels; use risk='disagreement' without them.")
     if risk == "cost":
-        costs = outputs.costs.to(torch.float64)
-        full = costs[..., -1:]
-        return (costs / full).expand(outputs.num_samples, -1).clone()
+        return cost_losses(outputs.costs, outputs.num_samples)
     answer = None
     if recall != "none":
         if scores is None or tuple(scores.shape) != (outputs.num_samples, outputs.num_exits):

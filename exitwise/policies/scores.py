@@ -24,9 +24,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from exitwise._checks import as_tensor, check_choice, check_costs, check_finite
+from exitwise._checks import as_tensor, check_choice, check_costs, check_finite, row_index
 from exitwise.data import ExitOutputs
-from exitwise.policies.losses import RISKS, loss_table
+from exitwise.policies.losses import RISKS, cost_losses, loss_table
 from exitwise.policies.positions import DecayedSignal
 from exitwise.signals import compute_signal, get_signal
 
@@ -156,11 +156,9 @@ class ExitScores:
         if not isinstance(outputs, ExitOutputs):
             raise TypeError(f"Expected `outputs` to be ExitOutputs, got {type(outputs).__name__}.")
         self.signal = resolve_signal(signal)
-        scores = compute_signal(outputs, self.signal)
-        if not scores.is_floating_point():
-            scores = scores.to(torch.float64)
-        check_finite(scores, "signal scores", ("sample", "exit"), allow_inf=True)
-        self._init(outputs, scores.to(torch.float64), costs, {})
+        # compute_signal checks the shape [N, E] and that no score is NaN
+        scores = compute_signal(outputs, self.signal).to(torch.float64)
+        self._init(outputs, scores, costs, {})
 
     def _init(
         self, outputs: ExitOutputs, scores: torch.Tensor, costs: Any, cache: dict[Any, Any]
@@ -278,18 +276,14 @@ class ExitScores:
         (:func:`~exitwise.policies.losses.loss_table`), with the costs of these scores."""
         check_choice(risk, "risk", RISKS)
         key = ("losses", risk, recall, float(nll_bound))
-        if risk == "cost":
-            return self._cached(key, self._cost_losses)
+        if risk == "cost":  # with these scores' costs (they may replace the outputs')
+            return self._cached(key, lambda: cost_losses(self.costs, self.num_samples))
         return self._cached(
             key,
             lambda: loss_table(
                 self.outputs, risk, scores=self.scores, recall=recall, nll_bound=nll_bound
             ),
         )
-
-    def _cost_losses(self) -> torch.Tensor:
-        costs = self.costs.to(torch.float64)
-        return (costs / costs[..., -1:]).expand(self.num_samples, -1).clone()
 
     # ------------------------------------------------------------------ derived scores
     def with_costs(self, costs: Any) -> ExitScores:
@@ -309,7 +303,7 @@ class ExitScores:
     def __getitem__(self, index: Any) -> ExitScores:
         """The scores of a subset of samples (indexing as :class:`~exitwise.ExitOutputs`)."""
         outputs = self.outputs[index]
-        rows = _row_index(index, self.num_samples, self.device)
+        rows = row_index(index, self.num_samples, self.device)
         costs = self.costs if self.costs.ndim == 1 else self.costs[rows]
         return ExitScores._derived(outputs, self.signal, self.scores[rows], costs)
 
@@ -330,15 +324,6 @@ class ExitScores:
             self.scores.to(device),
             None if self.costs is self.outputs.costs else self.costs.to(device),
         )
-
-
-def _row_index(index: Any, n: int, device: torch.device) -> Any:
-    if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
-        i = int(index)
-        return slice(i, i + 1 if i != -1 else None)
-    if isinstance(index, slice):
-        return index
-    return as_tensor(index, "index", device=device)
 
 
 def as_scores(data: Any, signal: Any = None, *, argument: str = "outputs") -> ExitScores:

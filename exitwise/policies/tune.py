@@ -35,7 +35,7 @@ from exitwise.policies.constraints import (
     resolve_relative,
 )
 from exitwise.policies.evaluate_policies import evaluate_policy
-from exitwise.policies.inputs import check_percentiles
+from exitwise.policies.inputs import percent_levels
 from exitwise.policies.recall import Recall, recalled_outcome
 from exitwise.policies.results import PolicyResult
 from exitwise.policies.scores import ExitScores, as_scores
@@ -174,7 +174,7 @@ def tune(
         raise TypeError("Expected `constraints`, e.g. [AccuracyAtLeast(0.99, relative=True)].")
     constraints = list(constraints)
     rounds = check_int(rounds, "rounds", minimum=0)
-    qs = check_percentiles(percentiles, quantiles)
+    pct = percent_levels(percentiles, quantiles)
     data = as_scores(outputs, signal)
     scores = data.scores.cpu()
     correct = recalled_outcome(data.correct(reference).cpu(), scores, recall)
@@ -202,7 +202,7 @@ def tune(
     thresholds = torch.cat([torch.full((m,), math.inf, dtype=torch.float64), thresholds])
     policy = ThresholdPolicy(data.signal, thresholds.tolist(), recall=recall, min_exit=m)
     evaluation = evaluate_policy(
-        policy, data, reference=reference, percentiles=[100.0 * q for q in qs] or None
+        policy, data, reference=reference, percentiles=pct or None
     )
     return PolicyResult(
         policy,
@@ -288,7 +288,7 @@ def tune_for_accuracy(
         reference=reference,
         recall=recall,
         unit=unit,
-        percentiles=check_percentiles(percentiles, quantiles),
+        percentiles=percent_levels(percentiles, quantiles),
         asked={"accuracy": absolute},
     )
 
@@ -355,7 +355,7 @@ def tune_for_budget(
         recall=recall,
         unit=unit,
         direction="up",
-        percentiles=check_percentiles(percentiles, quantiles),
+        percentiles=percent_levels(percentiles, quantiles),
         asked={"relative_cost": share},
     )
 
@@ -429,6 +429,6 @@ def tune_for_latency(
         unit=unit,
         direction="up",
         losses=slow,
-        percentiles=(q,),
+        percentiles=(float(percentile),),
         asked={f"p{float(percentile):g}_latency": float(limit)},
     )
