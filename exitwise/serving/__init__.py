@@ -1,12 +1,10 @@
 """Serving-aware planning: latency per exit segment, a discrete-event serving simulator and
 the capacity questions (highest rate, replicas, the best policy under load)."""
 
-from exitwise.serving.latency import (
-    LatencyModel,
-    load_default_latency,
-    measure_latency_model,
-    measure_wake_up,
-)
+from exitwise.serving.batch_log import BatchLog, BatchRecorder
+from exitwise.serving.latency import LatencyModel, load_default_latency
+from exitwise.serving.latency_fit import fit_latency_model
+from exitwise.serving.measure import measure_latency_model, measure_wake_up
 from exitwise.serving.planning import (
     ServingCandidate,
     ServingPlan,
@@ -19,18 +17,23 @@ from exitwise.serving.planning import (
 from exitwise.serving.simulator import (
     SCHEDULERS,
     ServingResult,
+    latency_percentile_intervals,
     poisson_arrivals,
     simulate_serving,
 )
 
 __all__ = [
     "SCHEDULERS",
+    "BatchLog",
+    "BatchRecorder",
     "LatencyModel",
     "ServingCandidate",
     "ServingPlan",
     "ServingResult",
+    "fit_latency_model",
     "latency_by_rate",
     "latency_floor",
+    "latency_percentile_intervals",
     "load_default_latency",
     "max_rate",
     "measure_latency_model",

@@ -1,10 +1,9 @@
-r"""Latency of each exit segment as a function of batch size, measured and modelled.
+r"""Latency of each exit segment as a function of batch size, modelled.
 
 Segment ``e`` is the work between exit ``e - 1`` and exit ``e`` (segment 0: input to exit 0),
-including exit ``e``'s head. :func:`measure_latency_model` times the cumulative latency to each
-exit at several batch sizes (:func:`~exitwise.collect.measure_costs` with
-``method="latency"``: warm-up, median of repeats, CUDA events on GPU) and takes differences.
-:class:`LatencyModel` keeps the table and answers ``time(segment, batch)`` by linear
+including exit ``e``'s head. :class:`LatencyModel` keeps the table (measured by
+:mod:`exitwise.serving.measure` or fitted to a server's logs by
+:mod:`exitwise.serving.latency_fit`) and answers ``time(segment, batch)`` by linear
 interpolation between measured batch sizes, and beyond the largest by the least-squares line
 :math:`a_e + b_e \cdot \text{batch}` of that segment. It saves to and loads from JSON.
 """
@@ -13,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,7 @@ import numpy as np
 
 from exitwise._checks import check_int
 
-__all__ = [
-    "LatencyModel",
-    "load_default_latency",
-    "measure_latency_model",
-    "measure_wake_up",
-]
+__all__ = ["LatencyModel", "load_default_latency"]
 
 _FORMAT = "exitwise.LatencyModel/1"
 
@@ -55,6 +49,24 @@ class LatencyModel:
         Multiplicative factors (time over the typical time) that real segment timings show;
         the simulator multiplies each segment it runs by one drawn at random, so service times
         vary as measured (``None``: every segment takes exactly its table time).
+    overhead : float or (float, float), default=0.0
+        The server's bookkeeping after each batch (answering, taking the next requests,
+        refilling slots), during which it runs no segment: ``a`` seconds, or ``(a, b)`` for
+        ``a + b * size`` seconds after a batch of ``size`` requests (in the model's
+        ``unit``). The simulator keeps the server busy that long after every batch.
+    warmth : (float, float), default=(0.0, 0.0)
+        ``(cold, tau)``: a server that has been idle runs slower than one that has been busy
+        (caches lose the weights, clocks drop). The simulator keeps each server's warmth
+        ``h`` in [0, 1], decaying towards 0 while it idles and growing towards 1 while it
+        works, with time constant ``tau`` seconds; a batch formed at warmth ``h`` runs
+        ``1 + cold * (1 - h)`` times its table time (``cold=0``: no such effect). The table
+        holds a fully warm server's times.
+    speed_range : (float, float), default=(1.0, 1.0)
+        How much slower or faster than the table the same server ran over the measurement
+        (factors on every time, e.g. ``(0.9, 1.3)``): machines drift, and
+        :func:`~exitwise.serving.max_rate` and :func:`~exitwise.serving.replicas_needed`
+        turn this spread into an interval. :func:`~exitwise.serving.fit_latency_model`
+        measures it from the runs it is given.
 
     Examples
     --------
@@ -72,6 +84,9 @@ class LatencyModel:
         unit: str = "s",
         wake_up: Any = 0.0,
         jitter: Any = None,
+        overhead: Any = 0.0,
+        speed_range: Any = (1.0, 1.0),
+        warmth: Any = (0.0, 0.0),
     ) -> None:
         if unit not in UNITS:
             raise ValueError(
@@ -108,6 +123,16 @@ class LatencyModel:
             ):
                 raise ValueError("Expected `jitter`: a non-empty 1-D array of factors > 0.")
             self.jitter = factors
+        self.overhead = _overhead_pair(overhead) * scale
+        speed = np.asarray(speed_range, dtype=np.float64)
+        if speed.shape != (2,) or not np.isfinite(speed).all() or not 0 < speed[0] <= speed[1]:
+            raise ValueError(
+                f"Expected `speed_range`: (slowest, fastest) factors with 0 < low <= high, got "
+                f"{speed_range!r}."
+            )
+        self.speed_range = (float(speed[0]), float(speed[1]))
+        cold, tau = _warmth_pair(warmth)
+        self.warmth = (cold, tau * scale)
         if sizes.size >= 2:
             design = np.c_[np.ones_like(sizes), sizes]
             coef, *_ = np.linalg.lstsq(design, table, rcond=None)
@@ -123,6 +148,34 @@ class LatencyModel:
         if isinstance(w, float):
             return w
         return float(np.interp(idle, np.r_[0.0, w[:, 0]], np.r_[0.0, w[:, 1]]))
+
+    def scaled(self, factor: float) -> LatencyModel:
+        """The same server ``factor`` times slower (every segment, the wake-up and the
+        bookkeeping; the jitter is relative and stays).
+
+        Examples
+        --------
+        >>> LatencyModel([1], [[0.002]]).scaled(1.5).time(0, 1)
+        0.003
+        """
+        if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
+            raise ValueError(f"Expected `factor` > 0, got {factor!r}.")
+        wake = self.wake_up * factor if isinstance(self.wake_up, float) else self.wake_up.copy()
+        if not isinstance(wake, float):
+            wake[:, 1] *= factor
+        return LatencyModel(
+            self.batch_sizes.tolist(),
+            self.seconds * factor,
+            wake_up=wake,
+            jitter=self.jitter,
+            overhead=self.overhead * factor,
+            speed_range=self.speed_range,
+            warmth=self.warmth,
+        )
+
+    def overhead_time(self, size: int) -> float:
+        """Seconds of bookkeeping after a batch of ``size`` requests (``a + b * size``)."""
+        return float(self.overhead[0] + self.overhead[1] * size)
 
     @property
     def num_segments(self) -> int:
@@ -217,6 +270,9 @@ class LatencyModel:
             "seconds": self.seconds.tolist(),
             "wake_up": self.wake_up if isinstance(self.wake_up, float) else self.wake_up.tolist(),
             "jitter": None if self.jitter is None else self.jitter.tolist(),
+            "overhead": self.overhead.tolist(),
+            "speed_range": list(self.speed_range),
+            "warmth": list(self.warmth),
         }
 
     def save(self, path: str | Path) -> None:
@@ -238,6 +294,9 @@ class LatencyModel:
             doc.get("unit", "s"),
             doc.get("wake_up", 0.0),
             doc.get("jitter"),
+            doc.get("overhead", 0.0),
+            doc.get("speed_range", (1.0, 1.0)),
+            doc.get("warmth", (0.0, 0.0)),
         )
 
     def __repr__(self) -> str:
@@ -245,6 +304,33 @@ class LatencyModel:
             f"LatencyModel(segments={self.num_segments}, batch_sizes="
             f"{self.batch_sizes.tolist()}, full batch-1 time={self.full_time(1):.3g} {self.unit})"
         )
+
+
+def _warmth_pair(warmth: Any) -> tuple[float, float]:
+    """``(cold, tau)`` with ``cold >= 0`` and ``tau > 0`` (any ``tau >= 0`` when cold is 0)."""
+    try:
+        cold, tau = (float(v) for v in warmth)
+    except (TypeError, ValueError):
+        cold = tau = math.nan
+    if not (cold >= 0 and tau >= 0 and math.isfinite(cold + tau)) or (cold > 0 and tau == 0):
+        raise ValueError(f"Expected `warmth`: (cold >= 0, tau > 0 seconds), got {warmth!r}.")
+    return cold, tau
+
+
+def _overhead_pair(overhead: Any) -> np.ndarray:
+    """``(a, b)`` from ``a`` or ``(a, b)``, both finite and >= 0."""
+    try:
+        cost = np.asarray(overhead, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        cost = np.empty(0)
+    if cost.size == 1:
+        cost = np.r_[cost, 0.0]
+    if cost.size != 2 or np.ndim(overhead) > 1 or not np.isfinite(cost).all() or (cost < 0).any():
+        raise ValueError(
+            "Expected `overhead`: seconds >= 0, or (seconds per batch, seconds per request) "
+            f">= 0, got {overhead!r}."
+        )
+    return cost
 
 
 def _wake_up_table(wake_up: Any) -> float | np.ndarray:
@@ -266,101 +352,6 @@ def _wake_up_table(wake_up: Any) -> float | np.ndarray:
             f"increasing idle times, got {wake_up!r}."
         )
     return table
-
-
-def measure_latency_model(
-    model: Any,
-    make_batch: Callable[[int], Any],
-    *,
-    exits: Sequence[str],
-    heads: Any = None,
-    batch_sizes: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),
-    warmup: int = 3,
-    repeats: int = 10,
-) -> LatencyModel:
-    """Measure each segment's latency at several batch sizes.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-    make_batch : callable ``batch_size -> inputs``
-        An example batch of that size (on the model's device).
-    exits, heads
-        As for :func:`~exitwise.collect.measure_costs`.
-    batch_sizes : sequence of int
-    warmup, repeats : int
-        Per batch size (median of ``repeats``).
-
-    Examples
-    --------
-    >>> import torch
-    >>> from torch import nn
-    >>> body = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU())
-    >>> lm = measure_latency_model(body, lambda b: torch.randn(b, 8), exits=["1", "3"],
-    ...                            batch_sizes=(1, 8), repeats=3)
-    >>> lm.num_segments, bool((lm.seconds > 0).all())
-    (2, True)
-    """
-    from exitwise.exit_costs import measure_costs
-
-    rows = []
-    for b in batch_sizes:
-        b = check_int(b, "batch_sizes", minimum=1)
-        cumulative = measure_costs(
-            model,
-            make_batch(b),
-            exits=exits,
-            heads=heads,
-            method="latency",
-            per_sample=False,
-            warmup=warmup,
-            repeats=repeats,
-        ).numpy()
-        rows.append(np.maximum(np.diff(cumulative, prepend=0.0), 0.0))
-    return LatencyModel(list(batch_sizes), np.stack(rows))
-
-
-def measure_wake_up(
-    run_one: Callable[[], Any],
-    idles: Sequence[float] = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016),
-    *,
-    repeats: int = 30,
-) -> np.ndarray:
-    """How much longer one request takes after the server slept ``idle`` seconds, for
-    ``LatencyModel(wake_up=...)``: rows ``(idle, extra seconds)``.
-
-    ``run_one()`` serves one request (e.g. a full pass at batch 1). Each timing starts when
-    the request was *due* (the end of the intended sleep), so the sleep's own lateness counts,
-    as it does for a server woken by a request; ``extra`` is the median against back-to-back
-    calls, made non-decreasing in the idle time.
-
-    Examples
-    --------
-    >>> rows = measure_wake_up(lambda: sum(range(1000)), idles=(0.0005, 0.002), repeats=5)
-    >>> rows.shape, bool((rows[:, 1] >= 0).all())
-    ((2, 2), True)
-    """
-    import time
-
-    repeats = check_int(repeats, "repeats", minimum=1)
-
-    def timed(due: float | None = None) -> float:
-        start = time.perf_counter() if due is None else due
-        run_one()
-        return time.perf_counter() - start
-
-    warm = float(np.median([timed() for _ in range(2 * repeats)]))
-    rows = []
-    for idle in idles:
-        if not idle > 0:
-            raise ValueError(f"Expected `idles` > 0 seconds, got {idle!r}.")
-        times = []
-        for _ in range(repeats):
-            due = time.perf_counter() + idle
-            time.sleep(idle)
-            times.append(timed(due))
-        rows.append((float(idle), max(0.0, float(np.median(times)) - warm)))
-    return np.maximum.accumulate(np.array(rows), axis=0)
 
 
 def load_default_latency() -> LatencyModel:

@@ -35,145 +35,25 @@ from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from exitwise._checks import check_choice, check_int
+from exitwise.serving.batch_log import BatchRecorder
 from exitwise.serving.latency import LatencyModel
+from exitwise.serving.serving_result import ServingResult, latency_percentile_intervals
 
-__all__ = ["SCHEDULERS", "ServingResult", "poisson_arrivals", "simulate_serving"]
+__all__ = [
+    "SCHEDULERS",
+    "ServingResult",
+    "latency_percentile_intervals",
+    "poisson_arrivals",
+    "simulate_serving",
+]
 
 #: the schedulers :func:`simulate_serving` knows
 SCHEDULERS = ("static", "compact", "refill", "full")
-
-
-@dataclass(frozen=True)
-class ServingResult:
-    """Every request's timeline in one simulated run.
-
-    Attributes
-    ----------
-    scheduler : str
-    rate : float
-        Offered arrival rate (requests per second; NaN for a trace).
-    max_batch, replicas : int
-    arrivals, starts, answers, exits : numpy.ndarray
-        Per request: arrival, start of service, time its answer is returned, exit depth.
-    involuntary : numpy.ndarray
-        Per request, seconds between its exit's result and its answer (``"static"`` only).
-    busy : float
-        Server-seconds spent running segments.
-    stable : bool
-        False when the queue kept growing (the backlog at the last arrival exceeds
-        ``max(4 * max_batch * replicas, 1 % of requests)`` and waits in the last fifth of
-        requests are more than 1.5x those in the middle fifth).
-    """
-
-    scheduler: str
-    rate: float
-    max_batch: int
-    replicas: int
-    arrivals: np.ndarray = field(repr=False)
-    starts: np.ndarray = field(repr=False)
-    answers: np.ndarray = field(repr=False)
-    exits: np.ndarray = field(repr=False)
-    involuntary: np.ndarray = field(repr=False)
-    busy: float
-    stable: bool
-
-    @property
-    def latency(self) -> np.ndarray:
-        """Seconds from arrival to answer, per request."""
-        return self.answers - self.arrivals
-
-    @property
-    def waits(self) -> np.ndarray:
-        """Seconds in the queue before service starts, per request."""
-        return self.starts - self.arrivals
-
-    @property
-    def duration(self) -> float:
-        return float(self.answers.max() - self.arrivals.min())
-
-    @property
-    def throughput(self) -> float:
-        """Requests answered per second over the run."""
-        return len(self.arrivals) / self.duration
-
-    @property
-    def utilisation(self) -> float:
-        """Share of server time spent running segments."""
-        return self.busy / (self.replicas * self.duration)
-
-    def percentiles(self, levels: tuple[float, ...] = (50, 90, 99, 99.9)) -> dict[float, float]:
-        """Latency percentiles (``numpy.percentile``, linear); ``inf`` when unstable."""
-        if not self.stable:
-            return dict.fromkeys(levels, math.inf)
-        values = np.percentile(self.latency, levels)
-        return {q: float(v) for q, v in zip(levels, values, strict=True)}
-
-    def percentile_intervals(
-        self,
-        levels: tuple[float, ...] = (50, 90, 99, 99.9),
-        *,
-        confidence: float = 0.95,
-        n_resamples: int = 200,
-        seed: int = 0,
-    ) -> dict[float, tuple[float, float]]:
-        """Bootstrap intervals of the percentiles, resampling blocks of consecutive requests
-        (about :math:`\\sqrt{N}` each: latencies of neighbours in a queue are dependent)."""
-        import torch
-
-        from exitwise.metrics.bootstrap import bootstrap
-
-        if not self.stable:
-            return {q: (math.inf, math.inf) for q in levels}
-        lat = self.latency
-        size = max(1, int(math.sqrt(lat.size)))
-        blocks = torch.as_tensor(lat[: lat.size // size * size].reshape(-1, size))
-        qs = torch.tensor([q / 100 for q in levels], dtype=torch.float64)
-        res = bootstrap(
-            lambda b: torch.quantile(b.reshape(-1), qs),
-            blocks,
-            n_resamples=n_resamples,
-            confidence=confidence,
-            seed=seed,
-        )
-        return {
-            q: (float(lo), float(hi))
-            for q, lo, hi in zip(levels, res.low.tolist(), res.high.tolist(), strict=True)
-        }
-
-    def queue_length(self) -> tuple[np.ndarray, np.ndarray]:
-        """The number of requests waiting (arrived, not started) as a step function:
-        ``(times, lengths)``, the length holding from each time to the next."""
-        times = np.r_[self.arrivals, self.starts]
-        steps = np.r_[np.ones(self.arrivals.size), -np.ones(self.starts.size)]
-        order = np.lexsort((-steps, times))  # at equal times: arrive, then start
-        return times[order], np.cumsum(steps[order])
-
-    def mean_queue_length(self) -> float:
-        """Time-average number waiting, from the first arrival to the last start."""
-        t, q = self.queue_length()
-        return float(np.sum(q[:-1] * np.diff(t)) / (t[-1] - t[0]))
-
-    def summary(self) -> dict[str, Any]:
-        p = self.percentiles()
-        return {
-            "scheduler": self.scheduler,
-            "rate": self.rate,
-            "stable": self.stable,
-            "throughput": self.throughput,
-            "utilisation": self.utilisation,
-            "p50": p[50],
-            "p90": p[90],
-            "p99": p[99],
-            "p99.9": p[99.9],
-            "mean_wait": float(self.waits.mean()),
-            "mean_involuntary_wait": float(self.involuntary.mean()),
-        }
 
 
 def poisson_arrivals(rate: float, num_requests: int, seed: int = 0) -> np.ndarray:
@@ -266,10 +146,17 @@ def simulate_serving(
         depths = np.full(arr.size, e - 1, dtype=np.int64)
     table = latency.table(max_batch + 1)
     run = _refill if scheduler == "refill" else _batches
-    noise = _Jitter(latency.jitter, e, seed)
-    starts, answers, ready, busy = run(
-        arr, depths, table, scheduler, max_batch, replicas, latency.wake_up_time, noise
-    )
+    # with a warmth effect the servers start at their steady-state warmth, the utilisation: a
+    # first pass from full warmth measures it, the second starts there
+    start = 1.0
+    for _ in range(2 if latency.warmth[0] > 0 else 1):
+        noise, log = _Jitter(latency.jitter, e, seed), BatchRecorder(e)
+        warmth = _Warmth(latency.warmth, replicas, start)
+        starts, answers, ready, busy = run(
+            arr, depths, table, scheduler, max_batch, replicas, latency, noise, log, warmth
+        )
+        duration = float(answers.max() - arr.min())
+        start = min(1.0, busy / (replicas * duration)) if duration > 0 else 1.0
     stable = _stable(arr, starts, max_batch * replicas)
     return ServingResult(
         scheduler,
@@ -283,6 +170,7 @@ def simulate_serving(
         answers - ready,
         busy,
         stable,
+        log.finish(),
     )
 
 
@@ -304,7 +192,28 @@ class _Jitter:
         return self.buffer[self.used - 1]
 
 
-def _batches(arr, depths, table, scheduler, max_batch, replicas, wake_up, noise):
+class _Warmth:
+    """Each server's warmth ``h`` in [0, 1] (:attr:`LatencyModel.warmth`): it decays towards
+    0 while the server idles and grows towards 1 while it works, with time constant ``tau``;
+    a batch formed at warmth ``h`` runs ``1 + cold * (1 - h)`` times its table time."""
+
+    def __init__(self, warmth: tuple[float, float], replicas: int, start: float) -> None:
+        self.cold, self.tau = warmth
+        self.h = [start] * replicas
+
+    def factor(self, r: int, idle: float) -> float:
+        if self.cold == 0:
+            return 1.0
+        if math.isfinite(idle):  # (a server's first batch: its start state)
+            self.h[r] *= math.exp(-idle / self.tau)
+        return 1.0 + self.cold * (1.0 - self.h[r])
+
+    def busy(self, r: int, seconds: float) -> None:
+        if self.cold:
+            self.h[r] = 1.0 - (1.0 - self.h[r]) * math.exp(-seconds / self.tau)
+
+
+def _batches(arr, depths, table, scheduler, max_batch, replicas, latency, noise, log, warmth):
     """``full``, ``static`` and ``compact``: one batch at a time per server."""
     n, e = arr.size, table.shape[1]
     starts, answers, ready = np.empty(n), np.empty(n), np.empty(n)
@@ -314,27 +223,36 @@ def _batches(arr, depths, table, scheduler, max_batch, replicas, wake_up, noise)
     while i < n:
         t_free, r = heapq.heappop(free)
         t = max(t_free, arr[i])
-        begin = t + wake_up(arr[i] - t_free)  # > 0 when the server waited idle
+        idle = max(0.0, arr[i] - t_free)
+        begin = t + latency.wake_up_time(idle)  # > 0 when the server waited idle
         j = i + int(np.searchsorted(arr[i : i + max_batch], t, side="right"))
         d = depths[i:j]
         deepest = int(d.max())
-        factor = noise.next()[: deepest + 1]
+        factor = noise.next()[: deepest + 1] * warmth.factor(r, idle)
         if scheduler == "compact":
             alive = (d[:, None] >= segments[None, : deepest + 1]).sum(axis=0)
-            done = begin + np.cumsum(table[alive, segments[: deepest + 1]] * factor)
+            seconds = table[alive, segments[: deepest + 1]] * factor
+            done = begin + np.cumsum(seconds)
             answers[i:j] = ready[i:j] = done[d]
         else:  # full / static: everyone runs to the deepest exit, answers at the end
-            done = begin + np.cumsum(table[j - i, : deepest + 1] * factor)
+            alive = np.full(deepest + 1, j - i)
+            seconds = table[j - i, : deepest + 1] * factor
+            done = begin + np.cumsum(seconds)
             answers[i:j] = done[-1]
             ready[i:j] = done[d]
+        seconds[0] += begin - t
+        queue = int(np.searchsorted(arr, t, side="right")) - j
+        log.add(r, t, j - i, queue, alive, seconds, float(done[-1]), idle)
         starts[i:j] = t
-        busy += float(done[-1] - t)
-        heapq.heappush(free, (float(done[-1]), r))
+        free_at = float(done[-1]) + latency.overhead_time(j - i)  # bookkeeping after it
+        busy += free_at - t
+        warmth.busy(r, free_at - t)
+        heapq.heappush(free, (free_at, r))
         i = j
     return starts, answers, ready, busy
 
 
-def _refill(arr, depths, table, scheduler, max_batch, replicas, wake_up, noise):
+def _refill(arr, depths, table, scheduler, max_batch, replicas, latency, noise, log, warmth):
     """Layer-level continuous batching: steps of one segment per request in the slots."""
     n, e = arr.size, table.shape[1]
     starts, answers = np.full(n, np.nan), np.full(n, np.nan)
@@ -342,6 +260,7 @@ def _refill(arr, depths, table, scheduler, max_batch, replicas, wake_up, noise):
     slots: list[list[list[int]]] = [[] for _ in range(replicas)]  # [request, next segment]
     idle_from = [-math.inf] * replicas  # when the server ran out of work (None: busy)
     busy, queued, answered = 0.0, 0, 0
+    segments = np.arange(e)
     while answered < n:
         t, r = heapq.heappop(events)
         active = slots[r]
@@ -355,13 +274,19 @@ def _refill(arr, depths, table, scheduler, max_batch, replicas, wake_up, noise):
             if queued < n:
                 heapq.heappush(events, (float(arr[queued]), r))
             continue
-        extra = 0.0 if idle_from[r] is None else wake_up(t - idle_from[r])
+        idle = 0.0 if idle_from[r] is None else t - idle_from[r]
         counts = np.bincount([s for _, s in active], minlength=e)
-        step = float((table[counts, np.arange(e)] * noise.next()).sum())
-        step += extra
+        seconds = table[counts, segments] * noise.next() * warmth.factor(r, idle)
+        if idle:  # the step's first group pays the wake-up
+            seconds[np.argmax(counts > 0)] += latency.wake_up_time(idle)
+        step = float(seconds.sum())
+        queue = int(np.searchsorted(arr, t, side="right")) - queued
+        log.add(r, t, len(active), queue, counts, seconds, t + step, idle)
         idle_from[r] = None
         end = t + step
-        busy += step
+        after = latency.overhead_time(len(active))
+        busy += step + after
+        warmth.busy(r, step + after)
         still = []
         for item in active:
             if item[1] == depths[item[0]]:
@@ -371,7 +296,7 @@ def _refill(arr, depths, table, scheduler, max_batch, replicas, wake_up, noise):
                 item[1] += 1
                 still.append(item)
         slots[r] = still
-        heapq.heappush(events, (end, r))
+        heapq.heappush(events, (end + after, r))
     return starts, answers, answers.copy(), busy
 
 
