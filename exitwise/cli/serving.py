@@ -65,14 +65,16 @@ def _serve_plan(args: argparse.Namespace) -> None:
                 replicas=args.replicas,
                 **common,
             )
-            row["replicas_needed"] = replicas_needed(
+            row["replicas_needed"] = need = replicas_needed(
                 exits, latency, rate=args.rate, limit=args.p99, scheduler=scheduler, **common
             )
+            row["max_rate_interval"] = [row["max_rate"].low, row["max_rate"].high]
+            row["replicas_interval"] = None if need is None else [need.low, need.high]
         rows.append(row)
     head = f"{'scheduler':<9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
     head += f"{'req/s':>8} {'busy':>5}"
     if args.p99 is not None:
-        head += f" {'max rate':>9} {'replicas':>8}"
+        head += f" {'max rate (range)':>18} {'replicas (range)':>16}"
     lines = [
         f"{policy!r} at {args.rate:g} requests/s, {args.replicas} replica(s), batches of at "
         f"most {args.max_batch} ({args.requests} simulated requests; exits of the policy on "
@@ -86,12 +88,14 @@ def _serve_plan(args: argparse.Namespace) -> None:
         )
         if args.p99 is not None:
             need = r["replicas_needed"]
-            line += f" {r['max_rate']:9.0f} {need if need is not None else '-':>8}"
+            line += f" {r['max_rate']!s:>18} {need if need is not None else '-'!s:>16}"
         lines.append(line)
     if args.p99 is not None:
         lines.append(
             f"max rate: highest rate with p99 <= {args.p99 * 1e3:g} ms on {args.replicas} "
-            f"replica(s); replicas: fewest meeting it at {args.rate:g} requests/s"
+            f"replica(s); replicas: fewest meeting it at {args.rate:g} requests/s; (range): "
+            f"the same at the latency model's slowest and fastest measured speed "
+            f"({latency.speed_range[0]:g}x-{latency.speed_range[1]:g}x its table) with another seed"
         )
     payload = {"rate": args.rate, "evaluated_on": part, "unit": "s", "schedulers": rows}
     print_payload(args, payload, "\n".join(lines))

@@ -20,6 +20,7 @@ import numpy as np
 
 from exitwise._checks import check_int
 from exitwise.data import ExitOutputs
+from exitwise.serving.estimates import RateEstimate, ReplicaEstimate
 from exitwise.serving.latency import LatencyModel
 from exitwise.serving.simulator import simulate_serving
 
@@ -57,6 +58,14 @@ def latency_floor(exits: Any, latency: LatencyModel, percentile: float = 99.0) -
     return float(np.percentile(alone, percentile, method="inverted_cdf"))
 
 
+def _interval_runs(latency: LatencyModel, seed: int, seeds: int):
+    """The (latency model, seed) pairs of an interval: (slow end, fast end) x other seeds."""
+    seeds = check_int(seeds, "interval_seeds", minimum=0)
+    slow, fast = (latency.scaled(f) for f in latency.speed_range[::-1])
+    others = [seed + 1000 * (k + 1) for k in range(seeds)] or [seed]
+    return [(slow, s) for s in others], [(fast, s) for s in others]
+
+
 def max_rate(
     exits: Any,
     latency: LatencyModel,
@@ -64,23 +73,36 @@ def max_rate(
     limit: float,
     percentile: float = 99.0,
     tolerance: float = 0.01,
+    interval_seeds: int = 1,
     **kwargs: Any,
-) -> float:
+) -> RateEstimate:
     """Highest arrival rate (requests/s) at which the ``percentile`` latency is <= ``limit``
-    seconds (0.0 when even a trickle misses it).
+    seconds (0.0 when even a trickle misses it), with its interval.
 
     ``kwargs`` go to :func:`~exitwise.serving.simulate_serving` (``scheduler``, ``max_batch``,
     ``replicas``, ``num_requests``, ``seed``). The search brackets the rate by doubling, then
-    bisects to a relative ``tolerance``.
+    bisects to a relative ``tolerance``. The answer is a :class:`RateEstimate` (a float):
+    ``low`` and ``high`` repeat the search at the slow and fast ends of the latency model's
+    ``speed_range`` with ``interval_seeds`` other seeds each (:mod:`exitwise.serving.estimates`;
+    ``interval_seeds=0``: the model's spread only).
 
     Examples
     --------
     >>> from exitwise.serving import LatencyModel
-    >>> lm = LatencyModel([1, 8], [[0.001, 0.002], [0.002, 0.006]])
+    >>> lm = LatencyModel([1, 8], [[0.001, 0.002], [0.002, 0.006]], speed_range=(0.9, 1.2))
     >>> rate = max_rate([0, 1], lm, limit=0.02, num_requests=4000)
-    >>> 500 < rate < 5000
+    >>> 500 < rate.low < rate < rate.high < 5000
     True
     """
+    seed = kwargs.pop("seed", 0)
+    value = _max_rate(exits, latency, limit, percentile, tolerance, seed=seed, **kwargs)
+    slow, fast = _interval_runs(latency, seed, interval_seeds)
+    low = min(_max_rate(exits, m, limit, percentile, tolerance, seed=s, **kwargs) for m, s in slow)
+    high = max(_max_rate(exits, m, limit, percentile, tolerance, seed=s, **kwargs) for m, s in fast)
+    return RateEstimate(value, min(low, value), max(high, value))
+
+
+def _max_rate(exits, latency, limit, percentile, tolerance, **kwargs) -> float:
     if not limit > 0:
         raise ValueError(f"Expected `limit` > 0 seconds, got {limit!r}.")
     if limit < latency_floor(exits, latency, percentile):
@@ -112,20 +134,38 @@ def replicas_needed(
     limit: float,
     percentile: float = 99.0,
     max_replicas: int = 1024,
+    interval_seeds: int = 1,
     **kwargs: Any,
-) -> int | None:
+) -> ReplicaEstimate | None:
     """Fewest replicas meeting the ``percentile`` latency ``limit`` at ``rate`` (``None``
-    when ``max_replicas`` do not: the limit is below one request's own service time).
+    when ``max_replicas`` do not: the limit is below one request's own service time), with
+    its interval: a :class:`ReplicaEstimate` (an int) whose ``low`` and ``high`` repeat the
+    search at the fast and slow ends of the latency model's ``speed_range``, with
+    ``interval_seeds`` other seeds each (``high`` is ``None`` where the slow end needs more
+    than ``max_replicas``).
 
     Examples
     --------
     >>> from exitwise.serving import LatencyModel
     >>> lm = LatencyModel([1, 8], [[0.001, 0.002], [0.002, 0.006]])
     >>> replicas_needed([0, 1], lm, rate=4000.0, limit=0.02, num_requests=4000)
-    3
+    ReplicaEstimate(3, low=3, high=3)
     """
     max_replicas = check_int(max_replicas, "max_replicas", minimum=1)
     kwargs.pop("replicas", None)
+    seed = kwargs.pop("seed", 0)
+    value = _replicas(exits, latency, rate, limit, percentile, max_replicas, seed=seed, **kwargs)
+    if value is None:
+        return None
+    slow, fast = _interval_runs(latency, seed, interval_seeds)
+    args = (exits, rate, limit, percentile, max_replicas)
+    highs = [_replicas(args[0], m, *args[1:], seed=s, **kwargs) for m, s in slow]
+    lows = [_replicas(args[0], m, *args[1:], seed=s, **kwargs) for m, s in fast]
+    high = None if None in highs else max([value, *highs])
+    return ReplicaEstimate(value, min([value, *(v for v in lows if v is not None)]), high)
+
+
+def _replicas(exits, latency, rate, limit, percentile, max_replicas, **kwargs) -> int | None:
     if limit < latency_floor(exits, latency, percentile):
         return None  # unreachable with any number of replicas
     low, high = 0, 1
