@@ -122,6 +122,26 @@ def test_fit_latency_model_recovers_table_bookkeeping_and_wake_up_from_a_log():
     assert low == pytest.approx(1.0, abs=0.05) and high == pytest.approx(1.3, abs=0.08)
 
 
+def test_drift_between_logs_is_taken_out_by_speeds_and_is_not_jitter():
+    truth = LatencyModel([1, 2, 4], [[0.001, 0.002], [0.0015, 0.003], [0.0024, 0.005]])
+    rng = np.random.default_rng(3)
+    logs = [
+        simulate_serving(rng.integers(0, 2, 100), truth.scaled(f), rate=500.0,
+                         num_requests=2000, scheduler="compact", max_batch=4, seed=k).batches
+        for k, f in enumerate((1.0, 1.3))
+    ]  # fmt: skip
+    fitted = fit_latency_model(logs, speeds=[1.0, 1.3], taus=())
+    np.testing.assert_allclose(fitted.table(5), truth.table(5), rtol=1e-9)
+    # no spread within a log: the jitter is all ones; the drift is the speed range (as logged)
+    np.testing.assert_allclose(fitted.jitter, 1.0)
+    assert fitted.speed_range == pytest.approx((1.0, 1.3), abs=1e-9)
+    pooled = fit_latency_model(logs, taus=())
+    np.testing.assert_allclose(pooled.jitter, 1.0)  # within each log, even without speeds
+    assert not np.allclose(pooled.table(5), truth.table(5))  # the table mixes both speeds
+    with pytest.raises(ValueError, match=r"Expected `speeds`: one factor > 0 per log \(2\)"):
+        fit_latency_model(logs, speeds=[1.0])
+
+
 def test_fit_latency_model_median_table_equals_a_naive_loop():
     rec = BatchRecorder(2)
     rng = np.random.default_rng(1)

@@ -12,7 +12,8 @@ plans for (its own loop, its own scheduler) and separates the three things the s
   ``cold`` is the least-squares slope of those batches' times over the table against
   ``1 - h``, over the intercept, alternated with the table until it settles; ``tau`` is the
   one of ``taus`` (or none) with the least squared log error. ``jitter`` is the spread of the
-  timings around their cell's median;
+  timings around their cell's median *within each log* (the drift between logs is not noise
+  within a run: it is the speed range);
 * **the bookkeeping after a batch** (``overhead``): the time from a batch's end to forming the
   next one when the server did not wait, fitted as ``a + b * size`` by least squares on the
   median per batch size (weighted by count; ``a, b >= 0``);
@@ -56,7 +57,8 @@ def fit_latency_model(
         The machine's speed during each log relative to a reference (e.g. a fixed job timed
         before and after it, over that job's typical time): each log's times are divided by
         it, so the model is the server at the reference speed, with drift of the machine
-        between logs taken out (``None``: all 1; the drift then shows in ``speed_range``).
+        between logs taken out of the table, the bookkeeping and the jitter (``None``: all 1).
+        ``speed_range`` is of the times as logged either way: the drift a plan must allow for.
     wake_up_bins : int, default=8
         Bins of the idle time for the wake-up table (fewer when there are few idle batches:
         at least 20 batches a bin).
@@ -107,6 +109,7 @@ def fit_latency_model(
     idle, size = column(lambda g: g.idle), column(lambda g: g.size)
     sizes, seconds = column(lambda g: g.segment_sizes), column(lambda g: g.segment_seconds)
     overhead, idle_after = column(BatchLog.overhead), column(BatchLog.idle_after)
+    raw = seconds  # the speed range is of the times as logged
     if speeds is not None:
         speed = np.asarray(speeds, dtype=np.float64)
         if speed.shape != (len(logs),) or not np.isfinite(speed).all() or (speed <= 0).any():
@@ -150,17 +153,38 @@ def fit_latency_model(
     woke = (idle > 0) & np.isfinite(idle)
     wake_up = _wake_up_rows(idle[woke], seconds[woke].sum(axis=1) - predicted[woke] + late[woke],
                             wake_up_bins)  # fmt: skip
-    speeds, offset = [], 0
+    ratios, offset = [], 0
     for log in logs:
         rows = slice(offset, offset + len(log))
         offset += len(log)
         if hot[rows].any():
-            speeds.append(float(seconds[rows][hot[rows]].sum() / predicted[rows][hot[rows]].sum()))
-    low, high = np.quantile(speeds, (0.1, 0.9) if len(speeds) >= 10 else (0.0, 1.0))
+            ratios.append(float(raw[rows][hot[rows]].sum() / predicted[rows][hot[rows]].sum()))
+    low, high = np.quantile(ratios, (0.1, 0.9) if len(ratios) >= 10 else (0.0, 1.0))
     return LatencyModel(
-        busy.batch_sizes.tolist(), busy.seconds, wake_up=wake_up, jitter=busy.jitter,
+        busy.batch_sizes.tolist(), busy.seconds, wake_up=wake_up,
+        jitter=_jitter_within_logs(logs, sizes, seconds / factor[:, None], hot),
         overhead=(a, b), speed_range=(min(low, 1.0), max(high, 1.0)), warmth=(cold, tau),
     )  # fmt: skip
+
+
+def _jitter_within_logs(logs, sizes, adjusted, hot) -> np.ndarray | None:
+    """200 quantiles of busy segment times over their (segment, batch size) cell's median
+    *within the same log* (cells of at least 5 timings): the spread a server shows at one
+    time, without the drift between logs (which ``speed_range`` holds)."""
+    ratios, offset = [], 0
+    for log in logs:
+        rows = slice(offset, offset + len(log))
+        offset += len(log)
+        pick = hot[rows][:, None] & (sizes[rows] > 0)
+        seg = np.broadcast_to(np.arange(sizes.shape[1]), pick.shape)[pick]
+        size, value = sizes[rows][pick], adjusted[rows][pick]
+        for key in np.unique(seg * (size.max(initial=0) + 1) + size):
+            cell = value[seg * (size.max(initial=0) + 1) + size == key]
+            if cell.size >= 5 and np.median(cell) > 0:
+                ratios.append(cell / np.median(cell))
+    if not ratios:
+        return None
+    return np.quantile(np.concatenate(ratios), np.linspace(0.0025, 0.9975, 200))
 
 
 def _busy_table(sizes, seconds, hot, factor) -> tuple[LatencyModel, np.ndarray]:
