@@ -118,12 +118,13 @@ def serve_rows(server, images, capacity, rng, requests, max_chunks) -> list[dict
 
 def simulate_row(row, rows, calibration) -> None:
     """Simulate each chunk of ``row`` with a model fitted to the batch logs of the
-    calibration traces and the other rows of its scheduler (never the row's own), scaled by
-    the machine's speed probed around the chunk over the median probe of those logs."""
+    calibration traces and the other rows of its scheduler (never the row's own), each log
+    divided by the machine's speed probed around it, then scaled by the speed probed around
+    the chunk (speeds relative to the median probe of the logs fitted)."""
     same = [r for r in rows if r is not row and r["scheduler"] == row["scheduler"]]
     fit_on = calibration[row["scheduler"]] + [c for r in same for c in r["chunks"]]
-    latency = fit_latency_model([c[3] for c in fit_on])
     reference = float(np.median([c[4] for c in fit_on]))
+    latency = fit_latency_model([c[3] for c in fit_on], speeds=[c[4] / reference for c in fit_on])
     row["latency"], row["sims"], row["speeds"], ends = latency, [], [], ([], [])
     for k, (arr, _, ex, _, probe, _) in enumerate(row["chunks"]):
         row["speeds"].append(probe / reference)
@@ -287,11 +288,12 @@ def comparison_plot(rows, path) -> None:
             typical = np.where(log.segment_sizes > 0, table[log.segment_sizes, np.arange(3)], 0)
             predicted = typical.sum(axis=1) * speed
             ax[0, 1].scatter(predicted[hot] * 1e3, log.segment_seconds.sum(axis=1)[hot] * 1e3,
-                             s=2, alpha=0.3, label=r["scheduler"])  # fmt: skip
+                             s=2, alpha=0.3, label=r["scheduler"],
+                             color=f"C{SCHEDULERS.index(r['scheduler'])}")  # fmt: skip
     lim = ax[0, 1].get_xlim()
     ax[0, 1].plot(lim, lim, "k--", lw=0.8)
     ax[0, 1].set(
-        title="busy batches near saturation: service time, real against the model",
+        title="busy batches at the highest rate: service time",
         xlabel="model (table x probed speed), ms", ylabel="real, ms",
     )  # fmt: skip
     handles, labels = ax[0, 1].get_legend_handles_labels()
@@ -302,9 +304,10 @@ def comparison_plot(rows, path) -> None:
             [c[3].overhead() for r in rows if r["scheduler"] == s for c in r["chunks"]]
         )
         gaps = gaps[np.isfinite(gaps)] * 1e6
-        ax[1, 0].hist(gaps, bins=np.linspace(0, 400, 81), histtype="step", label=s)
+        color = f"C{SCHEDULERS.index(s)}"
+        ax[1, 0].hist(gaps, bins=np.linspace(0, 400, 81), histtype="step", label=s, color=color)
         a, b = next(r for r in rows if r["scheduler"] == s)["latency"].overhead * 1e6
-        ax[1, 0].axvline(a + b * 4, lw=0.6, ls=":", color=ax[1, 0].patches[-1].get_edgecolor())
+        ax[1, 0].axvline(a + b * 4, lw=0.8, ls=":", color=color)
     ax[1, 0].set(
         title="bookkeeping between batches (dotted: fitted, at 4 requests)",
         xlabel="microseconds (real)", ylabel="batches",
