@@ -26,6 +26,16 @@ from exitwise.serving.estimates import RateEstimate, ReplicaEstimate
 LM = LatencyModel([1, 2], [[0.001, 0.002], [0.0015, 0.003]], overhead=(0.00025, 0.00005))
 
 
+def compact_logs(truth: LatencyModel, rates) -> list[BatchLog]:
+    """Batch logs of 3,000 simulated requests per rate (compact, batches of 4, exits 0/1)."""
+    rng = np.random.default_rng(0)
+    return [
+        simulate_serving(rng.integers(0, 2, 100), truth, rate=rate, num_requests=3000,
+                         scheduler="compact", max_batch=4, seed=k).batches
+        for k, rate in enumerate(rates)
+    ]  # fmt: skip
+
+
 def test_batch_log_and_bookkeeping_on_a_hand_computed_timeline():
     # three requests at 0, 0, 0.001 s; compact, batches of 2. Batch 1 = requests 0, 1 (depths
     # 0, 1): segment 0 at size 2 (1.5 ms), segment 1 at size 1 (2 ms): ends at 3.5 ms; then
@@ -96,12 +106,7 @@ def test_fit_latency_model_recovers_table_bookkeeping_and_wake_up_from_a_log():
         overhead=(0.0002, 0.00003),
         wake_up=0.0004,
     )
-    rng = np.random.default_rng(0)
-    logs = [
-        simulate_serving(rng.integers(0, 2, 100), truth, rate=rate, num_requests=3000,
-                         scheduler="compact", max_batch=4, seed=k).batches
-        for k, rate in enumerate((150.0, 600.0, 900.0))
-    ]  # fmt: skip
+    logs = compact_logs(truth, (150.0, 600.0, 900.0))
     fitted = fit_latency_model(logs)
     np.testing.assert_allclose(fitted.seconds, truth.seconds, rtol=1e-9)
     np.testing.assert_allclose(fitted.overhead, truth.overhead, rtol=1e-6)
@@ -110,14 +115,7 @@ def test_fit_latency_model_recovers_table_bookkeeping_and_wake_up_from_a_log():
     assert fitted.wake_up_time(0.05) == pytest.approx(0.0004, rel=1e-6)
     assert fitted.speed_range == pytest.approx((1.0, 1.0))
     # a second run 30 % slower: the drift shows in the speed range
-    slow = simulate_serving(
-        rng.integers(0, 2, 100),
-        truth.scaled(1.3),
-        rate=600.0,
-        num_requests=3000,
-        scheduler="compact",
-        max_batch=4,
-    ).batches
+    (slow,) = compact_logs(truth.scaled(1.3), (600.0,))
     low, high = fit_latency_model([*logs, slow]).speed_range
     assert low == pytest.approx(1.0, abs=0.05) and high == pytest.approx(1.3, abs=0.08)
 
@@ -183,13 +181,7 @@ def test_warmth_slows_a_server_that_idled_and_is_recovered_from_its_logs():
         typical = truth.table(5)[res.batches.segment_sizes, np.arange(2)].sum(axis=1)
         factors.append(np.mean(res.batches.segment_seconds.sum(axis=1) / typical))
     assert 1.3 < factors[0] <= 1.4 and 1.0 <= factors[1] < factors[0] - 0.1
-    rng = np.random.default_rng(0)
-    logs = [
-        simulate_serving(rng.integers(0, 2, 100), truth, rate=rate, num_requests=3000,
-                         scheduler="compact", max_batch=4, seed=k).batches
-        for k, rate in enumerate((150.0, 500.0, 800.0))
-    ]  # fmt: skip
-    fitted = fit_latency_model(logs)
+    fitted = fit_latency_model(compact_logs(truth, (150.0, 500.0, 800.0)))
     assert fitted.warmth == pytest.approx((0.4, 0.02), rel=1e-6)
     np.testing.assert_allclose(fitted.table(5), truth.table(5), rtol=1e-6)
 
