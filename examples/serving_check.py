@@ -99,11 +99,11 @@ def serve_rows(server, images, capacity, rng, requests, max_chunks) -> list[dict
     chunk of its Poisson trace, the rows in a random order (so that drift of the machine's
     speed falls on every row alike and each row has neighbours in time)."""
     rows = [
-        {"scheduler": s, "share": share, "rate": share * capacity[s], "chunks": [], "rounds": []}
+        {"scheduler": s, "share": share, "rate": share * capacity[s], "chunks": []}
         for s in SCHEDULERS
         for share in SHARES
     ]
-    for k in range(max_chunks):
+    for _ in range(max_chunks):
         todo = [r for r in rows if not r["chunks"] or not narrow_enough(r["chunks"])]
         if not todo:
             break
@@ -112,7 +112,6 @@ def serve_rows(server, images, capacity, rng, requests, max_chunks) -> list[dict
             trace = np.cumsum(rng.exponential(1 / row["rate"], requests))
             which = images[rng.integers(0, len(images), requests)]
             row["chunks"].append(probed_replay(server, row["scheduler"], which, trace, images))
-            row["rounds"].append(k)
     return rows
 
 
@@ -280,13 +279,10 @@ def comparison_plot(rows, path) -> None:
     )  # fmt: skip
     ax[0, 0].legend()
     for r in top:
-        model = r["latency"]
-        table = model.table(MAX_BATCH + 1)
         for chunk, speed in zip(r["chunks"], r["speeds"], strict=True):
             log = chunk[3]
             hot = log.idle == 0
-            typical = np.where(log.segment_sizes > 0, table[log.segment_sizes, np.arange(3)], 0)
-            predicted = typical.sum(axis=1) * speed
+            predicted = r["latency"].batch_times(log.segment_sizes) * speed
             ax[0, 1].scatter(predicted[hot] * 1e3, log.segment_seconds.sum(axis=1)[hot] * 1e3,
                              s=2, alpha=0.3, label=r["scheduler"],
                              color=f"C{SCHEDULERS.index(r['scheduler'])}")  # fmt: skip

@@ -14,13 +14,8 @@ from exitwise.serving.planning import (
     replicas_needed,
     tune_for_serving,
 )
-from exitwise.serving.simulator import (
-    SCHEDULERS,
-    ServingResult,
-    latency_percentile_intervals,
-    poisson_arrivals,
-    simulate_serving,
-)
+from exitwise.serving.serving_result import ServingResult, latency_percentile_intervals
+from exitwise.serving.simulator import SCHEDULERS, poisson_arrivals, simulate_serving
 
 __all__ = [
     "SCHEDULERS",

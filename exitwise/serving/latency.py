@@ -20,7 +20,7 @@ import numpy as np
 
 from exitwise._checks import check_int
 
-__all__ = ["LatencyModel", "load_default_latency"]
+__all__ = ["LatencyModel", "WarmthState", "load_default_latency"]
 
 _FORMAT = "exitwise.LatencyModel/1"
 
@@ -177,6 +177,19 @@ class LatencyModel:
         """Seconds of bookkeeping after a batch of ``size`` requests (``a + b * size``)."""
         return float(self.overhead[0] + self.overhead[1] * size)
 
+    def batch_times(self, segment_sizes: Any) -> np.ndarray:
+        """Table seconds of logged batches: ``segment_sizes[b, e]`` requests ran segment ``e``
+        in batch ``b`` (0: it did not run), summed over the segments (no warmth, no jitter).
+
+        Examples
+        --------
+        >>> LatencyModel([1, 2], [[0.001, 0.002], [0.0015, 0.003]]).batch_times([[2, 1], [1, 0]])
+        array([0.0035, 0.001 ])
+        """
+        sizes = np.asarray(segment_sizes, dtype=np.int64)
+        table = self.table(int(sizes.max(initial=0)) + 1)  # row 0 is zeros: segments not run
+        return table[sizes, np.arange(self.num_segments)].sum(axis=1)
+
     @property
     def num_segments(self) -> int:
         return int(self.seconds.shape[1])
@@ -304,6 +317,41 @@ class LatencyModel:
             f"LatencyModel(segments={self.num_segments}, batch_sizes="
             f"{self.batch_sizes.tolist()}, full batch-1 time={self.full_time(1):.3g} {self.unit})"
         )
+
+
+class WarmthState:
+    """Each server's warmth ``h`` in [0, 1] (:attr:`LatencyModel.warmth`), the one place its
+    rule lives (the simulator runs it, :func:`~exitwise.serving.fit_latency_model` replays it
+    on logs): ``h`` decays towards 0 while the server idles and grows towards 1 while it
+    works, with time constant ``tau``; a batch formed at warmth ``h`` runs
+    ``1 + cold * (1 - h)`` times its table time. With ``tau == 0`` nothing changes.
+
+    Examples
+    --------
+    >>> w = WarmthState((0.4, 0.02), servers=1, start=1.0)
+    >>> w.cool(0, 0.02); round(w.h[0], 4), round(w.factor(0), 4)   # one time constant idle
+    (0.3679, 1.2528)
+    >>> w.warm(0, 0.02); round(w.h[0], 4)
+    0.7675
+    """
+
+    def __init__(self, warmth: tuple[float, float], servers: int, start: float) -> None:
+        self.cold, self.tau = warmth
+        self.h = [start] * servers
+
+    def cool(self, r: int, idle: float) -> None:
+        """Server ``r`` idled ``idle`` seconds (not finite: its first batch, the start state)."""
+        if self.tau > 0 and math.isfinite(idle):
+            self.h[r] *= math.exp(-idle / self.tau)
+
+    def warm(self, r: int, seconds: float) -> None:
+        """Server ``r`` worked ``seconds``."""
+        if self.tau > 0:
+            self.h[r] = 1.0 - (1.0 - self.h[r]) * math.exp(-max(seconds, 0.0) / self.tau)
+
+    def factor(self, r: int) -> float:
+        """How many times its table time a batch of server ``r`` takes now."""
+        return 1.0 + self.cold * (1.0 - self.h[r])
 
 
 def _warmth_pair(warmth: Any) -> tuple[float, float]:

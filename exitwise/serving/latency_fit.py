@@ -31,11 +31,12 @@ Times are in the log's seconds.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import numpy as np
 
 from exitwise.serving.batch_log import BatchLog
-from exitwise.serving.latency import LatencyModel
+from exitwise.serving.latency import LatencyModel, WarmthState
 
 __all__ = ["fit_latency_model"]
 
@@ -94,18 +95,16 @@ def fit_latency_model(
     num_segments = {log.segment_sizes.shape[1] for log in logs}
     if len(num_segments) != 1:
         raise ValueError(f"Expected logs of one number of segments, got {sorted(num_segments)}.")
-    (e,) = num_segments
 
     def column(get) -> np.ndarray:
         return np.concatenate([np.asarray(get(log)) for log in logs])
 
-    offsets = np.cumsum([0] + [len(log) for log in logs[:-1]])
+    bounds = np.cumsum([0] + [len(log) for log in logs])
+    runs = [slice(int(a), int(b)) for a, b in pairwise(bounds)]  # each log's rows
     prev = np.concatenate(
-        [
-            np.where(log.previous() >= 0, log.previous() + o, -1)
-            for log, o in zip(logs, offsets, strict=True)
-        ]
-    )
+        [np.where(log.previous() >= 0, log.previous() + run.start, -1)
+         for log, run in zip(logs, runs, strict=True)]
+    )  # fmt: skip
     idle, size = column(lambda g: g.idle), column(lambda g: g.size)
     sizes, seconds = column(lambda g: g.segment_sizes), column(lambda g: g.segment_seconds)
     overhead, idle_after = column(BatchLog.overhead), column(BatchLog.idle_after)
@@ -143,8 +142,7 @@ def fit_latency_model(
     _, tau, cold, busy, h = best
     factor = 1.0 + cold * (1.0 - h)
     a, b = _overhead_line(size, overhead, idle_after)
-    table = busy.table(int(sizes.max()) + 1)
-    predicted = np.where(ran, table[sizes, np.arange(e)], 0.0).sum(axis=1) * factor
+    predicted = busy.batch_times(sizes) * factor
     # lateness of the start after idling: the gap before the batch less its idle and the
     # bookkeeping the previous batch needed
     has = prev >= 0
@@ -153,33 +151,32 @@ def fit_latency_model(
     woke = (idle > 0) & np.isfinite(idle)
     wake_up = _wake_up_rows(idle[woke], seconds[woke].sum(axis=1) - predicted[woke] + late[woke],
                             wake_up_bins)  # fmt: skip
-    ratios, offset = [], 0
-    for log in logs:
-        rows = slice(offset, offset + len(log))
-        offset += len(log)
-        if hot[rows].any():
-            ratios.append(float(raw[rows][hot[rows]].sum() / predicted[rows][hot[rows]].sum()))
+    ratios = [
+        float(raw[run][hot[run]].sum() / predicted[run][hot[run]].sum())
+        for run in runs
+        if hot[run].any()
+    ]
     low, high = np.quantile(ratios, (0.1, 0.9) if len(ratios) >= 10 else (0.0, 1.0))
     return LatencyModel(
         busy.batch_sizes.tolist(), busy.seconds, wake_up=wake_up,
-        jitter=_jitter_within_logs(logs, sizes, seconds / factor[:, None], hot),
+        jitter=_jitter_within_logs(runs, sizes, seconds / factor[:, None], hot),
         overhead=(a, b), speed_range=(min(low, 1.0), max(high, 1.0)), warmth=(cold, tau),
     )  # fmt: skip
 
 
-def _jitter_within_logs(logs, sizes, adjusted, hot) -> np.ndarray | None:
+def _jitter_within_logs(runs, sizes, adjusted, hot) -> np.ndarray | None:
     """200 quantiles of busy segment times over their (segment, batch size) cell's median
-    *within the same log* (cells of at least 5 timings): the spread a server shows at one
-    time, without the drift between logs (which ``speed_range`` holds)."""
-    ratios, offset = [], 0
-    for log in logs:
-        rows = slice(offset, offset + len(log))
-        offset += len(log)
-        pick = hot[rows][:, None] & (sizes[rows] > 0)
+    *within the same log* (``runs``: each log's rows; cells of at least 5 timings): the spread
+    a server shows at one time, without the drift between logs (which ``speed_range``
+    holds)."""
+    ratios = []
+    for run in runs:
+        pick = hot[run][:, None] & (sizes[run] > 0)
         seg = np.broadcast_to(np.arange(sizes.shape[1]), pick.shape)[pick]
-        size, value = sizes[rows][pick], adjusted[rows][pick]
-        for key in np.unique(seg * (size.max(initial=0) + 1) + size):
-            cell = value[seg * (size.max(initial=0) + 1) + size == key]
+        size, value = sizes[run][pick], adjusted[run][pick]
+        cells = seg * (size.max(initial=0) + 1) + size
+        for key in np.unique(cells):
+            cell = value[cells == key]
             if cell.size >= 5 and np.median(cell) > 0:
                 ratios.append(cell / np.median(cell))
     if not ratios:
@@ -195,33 +192,27 @@ def _busy_table(sizes, seconds, hot, factor) -> tuple[LatencyModel, np.ndarray]:
     seg = np.broadcast_to(np.arange(e), sizes.shape)[pick]
     adjusted = (seconds / factor[:, None])[pick]
     busy = LatencyModel.from_observations(seg, sizes[pick], adjusted, e)
-    table = busy.table(int(sizes.max()) + 1)
-    typical = np.where(sizes > 0, table[sizes, np.arange(e)], 0.0).sum(axis=1)[hot]
-    return busy, seconds[hot].sum(axis=1) / typical
+    return busy, seconds[hot].sum(axis=1) / busy.batch_times(sizes[hot])
 
 
 def _warmth_at_formation(logs: list[BatchLog], tau: float) -> np.ndarray:
-    """Each batch's server warmth when it was formed (the simulator's rule: a log starts at
-    its steady state, its busy fraction; warmth goes towards 1 while busy from forming a
-    batch to forming the next less the idle time, towards 0 while idle)."""
+    """Each batch's server warmth when it was formed, by the simulator's rule
+    (:class:`WarmthState`): a log starts at its steady state, its busy fraction; a server
+    works from forming a batch to forming the next less the idle time between."""
     out = []
     for log in logs:
         h = np.zeros(len(log))
-        state: dict[int, tuple[float, float]] = {}  # server -> (warmth, formed)
         span = (log.end.max() - log.formed.min()) * len(np.unique(log.server)) if len(log) else 1
         busy_time = (log.end - log.formed).sum() + np.nansum(log.overhead())
         start = float(min(1.0, busy_time / span)) if span > 0 else 1.0
+        state = WarmthState((0.0, tau), int(log.server.max(initial=0)) + 1, start)
+        prev = log.previous()
         for k in range(len(log)):
             r = int(log.server[k])
-            warm = start
-            if r in state:
-                last, formed = state[r]
-                worked = log.formed[k] - log.idle[k] - formed
-                warm = 1.0 - (1.0 - last) * np.exp(-max(worked, 0.0) / tau)
-            if np.isfinite(log.idle[k]):  # (a first batch after "forever": the start state)
-                warm *= np.exp(-log.idle[k] / tau)
-            h[k] = warm
-            state[r] = (warm, float(log.formed[k]))
+            if prev[k] >= 0:
+                state.warm(r, log.formed[k] - log.idle[k] - log.formed[prev[k]])
+            state.cool(r, log.idle[k])
+            h[k] = state.h[r]
         out.append(h)
     return np.concatenate(out)
 

@@ -95,10 +95,13 @@ def max_rate(
     True
     """
     seed = kwargs.pop("seed", 0)
-    value = _max_rate(exits, latency, limit, percentile, tolerance, seed=seed, **kwargs)
+
+    def search(model: LatencyModel, s: int) -> float:
+        return _max_rate(exits, model, limit, percentile, tolerance, seed=s, **kwargs)
+
+    value = search(latency, seed)
     slow, fast = _interval_runs(latency, seed, interval_seeds)
-    low = min(_max_rate(exits, m, limit, percentile, tolerance, seed=s, **kwargs) for m, s in slow)
-    high = max(_max_rate(exits, m, limit, percentile, tolerance, seed=s, **kwargs) for m, s in fast)
+    low, high = min(search(m, s) for m, s in slow), max(search(m, s) for m, s in fast)
     return RateEstimate(value, min(low, value), max(high, value))
 
 
@@ -154,13 +157,15 @@ def replicas_needed(
     max_replicas = check_int(max_replicas, "max_replicas", minimum=1)
     kwargs.pop("replicas", None)
     seed = kwargs.pop("seed", 0)
-    value = _replicas(exits, latency, rate, limit, percentile, max_replicas, seed=seed, **kwargs)
+
+    def search(model: LatencyModel, s: int) -> int | None:
+        return _replicas(exits, model, rate, limit, percentile, max_replicas, seed=s, **kwargs)
+
+    value = search(latency, seed)
     if value is None:
         return None
     slow, fast = _interval_runs(latency, seed, interval_seeds)
-    args = (exits, rate, limit, percentile, max_replicas)
-    highs = [_replicas(args[0], m, *args[1:], seed=s, **kwargs) for m, s in slow]
-    lows = [_replicas(args[0], m, *args[1:], seed=s, **kwargs) for m, s in fast]
+    highs, lows = [search(m, s) for m, s in slow], [search(m, s) for m, s in fast]
     high = None if None in highs else max([value, *highs])
     return ReplicaEstimate(value, min([value, *(v for v in lows if v is not None)]), high)
 

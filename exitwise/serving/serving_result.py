@@ -30,7 +30,7 @@ class ServingResult:
     involuntary : numpy.ndarray
         Per request, seconds between its exit's result and its answer (``"static"`` only).
     busy : float
-        Server-seconds spent running segments.
+        Server-seconds spent running segments and the bookkeeping after each batch.
     stable : bool
         False when the queue kept growing (the backlog at the last arrival exceeds
         ``max(4 * max_batch * replicas, 1 % of requests)`` and waits in the last fifth of
@@ -73,7 +73,7 @@ class ServingResult:
 
     @property
     def utilisation(self) -> float:
-        """Share of server time spent running segments."""
+        """Share of server time spent running segments and bookkeeping."""
         return self.busy / (self.replicas * self.duration)
 
     def percentiles(self, levels: tuple[float, ...] = (50, 90, 99, 99.9)) -> dict[float, float]:

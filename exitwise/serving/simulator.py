@@ -41,16 +41,10 @@ import numpy as np
 
 from exitwise._checks import check_choice, check_int
 from exitwise.serving.batch_log import BatchRecorder
-from exitwise.serving.latency import LatencyModel
-from exitwise.serving.serving_result import ServingResult, latency_percentile_intervals
+from exitwise.serving.latency import LatencyModel, WarmthState
+from exitwise.serving.serving_result import ServingResult
 
-__all__ = [
-    "SCHEDULERS",
-    "ServingResult",
-    "latency_percentile_intervals",
-    "poisson_arrivals",
-    "simulate_serving",
-]
+__all__ = ["SCHEDULERS", "ServingResult", "poisson_arrivals", "simulate_serving"]
 
 #: the schedulers :func:`simulate_serving` knows
 SCHEDULERS = ("static", "compact", "refill", "full")
@@ -151,7 +145,7 @@ def simulate_serving(
     start = 1.0
     for _ in range(2 if latency.warmth[0] > 0 else 1):
         noise, log = _Jitter(latency.jitter, e, seed), BatchRecorder(e)
-        warmth = _Warmth(latency.warmth, replicas, start)
+        warmth = WarmthState(latency.warmth, replicas, start)
         starts, answers, ready, busy = run(
             arr, depths, table, scheduler, max_batch, replicas, latency, noise, log, warmth
         )
@@ -192,27 +186,6 @@ class _Jitter:
         return self.buffer[self.used - 1]
 
 
-class _Warmth:
-    """Each server's warmth ``h`` in [0, 1] (:attr:`LatencyModel.warmth`): it decays towards
-    0 while the server idles and grows towards 1 while it works, with time constant ``tau``;
-    a batch formed at warmth ``h`` runs ``1 + cold * (1 - h)`` times its table time."""
-
-    def __init__(self, warmth: tuple[float, float], replicas: int, start: float) -> None:
-        self.cold, self.tau = warmth
-        self.h = [start] * replicas
-
-    def factor(self, r: int, idle: float) -> float:
-        if self.cold == 0:
-            return 1.0
-        if math.isfinite(idle):  # (a server's first batch: its start state)
-            self.h[r] *= math.exp(-idle / self.tau)
-        return 1.0 + self.cold * (1.0 - self.h[r])
-
-    def busy(self, r: int, seconds: float) -> None:
-        if self.cold:
-            self.h[r] = 1.0 - (1.0 - self.h[r]) * math.exp(-seconds / self.tau)
-
-
 def _batches(arr, depths, table, scheduler, max_batch, replicas, latency, noise, log, warmth):
     """``full``, ``static`` and ``compact``: one batch at a time per server."""
     n, e = arr.size, table.shape[1]
@@ -228,7 +201,8 @@ def _batches(arr, depths, table, scheduler, max_batch, replicas, latency, noise,
         j = i + int(np.searchsorted(arr[i : i + max_batch], t, side="right"))
         d = depths[i:j]
         deepest = int(d.max())
-        factor = noise.next()[: deepest + 1] * warmth.factor(r, idle)
+        warmth.cool(r, idle)
+        factor = noise.next()[: deepest + 1] * warmth.factor(r)
         if scheduler == "compact":
             alive = (d[:, None] >= segments[None, : deepest + 1]).sum(axis=0)
             seconds = table[alive, segments[: deepest + 1]] * factor
@@ -246,7 +220,7 @@ def _batches(arr, depths, table, scheduler, max_batch, replicas, latency, noise,
         starts[i:j] = t
         free_at = float(done[-1]) + latency.overhead_time(j - i)  # bookkeeping after it
         busy += free_at - t
-        warmth.busy(r, free_at - t)
+        warmth.warm(r, free_at - t)
         heapq.heappush(free, (free_at, r))
         i = j
     return starts, answers, ready, busy
@@ -276,7 +250,8 @@ def _refill(arr, depths, table, scheduler, max_batch, replicas, latency, noise, 
             continue
         idle = 0.0 if idle_from[r] is None else t - idle_from[r]
         counts = np.bincount([s for _, s in active], minlength=e)
-        seconds = table[counts, segments] * noise.next() * warmth.factor(r, idle)
+        warmth.cool(r, idle)
+        seconds = table[counts, segments] * noise.next() * warmth.factor(r)
         if idle:  # the step's first group pays the wake-up
             seconds[np.argmax(counts > 0)] += latency.wake_up_time(idle)
         step = float(seconds.sum())
@@ -286,7 +261,7 @@ def _refill(arr, depths, table, scheduler, max_batch, replicas, latency, noise, 
         end = t + step
         after = latency.overhead_time(len(active))
         busy += step + after
-        warmth.busy(r, step + after)
+        warmth.warm(r, step + after)
         still = []
         for item in active:
             if item[1] == depths[item[0]]:
