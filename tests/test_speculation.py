@@ -4,6 +4,7 @@ speculative decoding on the collected sequences."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -28,25 +29,39 @@ def _outputs(lengths, e, c, seed, agree=0.7):
     return ExitOutputs(logits[perm], groups=groups[perm] * 3 + 1, positions=positions[perm])
 
 
-def _simulate_greedy(out, d, k):
-    """Greedy speculative decoding, literally: draft with exit d, verify with the last."""
+def _simulate_greedy(out, d, k, tau=0.0, schedule="constant"):
+    """Greedy self-speculative decoding, literally, as Hugging Face runs it: draft with exit d
+    one token at a time, stop after k drafts, after a draft whose confidence (max softmax
+    probability) is below tau, or one token before the end; verify with the last exit;
+    under the heuristic schedules k grows by 2 after a fully accepted round, else shrinks
+    by 1 (kept from one sequence to the next with "heuristic")."""
     pred = out.predictions()
-    tokens = verifications = 0
-    for grp in out.groups.unique():
+    conf = torch.softmax(out.logits.double(), dim=-1).amax(dim=-1)
+    tokens = verifications = drafts = 0
+    current = k
+    for grp in sorted(out.groups.unique().tolist()):
+        if schedule != "heuristic":
+            current = k
         rows = torch.nonzero(out.groups == grp).flatten()
         rows = rows[torch.argsort(out.positions[rows])]
-        agree = (pred[rows, d] == pred[rows, -1]).tolist()
         p, t = 0, len(rows)
         while p < t:
+            drafted = []
+            while len(drafted) < min(current, t - p - 1):
+                r = rows[p + len(drafted)]
+                drafted.append(r)
+                if float(conf[r, d]) < tau:
+                    break
             j = 0
-            while j < k and p + j < t and agree[p + j]:
+            while j < len(drafted) and pred[drafted[j], d] == pred[drafted[j], -1]:
                 j += 1
             verifications += 1
-            produced = min(j + 1, t - p)
-            tokens += produced
+            drafts += len(drafted)
+            tokens += j + 1
+            if schedule != "constant":
+                current = current + 2 if j == len(drafted) else max(1, current - 1)
             p += j + 1
-        assert tokens >= 0
-    return tokens, verifications
+    return tokens, verifications, drafts
 
 
 @settings(max_examples=30, deadline=None)
@@ -55,20 +70,26 @@ def _simulate_greedy(out, d, k):
     e=st.integers(2, 4),
     seed=st.integers(0, 10_000),
     agree=st.floats(0.0, 1.0),
+    tau=st.floats(0.0, 1.0),
+    schedule=st.sampled_from(["constant", "heuristic", "heuristic_transient"]),
 )
-def test_planner_equals_brute_force_greedy_speculation(lengths, e, seed, agree):
+def test_planner_equals_brute_force_greedy_speculation(lengths, e, seed, agree, tau, schedule):
     out = _outputs(lengths, e, 5, seed, agree)
-    plan = plan_self_speculation(out, max_draft=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # max_draft longer than a sequence
+        plan = plan_self_speculation(out, max_draft=4, thresholds=[tau], schedule=schedule)
     alpha = acceptance(out)
+    c = out.costs.tolist()
     for row in plan.rows:
         d, k = row["draft_exit"], row["draft_length"]
-        tokens, verifs = _simulate_greedy(out, d, k)
-        assert tokens == sum(lengths)
+        stop = 0.0 if row["threshold"] is None else tau
+        tokens, verifs, drafts = _simulate_greedy(out, d, k, stop, schedule)
+        assert tokens == sum(lengths) == row["tokens"]
+        assert (row["verifications"], row["draft_steps"]) == (verifs, drafts)
         assert row["tokens_per_verification"] == pytest.approx(tokens / verifs)
         assert row["acceptance"] == pytest.approx(float(alpha[:, d].mean()))
-        c = out.costs.tolist()
         assert row["speed_up"] == pytest.approx(
-            c[-1] * (tokens / verifs) / (k * c[d] + c[-1] - c[d])
+            c[-1] * tokens / (drafts * c[d] + verifs * (c[-1] - c[d]))
         )
 
 
@@ -106,7 +127,7 @@ def test_the_best_candidate_and_its_grid():
     assert plan.best["speed_up"] == max(r["speed_up"] for r in plan.rows)
     grid = plan.speed_up_grid()
     assert grid.shape == (3, 5) and not bool(torch.isnan(grid).any())
-    assert "speed-up" in plan.to_text() and " *" in plan.to_text()
+    assert "memory-bound" in plan.to_text() and " *" in plan.to_text()
 
 
 def test_bad_inputs_are_named(real_outputs):
