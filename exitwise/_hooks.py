@@ -88,6 +88,11 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) 
 _POOLS = {"cls": cls_pool, "mean": mean_pool}
 
 
+def _per_token(hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """No pooling: ``[B, T, H]`` stays per token."""
+    return hidden
+
+
 # ----------------------------------------------------------------------------- heads
 def _heads_for(heads: Any, num_exits: int) -> list[Head]:
     if heads is None:
@@ -162,8 +167,14 @@ def _exit_logits(
             "A model without `exits` must return per-exit logits (list of tensors or a "
             f"[B, E, C] tensor); got {type(out).__name__}. Pass `exits` and `heads`."
         )
+    hugging_face = all(isinstance(x, int) and not isinstance(x, bool) for x in exits)
+    if hugging_face and heads is None and hasattr(model, "get_output_embeddings"):
+        from exitwise._causal_lm_heads import causal_lm_heads
+
+        heads = causal_lm_heads(model, exits)  # the model's own final norm + LM head
+        pool = _per_token  # a language model's logits stay per token
     head_list = _heads_for(heads, len(exits))
-    if all(isinstance(x, int) and not isinstance(x, bool) for x in exits):  # Hugging Face
+    if hugging_face:
         out = _call(model, inputs, output_hidden_states=True)
         hidden = getattr(out, "hidden_states", None)
         if hidden is None and isinstance(out, Mapping):

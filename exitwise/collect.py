@@ -10,7 +10,10 @@ Three ways to say where the exits are:
    always removed, also when the forward pass fails.
 3. Hugging Face models: ``exits=[1, 2, ...]`` (indices into ``hidden_states``); the model is
    called with ``output_hidden_states=True``, hidden states are pooled (``pool="cls"``,
-   ``"mean"`` over the attention mask, or a callable) and passed to ``heads``.
+   ``"mean"`` over the attention mask, or a callable) and passed to ``heads``. A causal LM
+   (``*ForCausalLM``) needs no ``heads``: its own final norm and LM head are used, as its
+   ``generate`` does for early exit (:func:`exitwise.generation.causal_lm_heads`; the last
+   hidden state is already normed), and the logits stay per token.
 
 Token-level outputs (``[B, T, C]``, e.g. a language model's logits per position) become one
 sample per token; positions whose label is ``-100`` (Hugging Face's ignore index), and padding
@@ -137,6 +140,8 @@ def collect(
         hidden-state indices. ``None``: the model returns per-exit logits itself.
     heads : module, callable or sequence, optional
         One head per exit, or one shared head (e.g. ``nn.Sequential(final_norm, lm_head)``).
+        With integer ``exits`` on a Hugging Face ``*ForCausalLM`` and no ``heads``: the
+        model's own final norm and LM head (exactly the logits of its early-exit assistant).
     pool : {"cls", "mean"} or callable, default="cls"
         Hugging Face mode: how a ``[B, T, H]`` hidden state becomes ``[B, H]``; a callable
         gets ``(hidden, attention_mask)``.
