@@ -166,6 +166,47 @@ def test_cli_plan_speculation_prints_the_best_and_writes_the_plot(tmp_path, caps
     assert main(["plan-speculation", str(plain)]) == 2
 
 
+def test_cli_plan_speculation_prints_engine_settings(tmp_path, capsys):
+    import json
+
+    from exitwise.cli import main
+    from exitwise.generation import SpeculationCosts, plan_self_speculation
+
+    out = _outputs([25] * 8, 3, 5, seed=4, agree=0.9)
+    out = ExitOutputs(
+        out.logits,
+        out.labels,
+        [1.0, 2.0, 6.0],
+        ["layer1", "layer2", "layer6"],
+        groups=out.groups,
+        positions=out.positions,
+    )
+    out.save(tmp_path / "tok.npz")
+    cheap = SpeculationCosts(1.0, (0.1, 0.2), verify_base=1.0, verify_per_token=0.01)
+    busy = SpeculationCosts(1.0, (0.6, 0.7), verify_base=0.1, verify_per_token=0.9, batch_size=32)
+    cheap.save(tmp_path / "b1.json")
+    busy.save(tmp_path / "b32.json")
+    base = ["plan-speculation", str(tmp_path / "tok.npz"), "--max-draft", "4"]
+    assert main([*base, "--format", "hf", "--latency", str(tmp_path / "b1.json")]) == 0
+    hf = json.loads(capsys.readouterr().out)
+    best = plan_self_speculation(out, 4, costs=cheap).best
+    assert hf["generate_kwargs"] == {
+        "assistant_early_exit": best["draft_exit"] + 1,
+        "do_sample": False,
+    }
+    assert hf["generation_config"]["num_assistant_tokens"] == best["draft_length"]
+    latency = ["--latency", str(tmp_path / "b1.json"), "--latency", str(tmp_path / "b32.json")]
+    assert main([*base, "--format", "vllm", *latency]) == 0
+    vllm = json.loads(capsys.readouterr().out)
+    assert vllm["num_speculative_tokens_per_batch_size"][1] == [32, 2**31 - 1, 0]
+    assert main([*base, "--format", "trtllm", *latency]) == 0
+    assert json.loads(capsys.readouterr().out)["draft_len_schedule"]["32"] == 0
+    assert main([*base, "--thresholds", "0.5", "0.9", "--calibrate", "0.5"]) == 0
+    assert "0.90" in capsys.readouterr().out
+    assert main([*base, "--format", "vllm"]) == 2
+    assert "needs --latency" in capsys.readouterr().err
+
+
 def _expected_verifications(alpha, k):
     """The backward recursion of the module docstring for one sequence, literally."""
     t = len(alpha)

@@ -13,6 +13,7 @@ from exitwise.generation.draft_acceptance import AcceptanceCalibration, draft_co
 from exitwise.generation.engine_configs import (
     batch_size_schedule,
     hf_generate_kwargs,
+    hf_settings,
     trtllm_config,
     vllm_config,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "decoder_layers",
     "draft_confidence",
     "hf_generate_kwargs",
+    "hf_settings",
     "measure_speculation_costs",
     "own_continuations",
     "plan_self_speculation",

@@ -26,7 +26,13 @@ from typing import Any
 
 from exitwise.generation.speculation_costs import SpeculationCosts
 
-__all__ = ["batch_size_schedule", "hf_generate_kwargs", "trtllm_config", "vllm_config"]
+__all__ = [
+    "batch_size_schedule",
+    "hf_generate_kwargs",
+    "hf_settings",
+    "trtllm_config",
+    "vllm_config",
+]
 
 
 def _hf_layer(row: dict[str, Any], layers: Any) -> int:
@@ -40,6 +46,38 @@ def _hf_layer(row: dict[str, Any], layers: Any) -> int:
             "own_continuations (exits named 'layer<i>')."
         )
     return int(found.group(1))
+
+
+def hf_settings(
+    plan: Any, *, row: dict[str, Any] | None = None, layers: Any = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What a plan asks of Hugging Face, without a model: the kwargs for ``generate`` and the
+    fields of ``model.generation_config`` (see :func:`hf_generate_kwargs`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from exitwise import ExitOutputs
+    >>> from exitwise.generation import plan_self_speculation
+    >>> z = torch.zeros(40, 2, 3); z[:, :, 0] = 1.0  # the draft always agrees
+    >>> out = ExitOutputs(z, groups=torch.zeros(40, dtype=torch.long), positions=torch.arange(40),
+    ...                   exit_names=["layer2", "layer6"], costs=[2.0, 6.0])
+    >>> hf_settings(plan_self_speculation(out, max_draft=4))
+    ({'assistant_early_exit': 2, 'do_sample': False}, {'num_assistant_tokens': 4, 'num_assistant_tokens_schedule': 'constant', 'assistant_confidence_threshold': 0.0})
+    """
+    if row is None:
+        if not plan.speculate:
+            return {"do_sample": False}, {}
+        row = plan.best
+    if plan.mode != "greedy":
+        raise ValueError("Only greedy plans map onto generate (do_sample=False).")
+    tau = row["confidence_threshold"] if row["threshold"] is not None else 0.0
+    fields = {
+        "num_assistant_tokens": int(row["draft_length"]),
+        "num_assistant_tokens_schedule": plan.schedule,
+        "assistant_confidence_threshold": float(min(tau, 1.0)) if math.isfinite(tau) else 1.0,
+    }
+    return {"assistant_early_exit": _hf_layer(row, layers), "do_sample": False}, fields
 
 
 def hf_generate_kwargs(
@@ -69,17 +107,10 @@ def hf_generate_kwargs(
         raise TypeError(
             f"Expected a Hugging Face model with a generation_config, got {type(model).__name__}."
         )
-    if row is None:
-        if not plan.speculate:
-            return {"do_sample": False}
-        row = plan.best
-    if plan.mode != "greedy":
-        raise ValueError("Only greedy plans map onto generate (do_sample=False).")
-    tau = row["confidence_threshold"] if row["threshold"] is not None else 0.0
-    config.num_assistant_tokens = int(row["draft_length"])
-    config.num_assistant_tokens_schedule = plan.schedule
-    config.assistant_confidence_threshold = float(min(tau, 1.0)) if math.isfinite(tau) else 1.0
-    return {"assistant_early_exit": _hf_layer(row, layers), "do_sample": False}
+    kwargs, fields = hf_settings(plan, row=row, layers=layers)
+    for name, value in fields.items():
+        setattr(config, name, value)
+    return kwargs
 
 
 def batch_size_schedule(
