@@ -62,8 +62,11 @@ def hf_settings(
     >>> z = torch.zeros(40, 2, 3); z[:, :, 0] = 1.0  # the draft always agrees
     >>> out = ExitOutputs(z, groups=torch.zeros(40, dtype=torch.long), positions=torch.arange(40),
     ...                   exit_names=["layer2", "layer6"], costs=[2.0, 6.0])
-    >>> hf_settings(plan_self_speculation(out, max_draft=4))
-    ({'assistant_early_exit': 2, 'do_sample': False}, {'num_assistant_tokens': 4, 'num_assistant_tokens_schedule': 'constant', 'assistant_confidence_threshold': 0.0})
+    >>> kwargs, fields = hf_settings(plan_self_speculation(out, max_draft=4))
+    >>> kwargs
+    {'assistant_early_exit': 2, 'do_sample': False}
+    >>> fields["num_assistant_tokens"], fields["assistant_confidence_threshold"]
+    (4, 0.0)
     """
     if row is None:
         if not plan.speculate:
