@@ -42,7 +42,7 @@ from torch.nn import functional as F
 from exitwise import ExitOutputs
 from exitwise.calibrate import TemperatureScaling
 from exitwise.collect import collect
-from exitwise.generation import plan_self_speculation
+from exitwise.generation import first_divergence, plan_self_speculation, sequence_disagreement
 from exitwise.policies import (
     DecayedSignal,
     ExitController,
@@ -259,22 +259,27 @@ def generate_speculative(model: TinyLM, prompt: torch.Tensor, new: int, d: int, 
     return ids[len(prompt) : len(prompt) + new], accepted
 
 
-def own_continuation_plan(model: TinyLM, continuations: list[torch.Tensor], start: int, k: int):
-    """The exact greedy plan: teacher-force the model's *own* greedy continuations (prompt +
-    generated tokens) and keep the inputs from ``start`` on (where speculation begins), so
-    the planner walks the very agreement runs that generation meets (``k``: the most
-    drafts)."""
+def own_outputs(model: TinyLM, continuations: list[torch.Tensor], start: int) -> ExitOutputs:
+    """Teacher-force the model's *own* greedy continuations (prompt + generated tokens) and
+    keep the inputs from ``start`` on: the tokens early exit decides (the first generated
+    token comes from the prompt's full pass), with their positions in the sequence."""
     ids = torch.stack(continuations)
     names = [f"layer{i + 1}" for i in range(len(model.blocks))]
     own = collect(model, [(ids[:, :-1], ids[:, 1:])], progress=False, exit_names=names)
-    late = own.positions >= start
+    return own[own.positions >= start]
+
+
+def own_continuation_plan(model: TinyLM, continuations: list[torch.Tensor], start: int, k: int):
+    """The exact greedy plan: the planner walks the very agreement runs that generation
+    meets on the model's own continuations (``k``: the most drafts)."""
+    own = own_outputs(model, continuations, start)
     own = ExitOutputs(
-        own.logits[late],
-        own.labels[late],
+        own.logits,
+        own.labels,
         own.costs,
         own.exit_names,
-        groups=own.groups[late],
-        positions=own.positions[late] - start,
+        groups=own.groups,
+        positions=own.positions - start,
     )
     return plan_self_speculation(own, max_draft=k)
 
@@ -367,7 +372,7 @@ def report(model, policy, cert, plan, test_c, seqs, ts, prompts) -> None:
     controller = ExitController.from_policy(policy, ts)
     certified = None if cert.policy is None else ExitController.from_policy(cert.policy, ts)
     cert_diff: list[float] = []
-    same_as_full, continuations = [], []
+    same_as_full, continuations, first_measured = [], [], []
     diff, depths, accepted, times = [], [], [], {"full": 0.0, "early": 0.0, "spec": 0.0}
     best = plan.best
     for g in test_ids:
@@ -390,6 +395,8 @@ def report(model, policy, cert, plan, test_c, seqs, ts, prompts) -> None:
         times["spec"] += t3 - t2
         n = min(len(full), len(early))
         diff.append(float((full[:n] != early[:n]).double().mean()))
+        differs = torch.nonzero(full[:n] != early[:n]).flatten()
+        first_measured.append(int(differs[0]) if differs.numel() else n)
         depths += dep
         accepted += acc
         same_as_full.append(bool(torch.equal(spec[: len(full)], full[: len(spec)])))
@@ -430,6 +437,9 @@ def report(model, policy, cert, plan, test_c, seqs, ts, prompts) -> None:
         f"  self-speculation speed-up: {best['speed_up']:.2f}x predicted (from the layer "
         f"costs), {times['full'] / times['spec']:.2f}x measured (wall clock of this loop)"
     )
+    divergence(
+        model, policy, ts, continuations, first_measured, diff, layers, predicted_depth, times
+    )
     if cert.policy is None:
         print(f"  sequence-level certificate: none ({cert.reason})")
     else:
@@ -439,6 +449,37 @@ def report(model, policy, cert, plan, test_c, seqs, ts, prompts) -> None:
             f"{cert.shared_threshold:.3f}; generating with it, the share per sequence was "
             f"{sum(cert_diff) / len(cert_diff):.3f} measured"
         )
+
+
+def divergence(model, policy, ts, continuations, first_measured, diff, layers, depth, times):
+    """Early-exit generation as users judge it: where each generation first leaves the full
+    model's greedy text, and each sequence's share of differing tokens, predicted on the
+    model's own continuations against measured; tokens/s from the layers run."""
+    own = own_outputs(model, continuations, 16)
+    exits = policy.exit_indices(ts.transform(own))
+    first = (first_divergence(own, exits) + 1).tolist()  # +1: the first token is the full pass
+    per_seq = sequence_disagreement(own, exits).tolist()
+    hit = sum(int(a == b) for a, b in zip(first, first_measured, strict=True))
+
+    def quartiles(values) -> str:
+        q = torch.tensor(values, dtype=torch.float64).quantile(
+            torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)
+        )
+        return "/".join(f"{v:.0f}" for v in q.tolist())
+
+    print(
+        f"  first divergence from full greedy (generated token index, quartiles): "
+        f"{quartiles(first)} predicted, {quartiles(first_measured)} measured; the same index "
+        f"in {hit}/{len(first)} generations (exact but for the K/V copy of skipped layers)"
+    )
+    print(
+        f"  per-sequence disagreement (mean over sequences): {sum(per_seq) / len(per_seq):.3f} "
+        f"predicted on the own continuation, {sum(diff) / len(diff):.3f} measured"
+    )
+    print(
+        f"  early-exit speed-up: {layers / depth:.2f}x predicted (layers per token), "
+        f"{times['full'] / times['early']:.2f}x measured (wall clock of this loop)"
+    )
 
 
 if __name__ == "__main__":

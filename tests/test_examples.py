@@ -76,6 +76,12 @@ def test_language_model_example_runs_end_to_end(tiny_lm, capsys):
     # generation with the sequence-level certified threshold
     assert "disagreement with the full model, per token (mean over tokens)" in text
     assert "self-speculation speed-up:" in text and "x predicted" in text
+    # issue 21 item 8: where generation first leaves the full model's text, predicted on the
+    # model's own continuations against measured, and each sequence's share of differing tokens
+    first = next(x for x in text.splitlines() if "first divergence from full greedy" in x)
+    hits, total = first.split("the same index in ")[1].split(" generations")[0].split("/")
+    assert int(total) == 6 and int(hits) >= 1
+    assert "per-sequence disagreement" in text and "early-exit speed-up" in text
     cert = next(x for x in text.splitlines() if "sequence-level certificate" in x)
     assert "generating with it, the share per sequence was" in cert or "none (" in cert
 

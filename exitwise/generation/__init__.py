@@ -9,6 +9,7 @@ from exitwise.generation.causal_lm import (
     own_continuations,
 )
 from exitwise.generation.causal_lm_costs import measure_speculation_costs
+from exitwise.generation.divergence import first_divergence, sequence_disagreement
 from exitwise.generation.draft_acceptance import AcceptanceCalibration, draft_confidence
 from exitwise.generation.engine_configs import (
     batch_size_schedule,
@@ -48,12 +49,14 @@ __all__ = [
     "causal_lm_heads",
     "decoder_layers",
     "draft_confidence",
+    "first_divergence",
     "hf_generate_kwargs",
     "hf_settings",
     "measure_speculation_costs",
     "own_continuations",
     "plan_self_speculation",
     "policy_token_costs",
+    "sequence_disagreement",
     "sequence_table",
     "simulate_decode",
     "token_costs",

@@ -65,6 +65,17 @@ def own_continuations(
         ``positions``: 0 for the first new token.
     continuations : list of LongTensor
         The generated tokens of each prompt (stopping early at an end-of-sequence token).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> cfg = LlamaConfig(vocab_size=20, hidden_size=16, intermediate_size=32,
+    ...                   num_hidden_layers=2, num_attention_heads=2, pad_token_id=None)
+    >>> prompts = [torch.tensor([1, 2, 3]), torch.tensor([4, 5])]
+    >>> out, new = own_continuations(LlamaForCausalLM(cfg), prompts, max_new_tokens=5)
+    >>> out.num_samples, out.exit_names, out.positions[:5].tolist(), len(new[0])
+    (10, ['layer1', 'layer2'], [0, 1, 2, 3, 4], 5)
     """
     if (
         isinstance(max_new_tokens, bool)

@@ -114,6 +114,17 @@ def measure_speculation_costs(
         Tokens generated per prompt by the ``"hf"`` timings.
     calibrate : int, optional
         The longer draft length of the ``"hf"`` calibration runs (default 4; the other is 1).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> cfg = LlamaConfig(vocab_size=20, hidden_size=16, intermediate_size=32,
+    ...                   num_hidden_layers=2, num_attention_heads=2, pad_token_id=None)
+    >>> costs = measure_speculation_costs(LlamaForCausalLM(cfg), [torch.tensor([1, 2, 3])],
+    ...                                   loop="forward", max_width=3, repeats=2)
+    >>> len(costs.draft_steps), costs.plain_step > 0
+    (1, True)
     """
     check_choice(loop, "loop", ("hf", "forward"))
     batch_size = check_int(batch_size, "batch_size", minimum=1)
