@@ -207,19 +207,28 @@ def test_cli_plan_speculation_prints_engine_settings(tmp_path, capsys):
     assert "needs --latency" in capsys.readouterr().err
 
 
-def _expected_verifications(alpha, k):
-    """The backward recursion of the module docstring for one sequence, literally."""
+def _expected_counts(alpha, confident, k):
+    """Expected verifications and draft steps of one sequence, literally: from p a round
+    drafts m = min(k, drafts until the first unconfident one (included), t - p - 1) tokens,
+    accepts j < m of them with probability alpha_p ... alpha_{p+j-1} (1 - alpha_{p+j}) and
+    all m with alpha_p ... alpha_{p+m-1}; then it goes on from p + j + 1."""
     t = len(alpha)
-    v = [0.0] * (t + k + 2)
+    v, s = [0.0] * (t + 1), [0.0] * (t + 1)
     for p in range(t - 1, -1, -1):
-        total, alive = 0.0, 1.0
-        for j in range(k + 1):
-            a = alpha[p + j] if p + j < t else 0.0
-            stop = alive * (1.0 - a) if j < k else alive
-            total += stop * v[p + j + 1]
-            alive *= a
-        v[p] = 1.0 + total
-    return v[0]
+        m = 0
+        while m < min(k, t - p - 1):
+            m += 1
+            if not confident[p + m - 1]:
+                break
+        total_v, total_s, alive = 0.0, float(m), 1.0
+        for j in range(m + 1):
+            weight = alive * (1.0 - alpha[p + j]) if j < m else alive
+            total_v += weight * v[p + j + 1]
+            total_s += weight * s[p + j + 1]
+            if j < m:
+                alive *= alpha[p + j]
+        v[p], s[p] = 1.0 + total_v, total_s
+    return v[0], s[0]
 
 
 @settings(max_examples=25, deadline=None)
@@ -227,20 +236,30 @@ def _expected_verifications(alpha, k):
     lengths=st.lists(st.integers(1, 12), min_size=1, max_size=5),
     seed=st.integers(0, 10_000),
     k=st.integers(1, 5),
+    tau=st.floats(0.0, 1.0),
 )
-def test_sampling_plan_equals_the_recursion_per_sequence(lengths, seed, k):
+def test_sampling_plan_equals_the_recursion_per_sequence(lengths, seed, k, tau):
     out = _outputs(lengths, 3, 4, seed, 0.6)
     alpha = acceptance(out, "sampling")
+    confidence = torch.softmax(out.logits.double(), -1).amax(-1)
     k = min(k, max(lengths))  # longer drafts are capped (with a warning)
-    plan = plan_self_speculation(out, max_draft=k, mode="sampling")
+    plan = plan_self_speculation(out, max_draft=k, mode="sampling", thresholds=[tau])
     for d in range(2):
-        verifs = 0.0
-        for grp in out.groups.unique():
-            rows = torch.nonzero(out.groups == grp).flatten()
-            rows = rows[torch.argsort(out.positions[rows])]
-            verifs += _expected_verifications(alpha[rows, d].tolist(), k)
-        row = next(r for r in plan.rows if r["draft_exit"] == d and r["draft_length"] == k)
-        assert row["tokens_per_verification"] == pytest.approx(sum(lengths) / verifs)
+        for threshold in (None, tau):
+            verifs = drafts = 0.0
+            for grp in out.groups.unique():
+                rows = torch.nonzero(out.groups == grp).flatten()
+                rows = rows[torch.argsort(out.positions[rows])]
+                ok = [threshold is None or float(c) >= tau for c in confidence[rows, d]]
+                v, s = _expected_counts(alpha[rows, d].tolist(), ok, k)
+                verifs, drafts = verifs + v, drafts + s
+            row = next(
+                r
+                for r in plan.rows
+                if r["draft_exit"] == d and r["draft_length"] == k and r["threshold"] == threshold
+            )
+            assert row["tokens_per_verification"] == pytest.approx(sum(lengths) / verifs)
+            assert row["draft_steps"] == pytest.approx(drafts)
 
 
 def test_regression_planner_memory_is_linear_in_tokens_and_k_is_capped():
