@@ -168,7 +168,8 @@ def _exit_logits(
             f"[B, E, C] tensor); got {type(out).__name__}. Pass `exits` and `heads`."
         )
     hugging_face = all(isinstance(x, int) and not isinstance(x, bool) for x in exits)
-    if hugging_face and heads is None and hasattr(model, "get_output_embeddings"):
+    lm_head = getattr(model, "get_output_embeddings", lambda: None)()
+    if hugging_face and heads is None and isinstance(lm_head, nn.Module):
         from exitwise._causal_lm_heads import causal_lm_heads
 
         heads = causal_lm_heads(model, exits)  # the model's own final norm + LM head
