@@ -130,6 +130,18 @@ class PassCounter:
 
     Use as a context manager; ``verifications`` and ``draft_steps`` are read after (the hooks
     are removed on exit, also when generation fails).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> cfg = LlamaConfig(vocab_size=20, hidden_size=16, intermediate_size=32,
+    ...                   num_hidden_layers=2, num_attention_heads=2, pad_token_id=None)
+    >>> model = LlamaForCausalLM(cfg).eval()
+    >>> with PassCounter(model) as counter:
+    ...     _ = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=6, do_sample=False)
+    >>> counter.verifications, counter.draft_steps  # plain decoding: one full pass per token
+    (6, 0)
     """
 
     def __init__(self, model: nn.Module) -> None:
