@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/calibrators.py
 	$(PY) benchmarks/tuning.py
 	$(PY) benchmarks/vocabulary.py
+	$(PY) benchmarks/fixed_width.py
 	$(PY) benchmarks/certify.py
 
 docs: $(STAMP)

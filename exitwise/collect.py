@@ -26,6 +26,7 @@ Per-exit costs: :func:`measure_costs` (in :mod:`exitwise.exit_costs`, re-exporte
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -33,6 +34,7 @@ import torch
 from torch import nn
 
 from exitwise._checks import check_choice
+from exitwise._fixed_width import first_occurrences, reduce_fixed_width
 from exitwise._hooks import (
     _POOLS,
     _exit_logits,
@@ -49,17 +51,21 @@ __all__ = ["cls_pool", "collect", "mean_pool", "measure_costs"]
 
 
 # ----------------------------------------------------------------------------- reduction
-def _parse_reduce(reduce: str | None) -> int | None:
+def _parse_reduce(reduce: str | None) -> tuple[str, int] | None:
+    """``("topk" | "fixed", K)`` or ``None``."""
     if reduce is None:
         return None
-    if isinstance(reduce, str) and reduce.startswith("topk:"):
+    if isinstance(reduce, str) and reduce.split(":", 1)[0] in ("topk", "fixed"):
+        mode, _, value = reduce.partition(":")
         try:
-            k = int(reduce.split(":", 1)[1])
+            k = int(value)
         except ValueError:
             k = 0
         if k >= 1:
-            return k
-    raise ValueError(f"Expected `reduce` to be None or 'topk:K' with K >= 1, got {reduce!r}.")
+            return mode, k
+    raise ValueError(
+        f"Expected `reduce` to be None, 'topk:K' or 'fixed:K' with K >= 1, got {reduce!r}."
+    )
 
 
 def _reduce_topk(
@@ -87,12 +93,7 @@ def _reduce_topk(
         parts.append(labels.clamp(min=0)[:, None])
     parts.append(top2.indices.reshape(b, -1))
     parts.append(lp[:, -1].topk(k, dim=-1).indices)
-    cand = torch.cat(parts, dim=1)  # [B, M] in priority order
-    m = cand.shape[1]
-    earlier = torch.ones(m, m, dtype=torch.bool, device=cand.device).tril(-1)
-    dup = ((cand[:, :, None] == cand[:, None, :]) & earlier).any(dim=2)
-    order = torch.argsort(dup.to(torch.int8), dim=1, stable=True)  # first occurrences first
-    kept = cand.gather(1, order)[:, :k]  # [B, K]
+    kept = first_occurrences(torch.cat(parts, dim=1), k)  # [B, K], in priority order
     kept_lp = lp.gather(2, kept[:, None, :].expand(b, e, k))
     rest = lp.scatter(2, kept[:, None, :].expand(b, e, k), float("-inf")).logsumexp(dim=-1)
     runner_up = top2.values[..., -1]  # [B, E]
@@ -156,12 +157,19 @@ def collect(
         smallest number that keeps each at or below every exit's runner-up (R <= C - K). Logits
         become ``[N, E, K + R]`` (kept columns first), labels their kept positions. Argmax,
         correctness, max-probability, margin and NLL stay exact; entropy is approximate.
+    reduce : "fixed:K"
+        The same width for every sample: ``K + E (+ 1)`` kept classes (the label, every exit's
+        argmax, the final exit's most likely) and ``E`` equal buckets of each exit's remaining
+        mass, so ``[N, E, K + 2E (+ 1)]`` whatever the vocabulary or the flattest token
+        (:mod:`exitwise._fixed_width`: argmax, max-probability and NLL exact unless a bucket
+        beats an exit's top class, which is warned about; the sampling acceptance an upper
+        bound, off by at most ``min(r_d, r_L)``).
     costs, exit_names :
         Passed to :class:`ExitOutputs` (see :func:`measure_costs`).
     progress : bool, default=True
         A tqdm progress bar with samples/s.
     return_class_indices : bool, default=False
-        With ``reduce``, also return the kept class ids ``[N, K]``.
+        With ``reduce``, also return the kept class ids ``[N, K]`` (``[N, K + E (+ 1)]``).
 
     Returns
     -------
@@ -180,11 +188,11 @@ def collect(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"Expected `model` to be a torch.nn.Module, got {type(model).__name__}.")
-    k = _parse_reduce(reduce)
+    reduction = _parse_reduce(reduce)
     if isinstance(pool, str):
         check_choice(pool, "pool", tuple(_POOLS))
     device = torch.device(device) if device is not None else _model_device(model)
-    gathered = _Gathered(k, torch.device(output_device))
+    gathered = _Gathered(reduction, torch.device(output_device))
     was_training = model.training
     model.eval()
     bar = None
@@ -203,9 +211,20 @@ def collect(
             bar.close()
         model.train(was_training)
     out = gathered.outputs(costs, exit_names)
+    if gathered.failed is not None and bool(gathered.failed.any()):
+        per_exit = ", ".join(
+            f"{out.exit_names[e]}: {int(c)}" for e, c in enumerate(gathered.failed) if c
+        )
+        warnings.warn(
+            f"reduce={reduce!r}: samples whose rest bucket is above the exit's most likely "
+            f"class, of {out.num_samples} ({per_exit}); there that exit's argmax and "
+            "max-probability are not exact. Such flat exits need reduce='topk:K'.",
+            UserWarning,
+            stacklevel=2,
+        )
     if return_class_indices:
-        if k is None:
-            raise ValueError("`return_class_indices` needs `reduce='topk:K'`.")
+        if reduction is None:
+            raise ValueError("`return_class_indices` needs `reduce='topk:K'` or 'fixed:K'.")
         return out, torch.cat(gathered.kept)
     return out
 
@@ -259,8 +278,9 @@ def _batch_logits(
 class _Gathered:
     """Batches accumulated on the output device (top-k reduced when asked)."""
 
-    def __init__(self, k: int | None, output_device: torch.device) -> None:
-        self.k, self.device = k, output_device
+    def __init__(self, reduce: tuple[str, int] | None, output_device: torch.device) -> None:
+        self.reduce, self.device = reduce, output_device
+        self.failed: torch.Tensor | None = None  # per exit: tokens "fixed:K" kept inexact
         self.logits: list[torch.Tensor] = []
         self.labels: list[torch.Tensor] = []
         self.kept: list[torch.Tensor] = []
@@ -286,8 +306,12 @@ class _Gathered:
             self.groups.append((seq + self.sequences).to(self.device))
             self.positions.append(pos.to(self.device))
             self.sequences += batch_sequences
-        if self.k is not None:
-            logits, rest, labels, kept, needed = _reduce_topk(logits, labels, self.k)
+        if self.reduce is not None and self.reduce[0] == "fixed":
+            logits, labels, kept, failed = reduce_fixed_width(logits, labels, self.reduce[1])
+            self.kept.append(kept.to(self.device))
+            self.failed = failed if self.failed is None else self.failed + failed
+        elif self.reduce is not None:
+            logits, rest, labels, kept, needed = _reduce_topk(logits, labels, self.reduce[1])
             self.kept.append(kept.to(self.device))
             self.rest.append(rest.to(self.device))
             self.buckets = max(self.buckets, int(needed.max()))
@@ -299,7 +323,7 @@ class _Gathered:
         if not self.logits:
             raise ValueError("`data` yielded no batches.")
         logits = torch.cat(self.logits)
-        if self.k is not None:
+        if self.reduce is not None and self.reduce[0] == "topk":
             logits = _assemble_topk(logits, torch.cat(self.rest), self.buckets)
         labels = torch.cat(self.labels) if self.labels else None
         groups = torch.cat(self.groups) if self.groups else None

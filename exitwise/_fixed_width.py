@@ -1,0 +1,86 @@
+r"""Fixed-width vocabulary reduction (``collect(..., reduce="fixed:K")``).
+
+``reduce="topk:K"`` spreads the remaining mass over as many equal "rest" columns as the
+flattest token needs to keep every argmax exact, so its width follows the data. This form has
+the same width for every token, ``W + E`` columns (``E`` exits):
+
+* ``W = K + E (+ 1 with labels)`` kept classes per token: the label, every exit's argmax,
+  then the last exit's most likely classes until ``W`` distinct ones, in class order (their
+  exact log-probabilities in every exit);
+* ``E`` rest buckets: each exit's remaining mass :math:`r_e` (the log-sum-exp of its other
+  classes) split into ``E`` equal parts, so every row still sums to 1.
+
+Exact: every exit's argmax and maximum probability (hence greedy agreement with the last exit
+and the draft confidence a speculation plan reads), the label's probability (NLL), the
+correctness; provided no bucket beats an exit's top class, :math:`r_e / E \le p_{e,\max}`.
+Tokens where that fails are counted (``collect`` warns with their number; a larger ``K``
+removes them). Not exact: entropy and margin. Sampling acceptance
+:math:`\sum_c \min(p_{d,c}, p_{L,c})` computed on the reduced rows is
+:math:`\sum_{\text{kept}} \min(p_d, p_L) + \min(r_d, r_L)`, an upper bound on the true value
+that exceeds it by at most :math:`\min(r_d, r_L)` (the true value lies in
+:math:`[\sum_{\text{kept}}, \sum_{\text{kept}} + \min(r_d, r_L)]`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["first_occurrences", "reduce_fixed_width"]
+
+_FLOOR = -1e4  # log-probability of an empty bucket: exp() is 0 in float64
+
+
+def first_occurrences(candidates: torch.Tensor, width: int) -> torch.Tensor:
+    """The first ``width`` distinct entries of each row of ``candidates`` ``[B, M]``, in
+    order (each row must hold at least ``width`` distinct values).
+
+    Examples
+    --------
+    >>> first_occurrences(torch.tensor([[3, 1, 3, 2, 1]]), 3).tolist()
+    [[3, 1, 2]]
+    """
+    m = candidates.shape[1]
+    earlier = torch.ones(m, m, dtype=torch.bool, device=candidates.device).tril(-1)
+    dup = ((candidates[:, :, None] == candidates[:, None, :]) & earlier).any(dim=2)
+    order = torch.argsort(dup.to(torch.int8), dim=1, stable=True)  # first occurrences first
+    return candidates.gather(1, order)[:, :width]
+
+
+def reduce_fixed_width(
+    logits: torch.Tensor, labels: torch.Tensor | None, k: int
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """One batch ``[B, E, V]`` reduced to ``[B, E, W + E]`` (see the module docstring).
+
+    Returns the reduced log-probabilities, the labels as kept positions, the kept class ids
+    ``[B, W]`` and, per exit ``[E]``, how many tokens have a bucket above its top class.
+
+    Examples
+    --------
+    >>> z = torch.zeros(5, 2, 100); z[:, 0, 3] = 8.0; z[:, 1, 4] = 8.0
+    >>> out, labels, kept, failed = reduce_fixed_width(z, torch.tensor([7, 8, 9, 10, 11]), 4)
+    >>> tuple(out.shape), failed.tolist()  # 4 + 2 + 1 kept classes and 2 rest buckets
+    ((5, 2, 9), [0, 0])
+    >>> kept.gather(1, out.argmax(-1))[0].tolist()  # each exit's argmax, exactly
+    [3, 4]
+    """
+    b, e, v = logits.shape
+    width = min(v, k + e + (labels is not None))
+    lp = torch.log_softmax(logits.to(torch.float32), dim=-1)
+    parts = [] if labels is None else [labels.clamp(min=0)[:, None]]
+    parts += [lp.argmax(dim=-1), lp[:, -1].topk(width, dim=-1).indices]
+    # in class order, so that ties resolve to the lowest class id as a full argmax does
+    kept = first_occurrences(torch.cat(parts, dim=1), width).sort(dim=1).values  # [B, W]
+    kept_lp = lp.gather(2, kept[:, None, :].expand(b, e, width))
+    if width < v:
+        rest = lp.scatter(2, kept[:, None, :].expand(b, e, width), float("-inf")).logsumexp(-1)
+    else:
+        rest = torch.full((b, e), float("-inf"), device=lp.device)
+    bucket = (rest - math.log(e)).clamp(min=_FLOOR)  # [B, E]
+    failed = (bucket > kept_lp.amax(dim=-1)).sum(dim=0)  # [E]
+    out = torch.cat([kept_lp, bucket[..., None].expand(b, e, e)], dim=-1)
+    new_labels = None
+    if labels is not None:
+        new_labels = (kept == labels[:, None]).to(torch.int64).argmax(dim=1)
+    return out, new_labels, kept, failed
