@@ -106,7 +106,7 @@ class SpeculationPlan:
             + (f" {'measured':>9}" if measured else ""),
         ]
         for r in self.rows:
-            mark = " *" if r is self.best else ""
+            mark = " *" if r is self.best and self.speculate else ""
             stop = "-" if r["threshold"] is None else f"{r['threshold']:.2f}"
             lines.append(
                 f"{r['draft_name']:<12} {r['draft_length']:>3} {stop:>6} {r['acceptance']:>7.3f} "
