@@ -169,5 +169,7 @@ def test_measured_costs(trained, tmp_path):
     assert hf.plain_step > 0 and len(hf.draft_steps) == 3
     hf.save(tmp_path / "costs.json")
     assert SpeculationCosts.load(tmp_path / "costs.json") == hf
+    with pytest.raises(ValueError, match="`calibrate`"):
+        measure_speculation_costs(model, cal_prompts[:1], new_tokens=4, calibrate=1)
     with pytest.raises(ValueError, match="batch 1"):
         measure_speculation_costs(model, cal_prompts[:1], batch_size=2)

@@ -113,7 +113,8 @@ def measure_speculation_costs(
     new_tokens : int, default=32
         Tokens generated per prompt by the ``"hf"`` timings.
     calibrate : int, optional
-        The longer draft length of the ``"hf"`` calibration runs (default 4; the other is 1).
+        The longer draft length of the ``"hf"`` calibration runs (default 4, at least 2; the
+        other is 1: two lengths per draft layer determine its cost and the round's).
 
     Examples
     --------
@@ -129,6 +130,8 @@ def measure_speculation_costs(
     check_choice(loop, "loop", ("hf", "forward"))
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     max_width = check_int(max_width, "max_width", minimum=1)
+    if calibrate is not None:
+        calibrate = check_int(calibrate, "calibrate", minimum=2)
     if loop == "hf" and batch_size != 1:
         raise ValueError("loop='hf' times Hugging Face's assisted generation, which runs batch 1.")
     if not prompts:
@@ -204,7 +207,7 @@ def _with_hf_loop(model, prompts, costs, exits, new_tokens, calibrate) -> Specul
     :class:`PassCounter`. ``R`` and ``D_d`` replace the passes' own times plus the loop's
     (the verification's width term is kept from the forward timings)."""
     drafts = exits[:-1]
-    k = 4 if calibrate is None else int(calibrate)
+    k = 4 if calibrate is None else calibrate
     runs = [(None, 0)] + [(layer, length) for layer in drafts for length in sorted({1, k})]
     config = model.generation_config
     saved = {n: getattr(config, n, None) for n in _FIELDS}
