@@ -13,8 +13,8 @@ the same width for every token, ``W + E`` columns (``E`` exits):
 Exact: every exit's argmax and maximum probability (hence greedy agreement with the last exit
 and the draft confidence a speculation plan reads), the label's probability (NLL), the
 correctness; provided no bucket beats an exit's top class, :math:`r_e / E \le p_{e,\max}`.
-Tokens where that fails are counted (``collect`` warns with their number; a larger ``K``
-removes them). Not exact: entropy and margin. Sampling acceptance
+Tokens where that fails are counted per exit (``collect`` warns with the counts; a flat exit
+needs ``reduce="topk:K"``). Not exact: entropy and margin. Sampling acceptance
 :math:`\sum_c \min(p_{d,c}, p_{L,c})` computed on the reduced rows is
 :math:`\sum_{\text{kept}} \min(p_d, p_L) + \min(r_d, r_L)`, an upper bound on the true value
 that exceeds it by at most :math:`\min(r_d, r_L)` (the true value lies in
@@ -27,7 +27,7 @@ import math
 
 import torch
 
-__all__ = ["first_occurrences", "reduce_fixed_width"]
+__all__ = ["first_occurrences", "kept_columns", "reduce_fixed_width"]
 
 _FLOOR = -1e4  # log-probability of an empty bucket: exp() is 0 in float64
 
@@ -46,6 +46,30 @@ def first_occurrences(candidates: torch.Tensor, width: int) -> torch.Tensor:
     dup = ((candidates[:, :, None] == candidates[:, None, :]) & earlier).any(dim=2)
     order = torch.argsort(dup.to(torch.int8), dim=1, stable=True)  # first occurrences first
     return candidates.gather(1, order)[:, :width]
+
+
+def kept_columns(
+    lp: torch.Tensor, kept: torch.Tensor, labels: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """What both reductions keep of log-probabilities ``lp`` ``[B, E, V]`` given the kept
+    class ids ``kept`` ``[B, W]``: their log-probabilities ``[B, E, W]``, the log of each
+    exit's remaining mass ``[B, E]`` (``-inf`` when every class is kept) and the labels as
+    kept positions.
+
+    Examples
+    --------
+    >>> lp = torch.log(torch.tensor([[[0.5, 0.3, 0.2]]]))
+    >>> kept_lp, rest, labels = kept_columns(lp, torch.tensor([[1, 0]]), torch.tensor([0]))
+    >>> kept_lp.exp().round(decimals=6).tolist(), round(float(rest.exp()), 6), labels.tolist()
+    ([[[0.3, 0.5]]], 0.2, [1])
+    """
+    b, e, _ = lp.shape
+    index = kept[:, None, :].expand(b, e, kept.shape[1])
+    rest = lp.scatter(2, index, float("-inf")).logsumexp(dim=-1)
+    new_labels = None
+    if labels is not None:
+        new_labels = (kept == labels[:, None]).to(torch.int64).argmax(dim=1)
+    return lp.gather(2, index), rest, new_labels
 
 
 def reduce_fixed_width(
@@ -72,15 +96,8 @@ def reduce_fixed_width(
     parts += [lp.argmax(dim=-1), lp[:, -1].topk(width, dim=-1).indices]
     # in class order, so that ties resolve to the lowest class id as a full argmax does
     kept = first_occurrences(torch.cat(parts, dim=1), width).sort(dim=1).values  # [B, W]
-    kept_lp = lp.gather(2, kept[:, None, :].expand(b, e, width))
-    if width < v:
-        rest = lp.scatter(2, kept[:, None, :].expand(b, e, width), float("-inf")).logsumexp(-1)
-    else:
-        rest = torch.full((b, e), float("-inf"), device=lp.device)
+    kept_lp, rest, new_labels = kept_columns(lp, kept, labels)
     bucket = (rest - math.log(e)).clamp(min=_FLOOR)  # [B, E]
     failed = (bucket > kept_lp.amax(dim=-1)).sum(dim=0)  # [E]
     out = torch.cat([kept_lp, bucket[..., None].expand(b, e, e)], dim=-1)
-    new_labels = None
-    if labels is not None:
-        new_labels = (kept == labels[:, None]).to(torch.int64).argmax(dim=1)
     return out, new_labels, kept, failed

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from exitwise._checks import check_choice
-from exitwise._fixed_width import first_occurrences, reduce_fixed_width
+from exitwise._fixed_width import first_occurrences, kept_columns, reduce_fixed_width
 from exitwise._hooks import (
     _POOLS,
     _exit_logits,
@@ -94,13 +94,9 @@ def _reduce_topk(
     parts.append(top2.indices.reshape(b, -1))
     parts.append(lp[:, -1].topk(k, dim=-1).indices)
     kept = first_occurrences(torch.cat(parts, dim=1), k)  # [B, K], in priority order
-    kept_lp = lp.gather(2, kept[:, None, :].expand(b, e, k))
-    rest = lp.scatter(2, kept[:, None, :].expand(b, e, k), float("-inf")).logsumexp(dim=-1)
+    kept_lp, rest, new_labels = kept_columns(lp, kept, labels)
     runner_up = top2.values[..., -1]  # [B, E]
     needed = torch.ceil(torch.exp(rest - runner_up)).amax(dim=1).clamp(min=1, max=max(1, v - k))
-    new_labels = None
-    if labels is not None:
-        new_labels = (kept == labels[:, None]).to(torch.int64).argmax(dim=1)
     return kept_lp, rest, new_labels, kept, needed.to(torch.int64)
 
 
