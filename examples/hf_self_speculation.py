@@ -44,6 +44,7 @@ from exitwise.generation import (
     own_continuations,
     plan_self_speculation,
 )
+from exitwise.generation.engine_configs import HF_GENERATION_FIELDS
 
 VOCAB = [chr(i) for i in range(32, 127)]  # printable ASCII
 
@@ -118,13 +119,10 @@ def prompts_from(data: torch.Tensor, count: int, length: int, seed: int) -> list
     return [data[s : s + length].clone() for s in starts]
 
 
-FIELDS = ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold")
-
-
 def hf_setting(plan, model, row) -> tuple[dict, dict]:
     """The generate kwargs of a plan's row and the generation-config fields it sets."""
     kwargs = plan.to_hf_generate_kwargs(model, row=row)
-    return kwargs, {n: getattr(model.generation_config, n) for n in FIELDS}
+    return kwargs, {n: getattr(model.generation_config, n) for n in HF_GENERATION_FIELDS}
 
 
 def run_hf(model, prompts, new_tokens: int, settings: dict) -> dict:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from exitwise._causal_lm_heads import base_model, causal_lm_heads, decoder_layers
+from exitwise._checks import check_int
 from exitwise.data import ExitOutputs
 
 __all__ = [
@@ -71,20 +72,14 @@ def own_continuations(
     >>> import torch
     >>> from transformers import LlamaConfig, LlamaForCausalLM
     >>> cfg = LlamaConfig(vocab_size=20, hidden_size=16, intermediate_size=32,
-    ...                   num_hidden_layers=2, num_attention_heads=2, pad_token_id=None)
+    ...                   num_hidden_layers=2, num_attention_heads=2, pad_token_id=None,
+    ...                   eos_token_id=None)  # never stop early: a fixed count
     >>> prompts = [torch.tensor([1, 2, 3]), torch.tensor([4, 5])]
     >>> out, new = own_continuations(LlamaForCausalLM(cfg), prompts, max_new_tokens=5)
     >>> out.num_samples, out.exit_names, out.positions[:5].tolist(), len(new[0])
     (10, ['layer1', 'layer2'], [0, 1, 2, 3, 4], 5)
     """
-    if (
-        isinstance(max_new_tokens, bool)
-        or not isinstance(max_new_tokens, int)
-        or max_new_tokens < 1
-    ):
-        raise ValueError(
-            f"Expected `max_new_tokens` to be an integer >= 1, got {max_new_tokens!r}."
-        )
+    max_new_tokens = check_int(max_new_tokens, "max_new_tokens", minimum=1)
     last = len(decoder_layers(model))
     exits = list(range(1, last + 1)) if exits is None else list(exits)
     heads = causal_lm_heads(model, exits)
@@ -136,7 +131,8 @@ class PassCounter:
     >>> import torch
     >>> from transformers import LlamaConfig, LlamaForCausalLM
     >>> cfg = LlamaConfig(vocab_size=20, hidden_size=16, intermediate_size=32,
-    ...                   num_hidden_layers=2, num_attention_heads=2, pad_token_id=None)
+    ...                   num_hidden_layers=2, num_attention_heads=2, pad_token_id=None,
+    ...                   eos_token_id=None)  # never stop early: a fixed count
     >>> model = LlamaForCausalLM(cfg).eval()
     >>> with PassCounter(model) as counter:
     ...     _ = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=6, do_sample=False)

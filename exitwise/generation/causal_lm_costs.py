@@ -27,6 +27,7 @@ import torch
 
 from exitwise._checks import check_choice, check_int
 from exitwise.generation.causal_lm import PassCounter, base_model, decoder_layers
+from exitwise.generation.engine_configs import HF_GENERATION_FIELDS
 from exitwise.generation.speculation_costs import SpeculationCosts
 
 __all__ = ["measure_speculation_costs"]
@@ -174,13 +175,6 @@ def measure_speculation_costs(
         model.train(was_training)
 
 
-_FIELDS = (
-    "num_assistant_tokens",
-    "num_assistant_tokens_schedule",
-    "assistant_confidence_threshold",
-)
-
-
 def _generate(
     model: Any, prompt: torch.Tensor, new_tokens: int, layer: int | None, k: int
 ) -> float:
@@ -210,7 +204,7 @@ def _with_hf_loop(model, prompts, costs, exits, new_tokens, calibrate) -> Specul
     k = 4 if calibrate is None else calibrate
     runs = [(None, 0)] + [(layer, length) for layer in drafts for length in sorted({1, k})]
     config = model.generation_config
-    saved = {n: getattr(config, n, None) for n in _FIELDS}
+    saved = {n: getattr(config, n, None) for n in HF_GENERATION_FIELDS}
     seconds = np.zeros(len(runs))
     counts = np.zeros((len(runs), 2))
     try:

@@ -19,7 +19,6 @@ only: the engines need a GPU.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -27,12 +26,21 @@ from typing import Any
 from exitwise.generation.speculation_costs import SpeculationCosts
 
 __all__ = [
+    "HF_GENERATION_FIELDS",
     "batch_size_schedule",
     "hf_generate_kwargs",
     "hf_settings",
     "trtllm_config",
     "vllm_config",
 ]
+
+
+# what Hugging Face's early-exit assistant reads from ``model.generation_config``
+HF_GENERATION_FIELDS = (
+    "num_assistant_tokens",
+    "num_assistant_tokens_schedule",
+    "assistant_confidence_threshold",
+)
 
 
 def _hf_layer(row: dict[str, Any], layers: Any) -> int:
@@ -75,11 +83,8 @@ def hf_settings(
     if plan.mode != "greedy":
         raise ValueError("Only greedy plans map onto generate (do_sample=False).")
     tau = row["confidence_threshold"] if row["threshold"] is not None else 0.0
-    fields = {
-        "num_assistant_tokens": int(row["draft_length"]),
-        "num_assistant_tokens_schedule": plan.schedule,
-        "assistant_confidence_threshold": float(min(tau, 1.0)) if math.isfinite(tau) else 1.0,
-    }
+    values = (int(row["draft_length"]), plan.schedule, float(min(tau, 1.0)))  # inf: 1.0
+    fields = dict(zip(HF_GENERATION_FIELDS, values, strict=True))
     return {"assistant_early_exit": _hf_layer(row, layers), "do_sample": False}, fields
 
 

@@ -37,7 +37,6 @@ is false where no candidate beats it.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -343,7 +342,7 @@ def _row(outputs, d, k, given, raw, a, tokens, verifs, drafts, exit_costs, verif
         "draft_name": outputs.exit_names[d],
         "draft_length": k,
         "threshold": given,
-        "confidence_threshold": float(raw) if math.isfinite(raw) else math.inf,
+        "confidence_threshold": float(raw),
         "acceptance": a,
         "tokens": tokens,
         "verifications": verifs,
