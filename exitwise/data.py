@@ -20,6 +20,7 @@ from exitwise._checks import (
     check_costs,
     check_finite,
     check_floating,
+    check_int,
     check_labels,
     check_ndim,
     check_open_unit,
@@ -28,6 +29,7 @@ from exitwise._checks import (
     row_index,
 )
 from exitwise.data_files import read_arrays, write_arrays
+from exitwise.data_split import sequence_split, stratified_split
 
 __all__ = ["ExitOutputs", "load"]
 
@@ -57,6 +59,11 @@ class ExitOutputs:
         keeps whole sequences on one side and bootstrap intervals resample sequences.
     positions : array-like of shape (N,), optional
         Position (>= 0) of each token in its sequence; needs ``groups``.
+    rest_columns : int, default=0
+        How many trailing columns hold remaining probability mass rather than a class (the
+        ``reduce="fixed:K"`` form of :func:`~exitwise.collect`). They count in every
+        normalisation, but predictions, correctness and the signals take the argmax and the
+        maximum over the class columns only; labels lie in the class columns.
 
     Raises
     ------
@@ -86,6 +93,7 @@ class ExitOutputs:
         exit_names: Sequence[str] | None = None,
         groups: Any = None,
         positions: Any = None,
+        rest_columns: int = 0,
     ) -> None:
         logits_t = as_tensor(logits, "logits")
         check_floating(logits_t, "logits")
@@ -100,9 +108,15 @@ class ExitOutputs:
         check_finite(logits_t, "logits")
         device = logits_t.device
 
+        rest = check_int(rest_columns, "rest_columns", minimum=0)
+        if rest > c - 2:
+            raise ValueError(
+                f"Expected `rest_columns` to leave at least 2 class columns of C = {c}, got {rest}."
+            )
         labels_t: torch.Tensor | None = None
         if labels is not None:
-            labels_t = check_labels(as_tensor(labels, "labels", device=device), "labels", n, c)
+            labels_t = as_tensor(labels, "labels", device=device)
+            labels_t = check_labels(labels_t, "labels", n, c - rest)
 
         if costs is None:
             costs_t = torch.arange(1, e + 1, dtype=torch.float64, device=device) / e
@@ -130,6 +144,7 @@ class ExitOutputs:
         self._labels = labels_t
         self._costs = costs_t
         self._exit_names = names
+        self._rest = rest
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
@@ -141,11 +156,12 @@ class ExitOutputs:
         exit_names: list[str],
         groups: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        rest_columns: int = 0,
     ) -> ExitOutputs:
         """Build without validation from parts that were already validated."""
         obj = cls.__new__(cls)
         obj._logits, obj._labels, obj._costs, obj._exit_names = logits, labels, costs, exit_names
-        obj._groups, obj._positions = groups, positions
+        obj._groups, obj._positions, obj._rest = groups, positions, rest_columns
         return obj
 
     def with_logits(self, logits: Any) -> ExitOutputs:
@@ -166,7 +182,13 @@ class ExitOutputs:
                 f"{tuple(new.shape)}."
             )
         return ExitOutputs(
-            new, self._labels, self._costs, self._exit_names, self._groups, self._positions
+            new,
+            self._labels,
+            self._costs,
+            self._exit_names,
+            self._groups,
+            self._positions,
+            self._rest,
         )
 
     # ------------------------------------------------------------------ properties
@@ -215,7 +237,13 @@ class ExitOutputs:
 
     @property
     def num_classes(self) -> int:
+        """Number of columns ``C`` (classes, then :attr:`rest_columns`)."""
         return int(self._logits.shape[2])
+
+    @property
+    def rest_columns(self) -> int:
+        """Trailing columns that hold remaining mass, not a class (0 for full logits)."""
+        return self._rest
 
     @property
     def device(self) -> torch.device:
@@ -227,9 +255,10 @@ class ExitOutputs:
     def __repr__(self) -> str:
         labelled = "labelled" if self._labels is not None else "unlabelled"
         seqs = "" if self._groups is None else f"num_groups={self.num_groups}, "
+        rest = f"rest_columns={self._rest}, " if self._rest else ""
         return (
             f"ExitOutputs(num_samples={self.num_samples}, num_exits={self.num_exits}, "
-            f"num_classes={self.num_classes}, {seqs}{labelled}, dtype={self._logits.dtype}, "
+            f"num_classes={self.num_classes}, {rest}{seqs}{labelled}, dtype={self._logits.dtype}, "
             f"device={self.device}, exit_names={self._exit_names})"
         )
 
@@ -243,8 +272,9 @@ class ExitOutputs:
         return torch.softmax(self._logits.to(compute_dtype(self._logits)), dim=-1)
 
     def predictions(self) -> torch.Tensor:
-        """Predicted class per sample and exit, ``[N, E]`` (int64, ties to the lowest index)."""
-        return self._logits.argmax(dim=-1)
+        """Predicted class per sample and exit, ``[N, E]`` (int64, ties to the lowest index;
+        the argmax over the class columns)."""
+        return self._logits[..., : self.num_classes - self._rest].argmax(dim=-1)
 
     def correct(self, reference: Literal["labels", "final"] = "labels") -> torch.Tensor:
         """Whether each exit's prediction is right, ``[N, E]`` bool.
@@ -277,7 +307,7 @@ class ExitOutputs:
         groups = None if self._groups is None else self._groups[index]
         positions = None if self._positions is None else self._positions[index]
         return ExitOutputs._trusted(
-            logits, labels, self._costs, list(self._exit_names), groups, positions
+            logits, labels, self._costs, list(self._exit_names), groups, positions, self._rest
         )
 
     def to(self, device: str | torch.device) -> ExitOutputs:
@@ -294,6 +324,7 @@ class ExitOutputs:
             list(self._exit_names),
             moved(self._groups),
             moved(self._positions),
+            self._rest,
         )
 
     def split(self, fraction: float, seed: int = 0) -> tuple[ExitOutputs, ExitOutputs]:
@@ -335,45 +366,12 @@ class ExitOutputs:
         """
         fraction = check_open_unit(fraction, "fraction")
         if self._groups is not None:
-            return self._split_groups(fraction, seed)
-        n = self.num_samples
-        n_first = _first_count(fraction, n, "samples")
-        gen = torch.Generator().manual_seed(int(seed))
-        perm = torch.randperm(n, generator=gen)
-        if self._labels is None:
-            first_idx, rest_idx = perm[:n_first], perm[n_first:]
+            first_idx, rest_idx = sequence_split(self._groups.cpu(), fraction, seed)
         else:
-            labels = self._labels.cpu()[perm]
-            order = torch.argsort(labels, stable=True)
-            perm = perm[order]
-            counts = torch.bincount(labels, minlength=self.num_classes).double()
-            exact = counts * n_first / n
-            take = torch.floor(exact).long()
-            remainder = n_first - int(take.sum())
-            if remainder > 0:
-                frac_part = exact - take
-                extra = torch.argsort(-frac_part, stable=True)[:remainder]
-                take[extra] += 1
-            starts = torch.cumsum(counts.long(), 0) - counts.long()
-            position = torch.arange(n) - torch.repeat_interleave(starts, counts.long())
-            in_first = position < torch.repeat_interleave(take, counts.long())
-            first_idx, rest_idx = perm[in_first], perm[~in_first]
-        first_idx = first_idx.sort().values.to(self.device)
-        rest_idx = rest_idx.sort().values.to(self.device)
-        return first_idx, rest_idx
-
-    def _split_groups(self, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Whole sequences to each side: ``round(fraction * G)`` random groups go first."""
-        uniq, inverse = torch.unique(self._groups.cpu(), return_inverse=True)
-        g = uniq.numel()
-        g_first = _first_count(fraction, g, "sequences")
-        gen = torch.Generator().manual_seed(int(seed))
-        first_group = torch.zeros(g, dtype=torch.bool)
-        first_group[torch.randperm(g, generator=gen)[:g_first]] = True
-        in_first = first_group[inverse]
-        first_idx = torch.nonzero(in_first).flatten().to(self.device)
-        rest_idx = torch.nonzero(~in_first).flatten().to(self.device)
-        return first_idx, rest_idx
+            first_idx, rest_idx = stratified_split(
+                self.num_samples, self._labels, self.num_classes, fraction, seed
+            )
+        return first_idx.to(self.device), rest_idx.to(self.device)
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> None:
@@ -383,18 +381,29 @@ class ExitOutputs:
         any); exit names in the safetensors metadata, or as a unicode array ``exit_names`` in
         npz. bfloat16 logits are written as float32 to npz (numpy has no bfloat16).
         """
-        write_arrays(path, {k: getattr(self, k) for k in _ARRAYS}, self.exit_names)
+        arrays = {k: getattr(self, k) for k in _ARRAYS}
+        if self._rest:
+            arrays["rest_columns"] = torch.tensor([self._rest])
+        write_arrays(path, arrays, self.exit_names)
 
 
-def _first_count(fraction: float, total: int, what: str) -> int:
-    """``round(fraction * total)``, which must leave both parts of a split non-empty."""
-    first = round(fraction * total)
-    if first == 0 or first == total:
+def require_class_columns(outputs: ExitOutputs, what: str) -> None:
+    """Raise a ``ValueError`` when ``what`` needs every class as a column but ``outputs``
+    holds :attr:`~ExitOutputs.rest_columns` (their mass is not split into classes).
+
+    Examples
+    --------
+    >>> require_class_columns(ExitOutputs(torch.zeros(2, 1, 3), rest_columns=1), "Brier")
+    Traceback (most recent call last):
+    ...
+    ValueError: Brier needs every class as a column, but these ExitOutputs hold 1 rest ...
+    """
+    if outputs.rest_columns:
         raise ValueError(
-            f"Expected `fraction` to leave both parts non-empty, got {fraction} of {total} "
-            f"{what} ({first} in the first part)."
+            f"{what} needs every class as a column, but these ExitOutputs hold "
+            f"{outputs.rest_columns} rest column(s) (collect(reduce='fixed:K')); collect with "
+            "reduce='topk:K' or keep full logits."
         )
-    return first
 
 
 def load(path: str | Path) -> ExitOutputs:
@@ -412,4 +421,10 @@ def load(path: str | Path) -> ExitOutputs:
     """
     arrays, names = read_arrays(path)  # validated by the public constructor
     parts = {k: arrays.get(k) for k in _ARRAYS if k != "logits"}
-    return ExitOutputs(arrays["logits"], exit_names=names, **parts)
+    rest = arrays.get("rest_columns")
+    if rest is not None:
+        rest = np.asarray(rest).reshape(-1)
+        if rest.shape != (1,) or rest.dtype.kind not in "iu":
+            raise ValueError(f"'{path}': `rest_columns` must hold one integer, got {rest!r}.")
+        rest = int(rest[0])
+    return ExitOutputs(arrays["logits"], exit_names=names, rest_columns=rest or 0, **parts)

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from exitwise import metrics
-from exitwise.data import ExitOutputs
+from exitwise.data import ExitOutputs, require_class_columns
+from exitwise.signals import max_probability
 
 __all__ = [
     "confidence_histogram",
@@ -190,6 +191,9 @@ def reliability_grid(
     >>> len(fig.axes)
     8
     """
+    for outputs in (before, after):
+        if outputs is not None:
+            require_class_columns(outputs, "A reliability diagram")
     e = before.num_exits
     if fig is None:
         fig = new_figure((3.2 * e, 5.0))
@@ -246,7 +250,7 @@ def reliability_grid(
 def confidence_histogram(outputs: ExitOutputs, exit: int = -1, bins: int = 30, *, ax: Any = None):
     """Histogram of top-label confidence at one exit, correct and wrong answers apart."""
     ax = _axes(ax)
-    conf = outputs.probs()[:, exit].max(dim=-1).values.double().cpu().numpy()
+    conf = max_probability(outputs)[:, exit].cpu().numpy()  # over the class columns
     correct = outputs.correct()[:, exit].cpu().numpy()
     ax.hist(
         [conf[correct], conf[~correct]],

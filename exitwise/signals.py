@@ -41,7 +41,7 @@ import torch
 
 from exitwise._checks import as_tensor, batched_logits, check_finite
 from exitwise._chunks import CHUNK_BYTES, rows_per_chunk
-from exitwise.data import ExitOutputs
+from exitwise.data import ExitOutputs, require_class_columns
 
 __all__ = [
     "SIGNALS",
@@ -84,7 +84,7 @@ def _minus_inf_like(index: torch.Tensor) -> torch.Tensor:
 
 
 def exit_signal(
-    code: int, logits: torch.Tensor, previous: torch.Tensor, run: torch.Tensor
+    code: int, logits: torch.Tensor, previous: torch.Tensor, run: torch.Tensor, rest: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Score, prediction and PABEE run length of one exit: the formula of every signal.
 
@@ -98,6 +98,11 @@ def exit_signal(
         The previous exit's prediction (int64), ``-1`` before the first exit.
     run : torch.Tensor of shape (...)
         The previous exit's run length (int64).
+    rest : int, default=0
+        Trailing columns of remaining mass (:attr:`ExitOutputs.rest_columns
+        <exitwise.ExitOutputs.rest_columns>`): they count in the normalisation, never as the
+        top class. The margin and the entropies need ``rest = 0`` (the classes behind the
+        rest mass are unknown).
 
     Returns
     -------
@@ -111,8 +116,11 @@ def exit_signal(
     >>> float(exit_signal(LOG_MAX_PROBABILITY, z, *start)[0])    # max-prob rounds to 1.0
     -4.248354255291589e-18
     """
+    if rest != 0 and (code == 2 or code == 3 or code == 4):
+        raise ValueError("The margin and the entropies need every class as a column (rest = 0).")
     z = logits.to(torch.float64)
-    pred = torch.argmax(z, dim=-1)
+    classes = z.shape[-1] - rest
+    pred = torch.argmax(z[..., :classes], dim=-1)
     agree = (pred == previous) & (previous >= 0)
     new_run = torch.where(agree, run + 1, torch.zeros_like(run))
     if code <= 2:
@@ -147,15 +155,16 @@ def initial_state(shape: list[int], device: torch.device) -> tuple[torch.Tensor,
     return previous, torch.zeros(shape, dtype=torch.int64, device=device)
 
 
-def _logits(outputs: ExitOutputs | Any) -> torch.Tensor:
+def _logits(outputs: ExitOutputs | Any) -> tuple[torch.Tensor, int]:
+    """Logits ``[N, E, C]`` and their number of rest columns."""
     if isinstance(outputs, ExitOutputs):
-        return outputs.logits
+        return outputs.logits, outputs.rest_columns
     logits, _ = batched_logits(outputs, "outputs", allow_2d=False)
     check_finite(logits, "outputs")
-    return logits
+    return logits, 0
 
 
-def _scores_of_code(code: int, logits: torch.Tensor) -> torch.Tensor:
+def _scores_of_code(code: int, logits: torch.Tensor, rest: int = 0) -> torch.Tensor:
     """``[N, E]`` scores: :func:`exit_signal` exit by exit over row chunks (memory stays near
     the input's size: float64 work arrays exist for one chunk only)."""
     n, e, c = logits.shape
@@ -167,7 +176,7 @@ def _scores_of_code(code: int, logits: torch.Tensor) -> torch.Tensor:
         rows = slice(start, min(n, start + step))
         previous, run = initial_state([rows.stop - start], logits.device)
         for j in range(e):
-            out[rows, j], previous, run = exit_signal(code, logits[rows, j], previous, run)
+            out[rows, j], previous, run = exit_signal(code, logits[rows, j], previous, run, rest)
     return out
 
 
@@ -206,7 +215,10 @@ class Signal:
 
     def __call__(self, outputs: ExitOutputs | Any) -> torch.Tensor:
         if self.code is not None:
-            return _scores_of_code(self.code, _logits(outputs))
+            logits, rest = _logits(outputs)
+            if rest and self.code in (MARGIN, NEGATIVE_ENTROPY, NORMALIZED_ENTROPY):
+                require_class_columns(outputs, f"The {self.name!r} signal")
+            return _scores_of_code(self.code, logits, rest)
         if self.function is None:  # pragma: no cover - the constructor paths set one
             raise ValueError(f"Signal {self.name!r} has neither a code nor a function.")
         return self.function(outputs)

@@ -16,7 +16,7 @@ import torch
 from exitwise._checks import as_tensor, batched_logits, check_finite, check_labels
 from exitwise._chunks import CHUNK_BYTES, rows_per_chunk
 from exitwise.calibrate._estimator import FittedEstimator, load_estimator
-from exitwise.data import ExitOutputs
+from exitwise.data import ExitOutputs, require_class_columns
 
 __all__ = ["Calibrator", "load_calibrator"]
 
@@ -35,6 +35,7 @@ def _as_batched(
             raise ValueError(
                 "Fitting needs labels, but these ExitOutputs have none; pass labelled outputs."
             )
+        require_class_columns(outputs, "Calibration")
         return outputs.logits.detach(), outputs.labels, False, outputs
     logits, single = batched_logits(outputs, "logits")
     logits = logits.detach()  # calibrators are fitted and applied outside autograd
@@ -111,6 +112,11 @@ class Calibrator(FittedEstimator, abstract=True):
     def transform(self, outputs: Any) -> Any:
         """Calibrated log-probabilities, in the kind of the input (ExitOutputs or tensor)."""
         self._check_fitted()
+        if self.num_classes_ is None:
+            raise ValueError(
+                f"This {type(self).__name__} was fitted with fit_pairs on confidences: "
+                "use confidence_map; transform needs a fit on logits."
+            )
         logits, _, single, exit_outputs = _as_batched(outputs, None, need_labels=False)
         if logits.shape[1] != self.num_exits_ or logits.shape[2] != self.num_classes_:
             raise ValueError(

@@ -26,7 +26,7 @@ import torch
 
 from exitwise._checks import check_choice
 from exitwise.calibrate.cross_fit import cross_fitted
-from exitwise.data import ExitOutputs
+from exitwise.data import ExitOutputs, require_class_columns
 
 __all__ = [
     "SCORES",
@@ -46,6 +46,7 @@ def proper_score(outputs: ExitOutputs, score: str = "nll") -> torch.Tensor:
     from exitwise import metrics
 
     check_choice(score, "score", SCORES)
+    require_class_columns(outputs, f"The {score} score")
     fn = metrics.negative_log_likelihood if score == "nll" else metrics.brier_score
     return fn(outputs.logits, outputs.labels, input="logits").to(torch.float64)
 

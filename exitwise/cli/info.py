@@ -36,12 +36,16 @@ def _info(args: argparse.Namespace) -> None:
             f"{out.num_classes} classes"
         )
     if out.labels is not None:
-        acc = metrics.per_exit_accuracy(out.logits, out.labels).tolist()
-        ece = metrics.expected_calibration_error(out.probs(), out.labels).tolist()
+        acc = out.correct().double().mean(dim=0).tolist()
+        # a top-label ECE needs every class as a column (rest columns are not classes)
+        ece = None
+        if not out.rest_columns:
+            ece = metrics.expected_calibration_error(out.probs(), out.labels).tolist()
         payload["accuracy"], payload["ece"] = acc, ece
         lines.append(f"{'exit':<12} {'cost':>12} {'accuracy':>9} {'ECE':>7}")
         for e, name in enumerate(out.exit_names):
-            lines.append(f"{name:<12} {out.costs[e]:>12.4g} {acc[e]:>9.4f} {ece[e]:>7.4f}")
+            ece_text = "n/a" if ece is None else f"{ece[e]:.4f}"
+            lines.append(f"{name:<12} {out.costs[e]:>12.4g} {acc[e]:>9.4f} {ece_text:>7}")
     print_payload(args, payload, "\n".join(lines))
 
 

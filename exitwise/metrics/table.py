@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from exitwise.data import ExitOutputs
+from exitwise.data import ExitOutputs, require_class_columns
 from exitwise.metrics.bootstrap import bootstrap
 from exitwise.metrics.calibration import (
     brier_score,
@@ -78,6 +78,7 @@ def per_exit_metrics(
     """
     if outputs.labels is None:
         raise ValueError("`outputs` needs labels for the per-exit metrics.")
+    require_class_columns(outputs, "The per-exit metrics table (ECE, Brier)")
     logits, labels = outputs.logits, outputs.labels
     values = _stacked(logits, labels, n_bins)
     relative = outputs.costs / outputs.costs[-1]
