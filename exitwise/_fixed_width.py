@@ -2,34 +2,33 @@ r"""Fixed-width vocabulary reduction (``collect(..., reduce="fixed:K")``).
 
 ``reduce="topk:K"`` spreads the remaining mass over as many equal "rest" columns as the
 flattest token needs to keep every argmax exact, so its width follows the data. This form has
-the same width for every token, ``W + E`` columns (``E`` exits):
+the same width for every token, ``W + 1`` columns:
 
-* ``W = K + E (+ 1 with labels)`` kept classes per token: the label, every exit's argmax,
-  then the last exit's most likely classes until ``W`` distinct ones, in class order (their
-  exact log-probabilities in every exit);
-* ``E`` rest buckets: each exit's remaining mass :math:`r_e` (the log-sum-exp of its other
-  classes) split into ``E`` equal parts, so every row still sums to 1.
+* ``W = K + E (+ 1 with labels)`` kept classes per token (``E`` exits): the label, every
+  exit's argmax, then the last exit's most likely classes until ``W`` distinct ones, in class
+  order (their exact log-probabilities in every exit);
+* one rest column: in exit :math:`e`'s row, the log-sum-exp :math:`\log r_e` of its other
+  classes, so every row still sums to 1. The outputs say so
+  (:attr:`ExitOutputs.rest_columns <exitwise.ExitOutputs.rest_columns>` ``= 1``), and the
+  argmax and the maximum are taken over the class columns only.
 
-Exact: every exit's argmax and maximum probability (hence greedy agreement with the last exit
-and the draft confidence a speculation plan reads), the label's probability (NLL), the
-correctness; provided no bucket beats an exit's top class, :math:`r_e / E \le p_{e,\max}`.
-Tokens where that fails are counted per exit (``collect`` warns with the counts; a flat exit
-needs ``reduce="topk:K"``). Not exact: entropy and margin. Sampling acceptance
-:math:`\sum_c \min(p_{d,c}, p_{L,c})` computed on the reduced rows is
-:math:`\sum_{\text{kept}} \min(p_d, p_L) + \min(r_d, r_L)`, an upper bound on the true value
-that exceeds it by at most :math:`\min(r_d, r_L)` (the true value lies in
-:math:`[\sum_{\text{kept}}, \sum_{\text{kept}} + \min(r_d, r_L)]`).
+Exact on every token, however flat an exit: every exit's argmax and maximum probability
+(hence greedy agreement with the last exit, patience, and the draft confidence a speculation
+plan reads), the label's probability (NLL), the correctness. Not determined, so refused
+(``ValueError``): the margin and the entropies of a non-last exit, and calibrators and metrics
+that need every class (their second class may lie in the rest). Sampling acceptance
+:math:`\sum_c \min(p_{d,c}, p_{L,c})` over the class columns is a lower bound on the true
+value, below it by at most :math:`\min(r_d, r_L)` (the rest classes contribute between 0 and
+that).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 
 __all__ = ["first_occurrences", "kept_columns", "reduce_fixed_width"]
 
-_FLOOR = -1e4  # log-probability of an empty bucket: exp() is 0 in float64
+_EMPTY = -1e4  # log-probability of an empty rest: exp() is 0 in float32 and float64
 
 
 def first_occurrences(candidates: torch.Tensor, width: int) -> torch.Tensor:
@@ -74,22 +73,24 @@ def kept_columns(
 
 def reduce_fixed_width(
     logits: torch.Tensor, labels: torch.Tensor | None, k: int
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """One batch ``[B, E, V]`` reduced to ``[B, E, W + E]`` (see the module docstring).
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """One batch ``[B, E, V]`` reduced to ``[B, E, W + 1]`` (see the module docstring).
 
-    Returns the reduced log-probabilities, the labels as kept positions, the kept class ids
-    ``[B, W]`` and, per exit ``[E]``, how many tokens have a bucket above its top class.
+    Returns the reduced log-probabilities (kept classes, then the rest column), the labels as
+    kept positions and the kept class ids ``[B, W]``.
 
     Examples
     --------
-    >>> z = torch.zeros(5, 2, 100); z[:, 0, 3] = 8.0; z[:, 1, 4] = 8.0
-    >>> out, labels, kept, failed = reduce_fixed_width(z, torch.tensor([7, 8, 9, 10, 11]), 4)
-    >>> tuple(out.shape), failed.tolist()  # 4 + 2 + 1 kept classes and 2 rest buckets
-    ((5, 2, 9), [0, 0])
-    >>> kept.gather(1, out.argmax(-1))[0].tolist()  # each exit's argmax, exactly
-    [3, 4]
+    >>> z = torch.zeros(5, 2, 100); z[:, 1, 4] = 8.0  # exit 0 is flat: its rest is 0.97
+    >>> out, labels, kept = reduce_fixed_width(z, torch.tensor([7, 8, 9, 10, 11]), 4)
+    >>> tuple(out.shape)  # 4 + 2 + 1 kept classes and 1 rest column
+    (5, 2, 8)
+    >>> kept.gather(1, out[..., :-1].argmax(-1))[0].tolist()  # each exit's argmax, exactly
+    [0, 4]
+    >>> round(float(out[0, 0, -1].exp()), 2), round(float(out[0, 0, :-1].exp().max()), 2)
+    (0.93, 0.01)
     """
-    b, e, v = logits.shape
+    _, e, v = logits.shape
     width = min(v, k + e + (labels is not None))
     lp = torch.log_softmax(logits.to(torch.float32), dim=-1)
     parts = [] if labels is None else [labels.clamp(min=0)[:, None]]
@@ -97,7 +98,5 @@ def reduce_fixed_width(
     # in class order, so that ties resolve to the lowest class id as a full argmax does
     kept = first_occurrences(torch.cat(parts, dim=1), width).sort(dim=1).values  # [B, W]
     kept_lp, rest, new_labels = kept_columns(lp, kept, labels)
-    bucket = (rest - math.log(e)).clamp(min=_FLOOR)  # [B, E]
-    failed = (bucket > kept_lp.amax(dim=-1)).sum(dim=0)  # [E]
-    out = torch.cat([kept_lp, bucket[..., None].expand(b, e, e)], dim=-1)
-    return out, new_labels, kept, failed
+    rest = rest.clamp(min=_EMPTY)  # every class kept: an empty rest
+    return torch.cat([kept_lp, rest[..., None]], dim=-1), new_labels, kept

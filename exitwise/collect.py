@@ -26,7 +26,6 @@ Per-exit costs: :func:`measure_costs` (in :mod:`exitwise.exit_costs`, re-exporte
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -155,11 +154,12 @@ def collect(
         correctness, max-probability, margin and NLL stay exact; entropy is approximate.
     reduce : "fixed:K"
         The same width for every sample: ``K + E (+ 1)`` kept classes (the label, every exit's
-        argmax, the final exit's most likely) and ``E`` equal buckets of each exit's remaining
-        mass, so ``[N, E, K + 2E (+ 1)]`` whatever the vocabulary or the flattest token
-        (:mod:`exitwise._fixed_width`: argmax, max-probability and NLL exact unless a bucket
-        beats an exit's top class, which is warned about; the sampling acceptance an upper
-        bound, off by at most ``min(r_d, r_L)``).
+        argmax, the final exit's most likely) and one rest column holding, in each exit's
+        row, that exit's remaining mass: ``[N, E, K + E (+ 1) + 1]`` whatever the vocabulary
+        or the flattest token, with ``rest_columns=1`` (:mod:`exitwise._fixed_width`: argmax,
+        max-probability, correctness and NLL exact on every sample; margin, entropy and
+        calibrators refused; the sampling acceptance a lower bound, off by at most
+        ``min(r_d, r_L)``).
     costs, exit_names :
         Passed to :class:`ExitOutputs` (see :func:`measure_costs`).
     progress : bool, default=True
@@ -207,17 +207,6 @@ def collect(
             bar.close()
         model.train(was_training)
     out = gathered.outputs(costs, exit_names)
-    if gathered.failed is not None and bool(gathered.failed.any()):
-        per_exit = ", ".join(
-            f"{out.exit_names[e]}: {int(c)}" for e, c in enumerate(gathered.failed) if c
-        )
-        warnings.warn(
-            f"reduce={reduce!r}: samples whose rest bucket is above the exit's most likely "
-            f"class, of {out.num_samples} ({per_exit}); there that exit's argmax and "
-            "max-probability are not exact. Such flat exits need reduce='topk:K'.",
-            UserWarning,
-            stacklevel=2,
-        )
     if return_class_indices:
         if reduction is None:
             raise ValueError("`return_class_indices` needs `reduce='topk:K'` or 'fixed:K'.")
@@ -276,7 +265,6 @@ class _Gathered:
 
     def __init__(self, reduce: tuple[str, int] | None, output_device: torch.device) -> None:
         self.reduce, self.device = reduce, output_device
-        self.failed: torch.Tensor | None = None  # per exit: tokens "fixed:K" kept inexact
         self.logits: list[torch.Tensor] = []
         self.labels: list[torch.Tensor] = []
         self.kept: list[torch.Tensor] = []
@@ -303,9 +291,8 @@ class _Gathered:
             self.positions.append(pos.to(self.device))
             self.sequences += batch_sequences
         if self.reduce is not None and self.reduce[0] == "fixed":
-            logits, labels, kept, failed = reduce_fixed_width(logits, labels, self.reduce[1])
+            logits, labels, kept = reduce_fixed_width(logits, labels, self.reduce[1])
             self.kept.append(kept.to(self.device))
-            self.failed = failed if self.failed is None else self.failed + failed
         elif self.reduce is not None:
             logits, rest, labels, kept, needed = _reduce_topk(logits, labels, self.reduce[1])
             self.kept.append(kept.to(self.device))
@@ -333,4 +320,5 @@ class _Gathered:
             exit_names=exit_names,
             groups=groups,
             positions=positions,
+            rest_columns=int(self.reduce is not None and self.reduce[0] == "fixed"),
         )

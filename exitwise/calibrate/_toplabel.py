@@ -102,6 +102,36 @@ class TopLabelCalibrator(Calibrator, abstract=True):
         conf, hit = top_label_pairs(logits, labels)
         self.exit_maps_ = [self._fit_exit(conf[:, e], hit[:, e]) for e in range(conf.shape[1])]
 
+    def fit_pairs(self, confidence: torch.Tensor, hit: torch.Tensor) -> TopLabelCalibrator:
+        """Fit every exit's map on top-label pairs directly: confidences ``[N, E]`` in
+        [0, 1] and hits ``[N, E]`` (bool or 0/1), for rows that are not full distributions
+        (:attr:`ExitOutputs.rest_columns <exitwise.ExitOutputs.rest_columns>`). Then only
+        :meth:`confidence_map` applies (``transform`` needs a fit on logits).
+
+        Examples
+        --------
+        >>> from exitwise.calibrate import Isotonic
+        >>> conf = torch.tensor([[0.2], [0.4], [0.6], [0.8]])
+        >>> hit = torch.tensor([[False], [True], [False], [True]])
+        >>> Isotonic().fit_pairs(conf, hit).confidence_map(torch.tensor([0.5])).tolist()
+        [0.5]
+        """
+        check_choice(self._mode(), "mode", ("top_label",))
+        conf = torch.as_tensor(confidence).to(torch.float64)
+        hits = torch.as_tensor(hit).to(torch.float64)
+        if conf.ndim != 2 or hits.shape != conf.shape or conf.shape[0] < self._min_samples:
+            raise ValueError(
+                f"Expected `confidence` and `hit` of one shape [N, E] with N >= "
+                f"{self._min_samples}, got {tuple(conf.shape)} and {tuple(hits.shape)}."
+            )
+        low, high = (float(v) for v in torch.aminmax(conf))
+        if not (low >= 0.0 and high <= 1.0):  # NaN fails both
+            raise ValueError(f"Expected `confidence` in [0, 1], got [{low:.4g}, {high:.4g}].")
+        c, h = conf.cpu().numpy(), hits.cpu().numpy()
+        self.num_exits_, self.num_classes_ = int(conf.shape[1]), None
+        self.exit_maps_ = [self._fit_exit(c[:, e], h[:, e]) for e in range(c.shape[1])]
+        return self
+
     def _class_state(self, e: int, c: int) -> dict[str, torch.Tensor]:
         parts = (k.rpartition("_class") for k in self.exit_maps_[e])
         return {

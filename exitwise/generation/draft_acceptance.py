@@ -10,8 +10,8 @@ isotonic regression (:class:`exitwise.calibrate.Isotonic`) on a calibration spli
 last exit's argmax as the label. The map is monotone, so "stop when the acceptance probability
 is below :math:`q`" is "stop when the raw confidence is below :math:`\tau_d(q)`", the smallest
 confidence whose calibrated acceptance reaches :math:`q`: a number an engine can be given.
-:meth:`AcceptanceCalibration.calibration_error` scores the map on another split (top-label
-ECE of the calibrated draft exits against the last exit's argmax).
+:meth:`AcceptanceCalibration.calibration_error` scores the map on another split (binned ECE
+of the calibrated acceptance against the acceptance rate).
 """
 
 from __future__ import annotations
@@ -42,11 +42,13 @@ def draft_confidence(outputs: ExitOutputs) -> torch.Tensor:
     return compute_signal(outputs, "max_probability")[:, :-1].to(torch.float64)
 
 
-def _as_acceptance_labels(outputs: ExitOutputs) -> ExitOutputs:
-    """The draft exits with the last exit's argmax as labels: correct == accepted."""
+def _confidence_and_acceptance(outputs: ExitOutputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each draft exit's confidence and whether its token is accepted (equals the last
+    exit's argmax), ``[N, E - 1]`` each; exact on rest columns (``reduce="fixed:K"``)."""
     if outputs.num_exits < 2:
         raise ValueError("Drafting needs at least 2 exits (a draft and the last).")
-    return ExitOutputs(outputs.logits[:, :-1], labels=outputs.predictions()[:, -1])
+    pred = outputs.predictions()
+    return draft_confidence(outputs), pred[:, :-1] == pred[:, -1:]
 
 
 class AcceptanceCalibration:
@@ -77,7 +79,7 @@ class AcceptanceCalibration:
         """Fit on a calibration split (token-level outputs; labels are not used)."""
         from exitwise.calibrate import Isotonic
 
-        return cls(Isotonic().fit(_as_acceptance_labels(outputs)))
+        return cls(Isotonic().fit_pairs(*_confidence_and_acceptance(outputs)))
 
     def probability(self, confidence: torch.Tensor) -> torch.Tensor:
         """Calibrated acceptance ``[N, E - 1]`` of raw draft confidences ``[N, E - 1]``."""
@@ -118,9 +120,9 @@ class AcceptanceCalibration:
         return high
 
     def calibration_error(self, outputs: ExitOutputs, n_bins: int = 15) -> torch.Tensor:
-        """ECE ``[E - 1]`` of the calibrated acceptance on ``outputs`` (another split)."""
-        from exitwise.metrics import expected_calibration_error
+        """ECE ``[E - 1]`` of the calibrated acceptance on ``outputs`` (another split): the
+        binned gap between :meth:`probability` and the acceptance rate."""
+        from exitwise.metrics.binning import calibration_error_from_confidence
 
-        data = _as_acceptance_labels(outputs)
-        probs = self.calibrator.transform(data).probs()
-        return expected_calibration_error(probs, data.labels, n_bins)
+        confidence, accepted = _confidence_and_acceptance(outputs)
+        return calibration_error_from_confidence(self.probability(confidence), accepted, n_bins)

@@ -144,7 +144,12 @@ def _score(row: dict[str, Any]) -> float:
 
 
 def acceptance(outputs: ExitOutputs, mode: str = "greedy") -> torch.Tensor:
-    """Per-token acceptance ``[N, E - 1]`` of a draft from each exit against the last.
+    r"""Per-token acceptance ``[N, E - 1]`` of a draft from each exit against the last.
+
+    ``"greedy"``: whether the draft's argmax is the last exit's. ``"sampling"``:
+    :math:`\sum_c \min(p_{d,c}, p_{L,c})` over the class columns; with rest columns
+    (``collect(reduce="fixed:K")``) a lower bound, below the true value by at most the
+    smaller of the two exits' rest masses.
 
     Examples
     --------
@@ -158,6 +163,7 @@ def acceptance(outputs: ExitOutputs, mode: str = "greedy") -> torch.Tensor:
         pred = outputs.predictions()
         return (pred[:, :-1] == pred[:, -1:]).to(torch.float64)
     probs = torch.softmax(outputs.logits.to(torch.float64), dim=-1)
+    probs = probs[..., : outputs.num_classes - outputs.rest_columns]
     return torch.minimum(probs[:, :-1], probs[:, -1:]).sum(dim=-1)
 
 
