@@ -257,9 +257,9 @@ def _count_signal_computations(monkeypatch):
     calls = {"n": 0}
     original = signals._scores_of_code
 
-    def spy(code, logits):
+    def spy(code, logits, rest=0):
         calls["n"] += 1
-        return original(code, logits)
+        return original(code, logits, rest)
 
     monkeypatch.setattr(signals, "_scores_of_code", spy)
     return calls
