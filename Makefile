@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/tuning.py
 	$(PY) benchmarks/vocabulary.py
 	$(PY) benchmarks/fixed_width.py
+	$(PY) benchmarks/contention.py
 	$(PY) benchmarks/certify.py
 
 docs: $(STAMP)

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import torch
 
 from exitwise._checks import check_int
-from exitwise._chunks import rows_per_chunk
+from exitwise._chunk_threads import chunk_workers, map_chunks
+from exitwise._chunks import row_slices, rows_per_chunk
 from exitwise.calibrate.base import Calibrator
 from exitwise.exceptions import ConvergenceWarning
 
@@ -61,25 +62,26 @@ def _nll_derivatives(
     at_label: torch.Tensor,
     u: torch.Tensor,
     chunk: int,
-    buffer: torch.Tensor,
+    buffers: list[torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean NLL and its first two derivatives in ``u`` per exit (float64 ``[E]`` each).
 
-    Works on ``z - max_c z`` (so ``u * z <= 0``: no overflow), formed chunk by chunk;
-    ``at_label`` is its value at the label ``[N, E]``. ``buffer`` ``[2, chunk, E, C]`` is a
-    reused workspace (fresh large allocations cost page faults on every pass); a chunk of
-    about 8 MiB keeps its sweeps in cache. Row sums use torch's pairwise summation: the
-    derivative is a difference of nearly equal sums, and a plain dot product loses digits.
+    Works on ``z - max_c z`` (so ``u * z <= 0``: no overflow), formed chunk by chunk in
+    worker threads (:func:`~exitwise._chunk_threads.map_chunks`: fast on a busy machine);
+    ``at_label`` is its value at the label ``[N, E]``. ``buffers`` (one ``[2, chunk, E, C]``
+    workspace per worker) are reused across passes (fresh large allocations cost page faults
+    on every pass); a chunk of about 8 MiB keeps its sweeps in cache. Row sums use torch's
+    pairwise summation: the derivative is a difference of nearly equal sums, and a plain dot
+    product loses digits. The chunks' sums are added in chunk order, so the result does not
+    depend on the number of threads.
     """
     n = logits.shape[0]
-    f = torch.zeros_like(u)
-    g = torch.zeros_like(u)
-    h = torch.zeros_like(u)
-    u_c = u.to(buffer.dtype)[None, :, None]
-    for start in range(0, n, chunk):
-        raw = logits[start : start + chunk]
+    u_c = u.to(buffers[0].dtype)[None, :, None]
+
+    def sums(rows: slice, buffer: torch.Tensor) -> torch.Tensor:
+        raw = logits[rows]
         z = buffer[0, : raw.shape[0]]
-        torch.sub(raw, row_max[start : start + chunk, :, None], out=z)
+        torch.sub(raw, row_max[rows, :, None], out=z)
         w = buffer[1, : raw.shape[0]]
         torch.mul(z, u_c, out=w)
         w.exp_()
@@ -87,11 +89,13 @@ def _nll_derivatives(
         s1 = w.mul_(z).sum(dim=-1)
         s2 = w.mul_(z).sum(dim=-1)
         mean_z = s1 / s0
-        y = at_label[start : start + chunk]
-        f += (torch.log(s0) - u_c[..., 0] * y).to(torch.float64).sum(dim=0)
-        g += (mean_z - y).to(torch.float64).sum(dim=0)
-        h += (s2 / s0 - mean_z * mean_z).clamp(min=0).to(torch.float64).sum(dim=0)
-    return f / n, g / n, h / n
+        y = at_label[rows]
+        terms = (torch.log(s0) - u_c[..., 0] * y, mean_z - y, (s2 / s0 - mean_z**2).clamp(min=0))
+        return torch.stack([t.to(torch.float64).sum(dim=0) for t in terms])  # [3, E]
+
+    parts = map_chunks(sums, list(row_slices(n, 1, chunk)), logits.device, buffers)
+    total = torch.stack(parts).sum(dim=0) if parts else torch.zeros(3, u.shape[0]).to(u)
+    return total[0] / n, total[1] / n, total[2] / n
 
 
 def fit_temperatures(
@@ -144,7 +148,11 @@ def fit_temperatures(
     at_label = z.gather(-1, labels[:, None, None].expand(-1, e, 1)).squeeze(-1) - row_max
     if chunk_size is None:
         chunk_size = rows_per_chunk(e * c * z.element_size(), _CHUNK_BYTES)
-    buffer = torch.empty((2, min(chunk_size, n), e, c), dtype=dtype, device=logits.device)
+    shape = (2, min(chunk_size, n), e, c)
+    buffers = [
+        torch.empty(shape, dtype=dtype, device=logits.device)
+        for _ in range(min(chunk_workers(logits.device), -(-n // chunk_size)))
+    ]
     device = logits.device
     u = torch.ones(e, dtype=torch.float64, device=device)
     sizes = []
@@ -163,12 +171,12 @@ def fit_temperatures(
             max_iter,
             tol,
             chunk_size,
-            buffer,
+            buffers,
             explore=not sub_passes,
         )
         sub_passes += its * size / n
     u, f, converged, iterations = _newton(
-        z, row_max, at_label, u, max_iter, tol, chunk_size, buffer, explore=not sizes
+        z, row_max, at_label, u, max_iter, tol, chunk_size, buffers, explore=not sizes
     )
     return TemperatureFit(1.0 / u, f, converged, iterations, sub_passes)
 
@@ -181,7 +189,7 @@ def _newton(
     max_iter: int,
     tol: float,
     chunk_size: int,
-    buffer: torch.Tensor,
+    buffers: list[torch.Tensor],
     explore: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Safeguarded Newton on f'(u) = 0 per exit (f' increases since f is convex).
@@ -202,7 +210,7 @@ def _newton(
     f = torch.full_like(u, math.nan)
     iterations = 0
     for iterations in range(1, max_iter + 1):  # noqa: B007 - the count is reported
-        f_u, g, h = _nll_derivatives(logits, row_max, at_label, u, chunk_size, buffer)
+        f_u, g, h = _nll_derivatives(logits, row_max, at_label, u, chunk_size, buffers)
         f = torch.where(converged, f, f_u)
         lo = torch.where(g < 0, u, lo)
         hi = torch.where(g >= 0, u, hi)

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from exitwise._chunk_threads import chunk_workers, map_chunks
+from exitwise._chunks import row_slices
+
 __all__ = ["ThresholdEvaluation", "first_exit", "quantiles_from_counts"]
 
 DEFAULT_MEMORY_BUDGET = 1 << 30
@@ -135,20 +138,24 @@ def _dense_totals(
     k = thresholds.shape[0]
     device = scores.device
     per_pair = 2 * e + 32  # fire mask, uint8 copy, exit index, gathered outcome and cost
-    n_chunk = n if keep_sample_costs else min(n, 1 << 16)
-    k_chunk = max(1, min(k, memory_budget // max(1, n_chunk * per_pair)))
+    workers = chunk_workers(device)
+    # sample chunks in worker threads (fast on a busy machine): a few per worker, to balance
+    n_chunk = n if keep_sample_costs else min(n, 1 << 16, max(1024, -(-n // (4 * workers))))
+    k_chunk = max(1, min(k, memory_budget // max(1, workers * n_chunk * per_pair)))
     sum_dtype = torch.int64 if outcome.dtype == torch.bool else torch.float64
     parts = []
     for k0 in range(0, k, k_chunk):
         thr = thresholds[k0 : k0 + k_chunk]
-        part = None
-        for n0 in range(0, n, n_chunk):
-            exits = first_exit(scores[n0 : n0 + n_chunk], thr)  # [kc, nc]
-            chunk_costs = costs[n0 : n0 + n_chunk] if costs.ndim == 2 else costs
-            piece = _reduce_exits(
-                exits, outcome[n0 : n0 + n_chunk], chunk_costs, sum_dtype, keep_sample_costs
-            )
-            part = piece if part is None else part.add(piece)  # one chunk when keeping costs
+
+        def block(rows: slice, _: None, thr: torch.Tensor = thr) -> _Totals:
+            exits = first_exit(scores[rows], thr)  # [kc, nc]
+            chunk_costs = costs[rows] if costs.ndim == 2 else costs
+            return _reduce_exits(exits, outcome[rows], chunk_costs, sum_dtype, keep_sample_costs)
+
+        pieces = map_chunks(block, list(row_slices(n, 1, n_chunk)), device)
+        part = pieces[0]
+        for piece in pieces[1:]:  # in chunk order (one chunk when keeping costs)
+            part.add(piece)
         parts.append(part)
     return _Totals(
         torch.cat([p.counts for p in parts]),
