@@ -11,6 +11,10 @@ log-probability stays finite. Everything is computed from log-probabilities in f
 In ``"one_vs_rest"`` mode (for calibrators with a ``mode`` parameter) one map per class is
 fitted on (probability of the class, is the label) pairs; the mapped values are floored at
 ``1e-12`` and rows renormalised, so the argmax may change.
+
+In a ``torch.distributed`` group of several processes each rank passes its shard and every
+rank fits the maps on all of them: the top-label pairs (16 bytes per sample and exit) are
+gathered in rank order; in ``"one_vs_rest"`` mode the logits themselves.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 import torch
 
 from exitwise._checks import check_choice
+from exitwise._distributed import all_gather_rows, group_active
 from exitwise.calibrate.base import Calibrator
 
 MODES = ("top_label", "one_vs_rest")
@@ -87,7 +92,10 @@ class TopLabelCalibrator(Calibrator, abstract=True):
         return mode
 
     def _fit(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        distributed = group_active()  # each rank's shard: fit on all of them, on every rank
         if self._mode() == "one_vs_rest":
+            if distributed:  # every class's probabilities: gathered whole (N x E x C)
+                logits, labels = all_gather_rows(logits), all_gather_rows(labels)
             probs = torch.softmax(logits.to(torch.float64), dim=-1).cpu().numpy()
             onehot = np.eye(logits.shape[2])[labels.cpu().numpy()]
             self.exit_maps_ = []
@@ -100,6 +108,10 @@ class TopLabelCalibrator(Calibrator, abstract=True):
                 )
             return
         conf, hit = top_label_pairs(logits, labels)
+        if distributed:  # the (confidence, hit) pairs of every rank, in rank order
+            pairs = torch.from_numpy(np.stack([conf, hit], axis=-1)).to(logits.device)
+            pairs = all_gather_rows(pairs).cpu()  # (NCCL carries CUDA tensors only)
+            conf, hit = pairs[..., 0].numpy(), pairs[..., 1].numpy()
         self.exit_maps_ = [self._fit_exit(conf[:, e], hit[:, e]) for e in range(conf.shape[1])]
 
     def fit_pairs(self, confidence: torch.Tensor, hit: torch.Tensor) -> TopLabelCalibrator:

@@ -25,7 +25,9 @@ With :math:`p_n = \mathrm{softmax}(s_n)` and :math:`q_{n,ca} = p_{nc}\phi_{n,ca}
 on every exit at once (the Hessians ``[E, P, P]`` for ``P = C x A`` parameters per exit are
 formed in float64 over chunks of rows) and converges quadratically near the optimum. Above
 ``P = 600`` parameters per exit the Hessian is too large to form cheaply, and L-BFGS on the
-same objective takes over.
+same objective takes over. In a ``torch.distributed`` group of several processes each rank
+passes its shard: the sums over rows (NLL, gradient, Hessian) are all-reduced, so every rank
+takes the steps one process would take on the concatenated shards.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import torch
 
 from exitwise._checks import check_choice
 from exitwise._chunks import rows_per_chunk
+from exitwise._distributed import all_reduce_sum, broadcast_from_first, group_active
 
 __all__ = ["AffineFit", "affine_logits", "affine_nll", "affine_objective", "fit_affine"]
 
@@ -141,11 +144,16 @@ def _derivatives(
         idx = torch.arange(c, device=x.device)
         hv = h.view(e, c, a, c, a)
         hv[:, idx, :, idx, :] += block.permute(1, 0, 2, 3)
-    f /= n
+    count = torch.tensor(float(n), dtype=torch.float64, device=x.device)
+    if group_active():  # every rank's rows (each rank passes its shard)
+        all_reduce_sum(count)
+        if not theta.requires_grad:  # L-BFGS sums the ranks' shares and gradients itself
+            all_reduce_sum(*(t for t in (f, g, h) if t is not None))
+    f = f / count
     if g is not None:
-        g /= n
+        g = g / count
     if h is not None:
-        h /= n
+        h = h / count
     return f, g, h
 
 
@@ -252,7 +260,15 @@ def fit_affine(
 
     data_hessian = None
     if c * a > _NEWTON_MAX_PARAMS:
-        theta, iterations = _lbfgs(theta, lambda t: penalised(t, 0)[0].sum(), max_iter, tol)
+        # in a process group each rank's objective is its rows' share of the NLL, and the
+        # penalty counts on the first rank only: _lbfgs sums the values and the gradients
+        first = not group_active() or torch.distributed.get_rank() == 0
+
+        def share(t: torch.Tensor) -> torch.Tensor:
+            f = _derivatives(x, labels, t, structure, 0)[0]
+            return (f + float(first) * (weights * (t - centre).square()).sum(dim=(-2, -1))).sum()
+
+        theta, iterations = _lbfgs(theta, share, max_iter, tol)
     else:
         ridge = torch.diag_embed(2 * weights.reshape(e, -1))
         theta, iterations, data_hessian = _newton(theta, penalised, ridge, max_iter, tol, hessian)
@@ -288,6 +304,7 @@ def _newton(
             hessian = penalised(theta, 2)[3]
         previous = grad
         step = _solve(hessian + ridge, g)
+        broadcast_from_first(step)  # one step on every rank (a solve may differ in the last bit)
         slope = (g * step).sum(dim=(-2, -1))
         t = torch.ones(e, dtype=theta.dtype, device=theta.device)
         accepted = done.clone()
@@ -306,24 +323,56 @@ def _newton(
 
 
 def _lbfgs(theta: torch.Tensor, loss_fn, max_iter: int, tol: float) -> tuple[torch.Tensor, int]:
-    """L-BFGS (strong Wolfe) on the sum over exits, for maps too large for Newton."""
-    param = theta.clone().requires_grad_(True)
-    opt = torch.optim.LBFGS(
-        [param],
-        lr=1.0,
-        max_iter=max_iter,
-        tolerance_grad=tol,
-        tolerance_change=1e-14,
-        history_size=20,
-        line_search_fn="strong_wolfe",
-    )
+    """L-BFGS (strong Wolfe) on the sum over exits, for maps too large for Newton.
 
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
+    In a process group ``loss_fn`` is the rank's share of the objective; rank 0 runs the
+    optimiser and every evaluation is a collective: rank 0 sends the point, each rank adds its
+    share of the value and the gradient. The other ranks only evaluate, so the optimiser's
+    decisions (line search, stopping) are made once and the ranks cannot fall out of step.
+    """
+    distributed = group_active()
+    leader = not distributed or torch.distributed.get_rank() == 0
+    point = theta.clone()
+
+    def evaluate(at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        param = at.detach().clone().requires_grad_(True)
         with torch.enable_grad():
             loss = loss_fn(param)
             loss.backward()
-        return loss
+        value, grad = loss.detach().reshape(1), param.grad
+        if distributed:
+            all_reduce_sum(value, grad)
+        return value[0], grad
 
-    opt.step(closure)
-    return param.detach(), int(opt.state[param].get("n_iter", 0))
+    more = torch.ones(1, dtype=torch.float64, device=theta.device)
+    iterations = 0
+    if leader:
+        param = point.requires_grad_(True)
+        opt = torch.optim.LBFGS(
+            [param],
+            lr=1.0,
+            max_iter=max_iter,
+            tolerance_grad=tol,
+            tolerance_change=1e-14,
+            history_size=20,
+            line_search_fn="strong_wolfe",
+        )
+
+        def closure() -> torch.Tensor:
+            broadcast_from_first(more, param.data)  # "evaluate here" to the other ranks
+            value, grad = evaluate(param)
+            param.grad = grad
+            return value
+
+        opt.step(closure)
+        iterations = int(opt.state[param].get("n_iter", 0))
+        point = param.detach()
+        more.zero_()
+        broadcast_from_first(more, point)  # "done", and the answer
+    else:
+        while True:
+            broadcast_from_first(more, point)
+            if not bool(more[0]):
+                break
+            evaluate(point)
+    return point.detach(), iterations

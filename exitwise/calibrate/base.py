@@ -15,6 +15,7 @@ import torch
 
 from exitwise._checks import as_tensor, batched_logits, check_finite, check_labels
 from exitwise._chunks import CHUNK_BYTES, rows_per_chunk
+from exitwise._distributed import group_active, shard_offset
 from exitwise.calibrate._estimator import FittedEstimator, load_estimator
 from exitwise.data import ExitOutputs, require_class_columns
 
@@ -98,10 +99,13 @@ class Calibrator(FittedEstimator, abstract=True):
         logits, y, _, _ = _as_batched(outputs, labels, need_labels=True)
         if y is None:  # pragma: no cover - _as_batched raises first
             raise ValueError("Fitting needs labels.")
-        if logits.shape[0] < self._min_samples:
+        n = logits.shape[0]
+        if group_active():  # a shard of a process group: the samples of every rank count
+            n = shard_offset(n, logits.device)[1]
+        if n < self._min_samples:
             raise ValueError(
                 f"Expected at least {self._min_samples} samples to fit "
-                f"{type(self).__name__}, got {logits.shape[0]}."
+                f"{type(self).__name__}, got {n}."
             )
         _check_fit_data(logits, y)
         self.num_exits_ = int(logits.shape[1])

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from exitwise._distributed import all_reduce_sum, group_active
 from exitwise.calibrate._folds import fold_ids
 from exitwise.calibrate.affine_fit import affine_nll, fit_affine
 
@@ -88,6 +89,11 @@ def cross_validate_penalty(
     x = features.to(torch.float64)
     n, e = x.shape[:2]
     fold_of = fold_ids(n, folds, seed, x.device)
+    # held-out rows per fold, and in all (every rank's, in a process group)
+    held = torch.stack([(fold_of == k).sum() for k in range(folds)]).to(torch.float64)
+    if group_active():
+        all_reduce_sum(held)
+    n_all = float(held.sum())
     cv_nll = torch.full((values.numel(), e), float("nan"), dtype=torch.float64, device=x.device)
     state: list[tuple[torch.Tensor | None, torch.Tensor | None]] = [(start, None)] * folds
     for i, lam in enumerate(values.tolist()):
@@ -107,10 +113,8 @@ def cross_validate_penalty(
                 return_hessian=True,
             )
             state[k] = (fit.coefficients, hessian)
-            total += affine_nll(x[test], labels[test], fit.coefficients, structure) * int(
-                test.sum()
-            )
-        cv_nll[i] = total / n
+            total += affine_nll(x[test], labels[test], fit.coefficients, structure) * held[k]
+        cv_nll[i] = total / n_all
         if i >= _PATIENCE:  # past every exit's minimum: weaker penalties are not tried
             best_so_far = cv_nll[: i - _PATIENCE + 1].amin(dim=0)
             if bool((cv_nll[i - _PATIENCE + 1 : i + 1] > best_so_far).all()):

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from exitwise._distributed import shard_offset
 from exitwise.calibrate.scaling import AffineCalibrator, _identity_map
 from exitwise.calibrate.temperature import fit_temperatures
 
@@ -86,7 +87,9 @@ class StructuredMatrixScaling(AffineCalibrator):
 
     def _fit_preprocessing(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         self.temperatures_ = fit_temperatures(logits, labels).temperatures.to(torch.float64).cpu()
-        self.mixture_ = 1.0 / (logits.shape[0] + 1)
+        # the samples of every rank, in a process group
+        self._samples = shard_offset(logits.shape[0], logits.device)[1]
+        self.mixture_ = 1.0 / (self._samples + 1)
 
     def _features(self, logits: torch.Tensor) -> torch.Tensor:
         t = self.temperatures_.to(logits.device)[None, :, None]
@@ -95,7 +98,7 @@ class StructuredMatrixScaling(AffineCalibrator):
         return torch.log((1.0 - eps) * p + eps / logits.shape[-1])
 
     def _penalty_parts(self, logits, labels):
-        n, _, c = logits.shape
+        c, n = logits.shape[2], self._samples
         weights = torch.full((c, c + 1), c * (c - 1) / n, dtype=torch.float64)
         weights[torch.arange(c), torch.arange(c)] = c / n
         weights[:, -1] = c / n

@@ -14,7 +14,10 @@ where :math:`p_n = \mathrm{softmax}(u z_n)`. :func:`fit_temperatures` runs safeg
 Newton steps on every exit at once, with analytic derivatives: row sums over classes in the
 logits' precision, sums over samples in float64, in chunks of whole rows (bounded memory).
 It reaches the optimum where netcal's finite-difference fit stalls on float32 input
-(netcal #61, #48).
+(netcal #61, #48). In a ``torch.distributed`` group of several processes each rank passes its
+shard: the sums over samples are all-reduced, the warm-start subsamples are the rows one
+process would take from the concatenated shards, so every rank gets the single-process
+temperatures (to rounding).
 """
 
 from __future__ import annotations
@@ -28,6 +31,12 @@ import torch
 from exitwise._checks import check_int
 from exitwise._chunk_threads import chunk_workers, map_chunks
 from exitwise._chunks import row_slices, rows_per_chunk
+from exitwise._distributed import (
+    all_reduce_sum,
+    broadcast_from_first,
+    group_active,
+    shard_offset,
+)
 from exitwise.calibrate.base import Calibrator
 from exitwise.exceptions import ConvergenceWarning
 
@@ -95,7 +104,10 @@ def _nll_derivatives(
 
     parts = map_chunks(sums, list(row_slices(n, 1, chunk)), logits.device, buffers)
     total = torch.stack(parts).sum(dim=0) if parts else torch.zeros(3, u.shape[0]).to(u)
-    return total[0] / n, total[1] / n, total[2] / n
+    count = torch.tensor(float(n), dtype=torch.float64, device=u.device)
+    if group_active():  # every rank's rows: all ranks then take the same Newton steps
+        all_reduce_sum(total, count)
+    return total[0] / count, total[1] / count, total[2] / count
 
 
 def fit_temperatures(
@@ -155,14 +167,18 @@ def fit_temperatures(
     ]
     device = logits.device
     u = torch.ones(e, dtype=torch.float64, device=device)
+    # in a process group: this shard's place among all rows, so that every level of the
+    # ladder takes the same rows as one process on the concatenated data would
+    offset, total = shard_offset(n, device)
     sizes = []
-    size = n // _LADDER
+    size = total // _LADDER
     while size >= _MIN_LADDER:
         sizes.insert(0, size)
         size //= _LADDER
     sub_passes = 0.0
     for size in sizes:  # evenly spaced subsamples, smallest first
-        rows = torch.linspace(0, n - 1, size, device=device).long()
+        rows = torch.linspace(0, total - 1, size, device=device).long()
+        rows = rows[(rows >= offset) & (rows < offset + n)] - offset
         u, _, _, its = _newton(
             z[rows],
             row_max[rows],
@@ -174,7 +190,7 @@ def fit_temperatures(
             buffers,
             explore=not sub_passes,
         )
-        sub_passes += its * size / n
+        sub_passes += its * size / total
     u, f, converged, iterations = _newton(
         z, row_max, at_label, u, max_iter, tol, chunk_size, buffers, explore=not sizes
     )
@@ -223,6 +239,7 @@ def _newton(
         # converged by the decrement: the last Newton step is free and squares the error
         finishing = ~converged & (decrement < tol) & inside
         u = torch.where(finishing, newton, u)
+        broadcast_from_first(u)
         converged = converged | (decrement < tol) | at_floor | at_ceiling | narrow
         if bool(converged.all()):
             break
@@ -239,6 +256,7 @@ def _newton(
             floor_tried = floor_tried | (to_floor & ~inside)
         step = torch.where(inside, newton, fallback).clamp(_U_MIN, _U_MAX)
         u = torch.where(converged, u, step)
+        broadcast_from_first(u)  # the ranks stay in lockstep (see broadcast_from_first)
     return u, f, converged, iterations
 
 

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 
 from exitwise._checks import as_tensor, check_choice, check_int
+from exitwise._distributed import all_gather_rows, all_reduce_sum, group_active
 
 __all__ = [
     "bin_indices",
@@ -122,6 +123,9 @@ def calibration_error_from_confidence(
 
     The binary core of the binned errors in exitwise: top-label and classwise ECE, MCE and
     the halting network's ECE call it; histogram binning fits on the same ``bin_totals``.
+    In a ``torch.distributed`` group of several processes each rank passes its shard and
+    gets the error of all of them (:mod:`exitwise._distributed`): uniform bins all-reduce
+    the bin totals, quantile bins gather the confidences.
 
     Examples
     --------
@@ -153,8 +157,17 @@ def calibration_error_from_confidence(
     column = conf.ndim == 1
     c2 = conf64[:, None] if column else conf64
     h2 = hit_t[:, None] if column else hit_t
+    n = conf.shape[0]
+    distributed = group_active()
+    if distributed and binning == "quantile":  # equal-mass bins need every rank's values
+        c2, h2 = all_gather_rows(c2), all_gather_rows(h2.to(torch.float64))
+        n, distributed = c2.shape[0], False
     counts, sum_conf, sum_hit = bin_totals(c2, h2, n_bins, binning)
-    result = norm_of_gaps(counts, gaps(counts, sum_conf, sum_hit), conf.shape[0], norm)
+    if distributed:  # uniform bins: the bin totals add up over ranks
+        total = torch.tensor(n, dtype=torch.int64, device=counts.device)
+        all_reduce_sum(counts, sum_conf, sum_hit, total)
+        n = int(total)
+    result = norm_of_gaps(counts, gaps(counts, sum_conf, sum_hit), n, norm)
     return result[0] if column else result
 
 

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import torch
 
 from exitwise._checks import check_choice, check_int
+from exitwise._distributed import sample_mean
 from exitwise.metrics._inputs import finish, log_probabilities, probabilities, top_label
 from exitwise.metrics.binning import (
     Binning,
@@ -271,7 +272,7 @@ def brier_score(probs: Any, labels: Any, *, input: Input = "probs") -> torch.Ten
     p, y, squeeze = probabilities(probs, labels, input)
     sq = p.square().sum(dim=-1, dtype=torch.float64)
     per_sample = sq - 2.0 * _at_label(p, y).to(torch.float64) + 1.0
-    return finish(per_sample.mean(dim=0), squeeze)
+    return finish(sample_mean(per_sample), squeeze)  # over every rank's samples
 
 
 def negative_log_likelihood(probs: Any, labels: Any, *, input: Input = "probs") -> torch.Tensor:
@@ -293,7 +294,7 @@ def negative_log_likelihood(probs: Any, labels: Any, *, input: Input = "probs") 
     else:
         p, y, squeeze = probabilities(probs, labels, input)
         picked = torch.log(_at_label(p, y).to(torch.float64))
-    return finish(-picked.mean(dim=0), squeeze)
+    return finish(-sample_mean(picked), squeeze)  # over every rank's samples
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,10 @@ r"""Selective-prediction metrics: how well a confidence ranks correct above wron
 
 Inputs are a confidence ``[N]`` or ``[N, E]`` (any real score, higher = more confident; a
 signal from :mod:`exitwise.signals`) and whether each answer is correct, same shape, bool.
-Batched over exits: ``[N, E]`` inputs give ``[E]`` results.
+Batched over exits: ``[N, E]`` inputs give ``[E]`` results. In a ``torch.distributed``
+group of several processes each rank passes its shard and every rank gets the result on all
+of them: the confidences and hits are gathered (9 bytes per sample and exit), so the order is
+exact.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 import torch
 
 from exitwise._checks import as_tensor, check_finite, check_ndim
+from exitwise._distributed import all_gather_rows, group_active
 from exitwise.exceptions import UndefinedMetricWarning
 
 __all__ = ["aurc", "auroc", "risk_coverage_curve"]
@@ -41,6 +45,8 @@ def _pair(confidence: Any, correct: Any) -> tuple[torch.Tensor, torch.Tensor, bo
     squeeze = conf.ndim == 1
     if squeeze:
         conf, hit = conf[:, None], hit[:, None]
+    if group_active():  # an order over every rank's samples: gather them, in rank order
+        conf, hit = all_gather_rows(conf), all_gather_rows(hit)
     return conf, hit, squeeze
 
 

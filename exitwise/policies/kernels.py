@@ -16,6 +16,7 @@ import torch
 
 from exitwise._chunk_threads import chunk_workers, map_chunks
 from exitwise._chunks import row_slices
+from exitwise._distributed import all_reduce_sum, group_active
 
 __all__ = ["ThresholdEvaluation", "first_exit", "quantiles_from_counts"]
 
@@ -261,22 +262,14 @@ def _full_cost_sum(costs: torch.Tensor, n: int, device: torch.device) -> torch.T
 
 def _all_reduce(totals: _Totals, full: torch.Tensor, distributed: bool | None) -> None:
     """Sum the statistics (and the full-model cost ``full``) over the process group."""
-    import torch.distributed as dist
-
-    active = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    if distributed is False or not active:
-        if distributed and not active:
-            raise ValueError(
-                "`distributed=True` needs an initialised torch.distributed process group."
-            )
+    if not group_active(distributed):
         return
     if totals.sample_costs:
         raise ValueError(
             "Cost quantiles of per-sample costs [N, E] cannot be combined across processes "
             "exactly; pass per-exit costs [E] or no quantiles when running distributed."
         )
-    for tensor in (totals.counts, totals.outcome_sum, totals.cost_sum, totals.num_samples, full):
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    all_reduce_sum(totals.counts, totals.outcome_sum, totals.cost_sum, totals.num_samples, full)
 
 
 def _order_statistic(quantiles: Sequence[float], n: int, device: torch.device) -> torch.Tensor:

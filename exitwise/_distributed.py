@@ -1,0 +1,131 @@
+"""Shards across a ``torch.distributed`` process group: when a step combines them.
+
+The rule of every step that accepts sharded data: inside an initialised process group of
+more than one process, each rank passes its shard and every rank gets the answer of one
+process on the concatenated shards (in rank order). Sums (counts, bin totals, gradients and
+Hessians) are all-reduced; what needs an order (AUROC, AURC, quantile bins, isotonic fits)
+gathers the per-sample values every rank needs, in rank order. Every rank must make the same
+calls in the same order (they are collectives): computing a metric on one rank only, inside
+a group, waits for the others forever; pass ``distributed=False`` where a step offers it, or
+compute outside the group.
+
+Gloo carries CPU tensors, NCCL CUDA tensors; the tensors are reduced where they are.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "all_gather_rows",
+    "all_reduce_sum",
+    "broadcast_from_first",
+    "group_active",
+    "sample_mean",
+    "shard_offset",
+]
+
+
+def _in_place(tensor: torch.Tensor, collective) -> None:
+    """Run ``collective`` on ``tensor`` in place; a strided tensor (a solver's output, say)
+    goes through a contiguous copy, which the collectives need."""
+    if tensor.is_contiguous():
+        collective(tensor)
+    else:
+        buffer = tensor.contiguous()
+        collective(buffer)
+        tensor.copy_(buffer)
+
+
+def group_active(distributed: bool | None = None) -> bool:
+    """Whether to combine over the process group: ``None`` when one of more than one process
+    is initialised, ``True`` (which needs one) or ``False`` (never).
+
+    Examples
+    --------
+    >>> group_active(), group_active(False)
+    (False, False)
+    """
+    import torch.distributed as dist
+
+    active = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if distributed and not active:
+        raise ValueError("`distributed=True` needs an initialised torch.distributed process group.")
+    return active and distributed is not False
+
+
+def all_reduce_sum(*tensors: torch.Tensor) -> None:
+    """Sum each tensor over the process group, in place (every rank gets the sum)."""
+    import torch.distributed as dist
+
+    for tensor in tensors:
+        _in_place(tensor, lambda t: dist.all_reduce(t, op=dist.ReduceOp.SUM))
+
+
+def broadcast_from_first(*tensors: torch.Tensor) -> None:
+    """Overwrite each tensor with rank 0's, in place, when the group is active.
+
+    An iterative fit reduces its sums, so every rank sees the same numbers; but a local step
+    computed from them (a Cholesky solve, a line search) may differ in the last bit between
+    processes (BLAS kernels pick code paths by memory alignment), and a last-bit difference
+    can turn a later branch, after which the ranks wait in different collectives forever.
+    Taking rank 0's step keeps the ranks in lockstep.
+    """
+    if not group_active():
+        return
+    import torch.distributed as dist
+
+    for tensor in tensors:
+        _in_place(tensor, lambda t: dist.broadcast(t, src=0))
+
+
+def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``tensor`` concatenated along dim 0 in rank order (the ranks' row counts
+    may differ; the other dims must agree), on every rank."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    rows = torch.tensor([tensor.shape[0]], dtype=torch.int64, device=tensor.device)
+    sizes = [torch.zeros_like(rows) for _ in range(world)]
+    dist.all_gather(sizes, rows)
+    counts = [int(s) for s in sizes]
+    padded = tensor.new_zeros((max(counts), *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)])
+
+
+def sample_mean(values: torch.Tensor) -> torch.Tensor:
+    """Mean over dim 0 (float64), over every rank's samples when the group is active: the
+    sums and the counts are all-reduced, then divided.
+
+    Examples
+    --------
+    >>> sample_mean(torch.tensor([[1.0, 2.0], [3.0, 6.0]])).tolist()
+    [2.0, 4.0]
+    """
+    if not group_active():
+        return values.to(torch.float64).mean(dim=0)
+    total = values.to(torch.float64).sum(dim=0)
+    count = torch.tensor(float(values.shape[0]), dtype=torch.float64, device=values.device)
+    all_reduce_sum(total, count)
+    return total / count
+
+
+def shard_offset(n: int, device: torch.device) -> tuple[int, int]:
+    """``(offset, total)``: where this rank's ``n`` rows start in the concatenation of every
+    rank's rows (rank order), and how many there are in all; ``(0, n)`` outside a group.
+
+    Examples
+    --------
+    >>> shard_offset(5, torch.device("cpu"))
+    (0, 5)
+    """
+    if not group_active():
+        return 0, n
+    import torch.distributed as dist
+
+    sizes = all_gather_rows(torch.tensor([n], dtype=torch.int64, device=device))
+    rank = dist.get_rank()
+    return int(sizes[:rank].sum()), int(sizes.sum())

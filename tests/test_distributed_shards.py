@@ -1,0 +1,124 @@
+"""2 and 4 gloo processes on CPU, uneven shards (one rank with 3 samples): every rank gets
+the single-process answer on the concatenated data, for the binned calibration errors (uniform
+and quantile bins, top-label and classwise), Brier, NLL, AUROC, AURC, temperature scaling,
+isotonic and histogram-binning fits, vector / matrix / Dirichlet / structured matrix scaling
+with their cross-validated penalties (Newton, and L-BFGS for a large map) and the folds by
+sequence (to 1e-9 relative, counts and folds exactly)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from exitwise import ExitOutputs, metrics
+from exitwise.calibrate import (
+    DirichletCalibration,
+    HistogramBinning,
+    Isotonic,
+    MatrixScaling,
+    StructuredMatrixScaling,
+    TemperatureScaling,
+    VectorScaling,
+)
+from exitwise.calibrate._folds import fold_ids
+
+SHARDS = {2: [3, 1200], 4: [500, 3, 400, 300]}  # 1,203 samples in all
+GRID = torch.linspace(0.0, 1.0, 101, dtype=torch.float64)
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(11)
+    n, e, c = 1203, 3, 7
+    labels = torch.randint(0, c, (n,), generator=g)
+    logits = torch.randn(n, e, c, generator=g) * torch.tensor([1.0, 2.0, 3.0])[None, :, None]
+    logits[torch.arange(n), :, labels] += torch.tensor([0.5, 1.5, 2.5])
+    logits[:50] = logits[:50].round()  # ties in the confidences (AUROC, AURC, quantile bins)
+    return logits, labels
+
+
+def _groups(world: int) -> torch.Tensor:
+    """Sequence ids of every row: 5 rows each within a shard, numbered apart per shard (so
+    unique across shards, and whole within one, as collect writes them)."""
+    return torch.cat([1000 * r + torch.arange(size) // 5 for r, size in enumerate(SHARDS[world])])
+
+
+def _wide(out: ExitOutputs) -> ExitOutputs:
+    """26 classes (C x (C + 1) > 600 parameters: L-BFGS), every one labelled: 4 copies of the
+    7, the label moved to a copy chosen by the sample itself (not by its row)."""
+    copy = (out.logits[:, 0, 0] * 1000).abs().long() % 4
+    labels = (out.labels * 4 + copy) % 26
+    logits = out.logits.repeat(1, 1, 4)[..., :26] * 0.5
+    logits[torch.arange(out.num_samples), :, labels] += 1.0
+    return ExitOutputs(logits, labels)
+
+
+def _results(
+    logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor
+) -> dict[str, np.ndarray]:
+    out = ExitOutputs(logits, labels)
+    conf = out.probs().amax(dim=-1).double()
+    hit = out.correct()
+    ts = TemperatureScaling().fit(out)
+    iso = Isotonic().fit(out)
+    hist = HistogramBinning(n_bins=10).fit(out)
+    values = {
+        "ece": metrics.expected_calibration_error(logits, labels, input="logits"),
+        "mce": metrics.maximum_calibration_error(logits, labels, input="logits"),
+        "classwise": metrics.expected_calibration_error(
+            logits, labels, input="logits", mode="classwise"
+        ),
+        "quantile": metrics.expected_calibration_error(
+            logits, labels, 10, binning="quantile", input="logits"
+        ),
+        "brier": metrics.brier_score(logits, labels, input="logits"),
+        "nll": metrics.negative_log_likelihood(logits, labels, input="logits"),
+        "auroc": metrics.auroc(conf, hit),
+        "aurc": metrics.aurc(conf, hit),
+        "temperatures": ts.temperatures_,
+        "isotonic": torch.stack([iso.confidence_map(GRID, exit=e) for e in range(3)]),
+        "histogram": torch.stack([hist.confidence_map(GRID, exit=e) for e in range(3)]),
+        "folds": fold_ids(len(labels), 4, seed=3).double(),
+        "sequence_folds": fold_ids(len(labels), 4, seed=3, groups=groups).double(),
+    }
+    affine = {
+        "vector": (VectorScaling(), out),
+        "matrix": (MatrixScaling(), out),
+        "dirichlet": (DirichletCalibration(), out),
+        "structured": (StructuredMatrixScaling(), out),
+        "lbfgs": (MatrixScaling(penalty=0.01), _wide(out)),  # 702 parameters per exit
+    }
+    for name, (cal, data) in affine.items():
+        values[name] = cal.fit(data).coefficients_
+    return {k: v.double().numpy() for k, v in values.items()}
+
+
+def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        logits, labels = _data()
+        sizes = SHARDS[world]
+        start = sum(sizes[:rank])
+        rows = slice(start, start + sizes[rank])
+        groups = _groups(world)[rows]
+        np.savez(f"{out_dir}/rank{rank}.npz", **_results(logits[rows], labels[rows], groups))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_every_rank_gets_the_single_process_answer(tmp_path, world):
+    mp.spawn(_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world, join=True)
+    single = _results(*_data(), _groups(world))
+    sizes = SHARDS[world]
+    for rank in range(world):
+        got = np.load(tmp_path / f"rank{rank}.npz")
+        rows = slice(sum(sizes[:rank]), sum(sizes[: rank + 1]))
+        for key, want in single.items():
+            if key.endswith("folds"):  # per row: this rank's part of the one-process partition
+                want = want[rows]
+            scale = 1e-9 * max(1.0, float(np.abs(want).max()))  # near-zero coefficients
+            np.testing.assert_allclose(got[key], want, rtol=1e-9, atol=scale, err_msg=key)
