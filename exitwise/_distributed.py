@@ -21,6 +21,7 @@ __all__ = [
     "all_reduce_sum",
     "broadcast_from_first",
     "group_active",
+    "refuse_in_group",
     "sample_mean",
     "shard_offset",
 ]
@@ -129,3 +130,20 @@ def shard_offset(n: int, device: torch.device) -> tuple[int, int]:
     sizes = all_gather_rows(torch.tensor([n], dtype=torch.int64, device=device))
     rank = dist.get_rank()
     return int(sizes[:rank].sum()), int(sizes.sum())
+
+
+def refuse_in_group(what: str) -> None:
+    """Raise a ``ValueError`` when ``what`` (a step that does not yet combine shards) is
+    called in an active group, where each rank would silently get its own shard's answer.
+
+    Examples
+    --------
+    >>> refuse_in_group("tune")  # outside a group: nothing to refuse
+    """
+    if group_active():
+        raise ValueError(
+            f"{what} does not combine shards across a torch.distributed group yet: each rank "
+            "would get the answer on its own shard only. Call it outside the group (on one "
+            "process, with all the data), or see the guide 'Beyond one machine' for the steps "
+            "that do combine shards."
+        )

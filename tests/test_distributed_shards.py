@@ -2,8 +2,10 @@
 the single-process answer on the concatenated data, for the binned calibration errors (uniform
 and quantile bins, top-label and classwise), Brier, NLL, AUROC, AURC, temperature scaling,
 isotonic and histogram-binning fits, vector / matrix / Dirichlet / structured matrix scaling
-with their cross-validated penalties (Newton, and L-BFGS for a large map) and the folds by
-sequence (to 1e-9 relative, counts and folds exactly)."""
+with their cross-validated penalties (Newton, and L-BFGS for a large map), the folds by
+sequence, and risk control over samples and sequences (binomial and betting p-values; to 1e-9
+relative, counts, folds and thresholds exactly). A step that does not combine shards yet
+refuses inside the group."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from exitwise.calibrate import (
     VectorScaling,
 )
 from exitwise.calibrate._folds import fold_ids
+from exitwise.policies import risk_controlled_threshold, tune_for_accuracy
 
 SHARDS = {2: [3, 1200], 4: [500, 3, 400, 300]}  # 1,203 samples in all
 GRID = torch.linspace(0.0, 1.0, 101, dtype=torch.float64)
@@ -92,6 +95,17 @@ def _results(
     }
     for name, (cal, data) in affine.items():
         values[name] = cal.fit(data).coefficients_
+    tokens = ExitOutputs(logits, labels, groups=groups)
+    for name, data, p_value in (
+        ("risk_binomial", out, "binomial"),
+        ("risk_wsr", out, "wsr"),
+        ("risk_sequence_wsr", tokens, "wsr"),
+    ):
+        res = risk_controlled_threshold(
+            data, "max_probability", limit=0.2, confidence=0.9, p_value=p_value
+        )
+        p = res.guarantee.p_values["disagreement"] if res.certified else float("nan")
+        values[name] = torch.tensor([res.shared_threshold or float("nan"), p])
     return {k: v.double().numpy() for k, v in values.items()}
 
 
@@ -105,6 +119,12 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         rows = slice(start, start + sizes[rank])
         groups = _groups(world)[rows]
         np.savez(f"{out_dir}/rank{rank}.npz", **_results(logits[rows], labels[rows], groups))
+        try:  # a step that does not combine shards yet refuses rather than answer per rank
+            tune_for_accuracy(ExitOutputs(logits[rows], labels[rows]), "max_probability", 0.99)
+        except ValueError as err:
+            assert "does not combine shards" in str(err)
+        else:
+            raise AssertionError("tune_for_accuracy answered inside a process group")
     finally:
         dist.destroy_process_group()
 

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from exitwise._checks import check_choice, check_int
+from exitwise._distributed import refuse_in_group
 from exitwise.data import ExitOutputs
 from exitwise.generation.sequences import by_sequence, sequence_order
 from exitwise.generation.speculation_costs import SpeculationCosts
@@ -246,6 +247,7 @@ def plan_self_speculation(
     >>> len(plan.rows), plan.best["speed_up"] > 0
     (16, True)
     """
+    refuse_in_group("plan_self_speculation")
     max_draft = check_int(max_draft, "max_draft", minimum=1)
     check_choice(verification, "verification", ("remaining", "full"))
     check_choice(schedule, "schedule", SCHEDULES)

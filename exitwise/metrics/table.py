@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from exitwise._distributed import refuse_in_group
 from exitwise.data import ExitOutputs, require_class_columns
 from exitwise.metrics.bootstrap import bootstrap
 from exitwise.metrics.calibration import (
@@ -76,6 +77,7 @@ def per_exit_metrics(
     ['accuracy', 'accuracy_excludes_estimate', 'accuracy_high', 'accuracy_low', 'auroc',
      'auroc_excludes_estimate']
     """
+    refuse_in_group("per_exit_metrics (its bootstrap intervals)")
     if outputs.labels is None:
         raise ValueError("`outputs` needs labels for the per-exit metrics.")
     require_class_columns(outputs, "The per-exit metrics table (ECE, Brier)")

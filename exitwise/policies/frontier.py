@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import torch
 
+from exitwise._distributed import refuse_in_group
 from exitwise.data import ExitOutputs
 from exitwise.policies.constraints import CostAtMost, resolve_relative
 from exitwise.policies.evaluate import evaluate_thresholds
@@ -41,6 +42,7 @@ def pareto_frontier(
     >>> bool((front["accuracy"][1:] > front["accuracy"][:-1]).all())
     True
     """
+    refuse_in_group("pareto_frontier")
     data = as_scores(outputs, signal)
     scores = data.scores.cpu()
     correct = data.correct(reference).cpu()

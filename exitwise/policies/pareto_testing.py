@@ -43,6 +43,7 @@ from exitwise._deprecation import (
     moved_names,
     renamed_argument,
 )
+from exitwise._distributed import refuse_in_group
 from exitwise.data import ExitOutputs
 from exitwise.policies.constraints import AccuracyAtLeast
 from exitwise.policies.evaluate import evaluate_thresholds
@@ -254,6 +255,7 @@ def certify(
     >>> res.certified, res.evaluation.relative_cost <= 0.6, res.guarantee.p_values["cost"] <= 0.05
     (True, True, True)
     """
+    refuse_in_group("certify")
     limits = renamed_argument(
         MISSING if limits is None else limits, "limits", risks, "risks", stacklevel=3
     )

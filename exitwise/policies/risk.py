@@ -55,6 +55,7 @@ from exitwise._deprecation import (
     moved_names,
     renamed_argument,
 )
+from exitwise._distributed import all_gather_rows, all_reduce_sum, group_active
 from exitwise.data import ExitOutputs
 from exitwise.exceptions import VacuousGuaranteeWarning
 from exitwise.policies.evaluate_policies import evaluate_policy
@@ -109,8 +110,9 @@ def grid_statistics(
     """Summed losses and share of early exits ``[G]`` at each shared grid threshold.
 
     One exact sweep over all breakpoints (O(N E) memory), read at the grid: sweep entry ``i``
-    holds every threshold in ``(t[i-1], t[i]]``. ``losses`` is the loss table ``[N, E]``;
-    sums of 0/1 losses (``zero_one``) are whole numbers.
+    holds every threshold in ``(t[i-1], t[i]]``. In a ``torch.distributed`` group of several
+    processes (a shard per rank) the sums, the early counts and N are all-reduced. ``losses``
+    is the loss table ``[N, E]``; sums of 0/1 losses (``zero_one``) are whole numbers.
 
     Examples
     --------
@@ -131,6 +133,10 @@ def grid_statistics(
     if zero_one:
         sums = torch.round(sums)
     early = n - torch.round(sweep.mean_cost[where] * n)
+    if group_active():  # a shard per rank: the sums, counts and N add up
+        total = torch.tensor(float(n), dtype=torch.float64, device=sums.device)
+        all_reduce_sum(sums, early, total)
+        n = int(total)
     return sums.cpu(), (early / n).cpu(), n
 
 
@@ -342,9 +348,12 @@ def _sample_path(
             p = binomial_p_value(int(sums[i]), n, limit)
         elif p_value == "hoeffding_bentkus":
             p = hoeffding_bentkus_p_value(float(risks[i]), n, limit)
-        else:
-            exits = first_exit(scores, order[i].to(scores).expand(scores.shape[1]))[shuffled]
-            p = wsr_p_value(table[shuffled].gather(1, exits[:, None])[:, 0], limit, alpha)
+        else:  # the order: every rank's samples in rank order, then a seeded permutation
+            exits = first_exit(scores, order[i].to(scores).expand(scores.shape[1]))
+            chosen = table.to(scores.device).gather(1, exits[:, None])[:, 0]
+            if group_active():
+                chosen = all_gather_rows(chosen)
+            p = wsr_p_value(chosen[shuffled], limit, alpha)
         p_values[i] = p
         if p > alpha:
             break

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from exitwise._distributed import all_gather_rows, group_active, sample_mean
 from exitwise.policies.kernels import first_exit
 from exitwise.policies.p_values import binomial_p_value, hoeffding_bentkus_p_value, wsr_p_value
 
@@ -71,7 +72,12 @@ def sequence_risk_path(
     p_values = torch.full((k,), float("nan"), dtype=torch.float64)
     risks = torch.full((k,), float("nan"), dtype=torch.float64)
     early = torch.full((k,), float("nan"), dtype=torch.float64)
-    g = int(torch.unique(groups).numel())
+    ids = torch.unique(groups)  # sequence_losses' order
+    distributed = group_active()
+    if distributed:  # every rank's sequences (whole within a rank), in the order of their ids
+        ids = all_gather_rows(ids)
+        by_id = torch.argsort(ids)
+    g = int(ids.numel())
     shuffled = torch.randperm(g, generator=torch.Generator().manual_seed(0)).to(scores.device)
     certified = None
     last = scores.shape[1] - 1
@@ -79,8 +85,10 @@ def sequence_risk_path(
         exits = first_exit(scores, order[i].to(scores).expand(scores.shape[1]))
         per_token = table.gather(1, exits[:, None])[:, 0]
         losses = sequence_losses(per_token, groups, how)
+        if distributed:
+            losses = all_gather_rows(losses)[by_id]
         risks[i] = losses.mean()
-        early[i] = (exits < last).double().mean()
+        early[i] = sample_mean((exits < last).double())
         if p_value == "binomial":
             p = binomial_p_value(int(torch.round(losses.sum())), g, delta)
         elif p_value == "hoeffding_bentkus":

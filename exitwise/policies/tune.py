@@ -25,6 +25,7 @@ import torch
 
 from exitwise._checks import check_choice, check_costs, check_int, check_open_unit
 from exitwise._deprecation import MISSING, moved_names
+from exitwise._distributed import refuse_in_group
 from exitwise.data import ExitOutputs
 from exitwise.policies.certified_tuning import certified_tuning
 from exitwise.policies.constraints import (
@@ -169,6 +170,7 @@ def tune(
     >>> tuned.feasible, tuned.evaluation.accuracy >= 0.87
     (True, True)
     """
+    refuse_in_group("tune")
     check_choice(objective, "objective", ("cost", "accuracy"))
     if constraints is None:
         raise TypeError("Expected `constraints`, e.g. [AccuracyAtLeast(0.99, relative=True)].")
