@@ -18,6 +18,7 @@ import torch
 
 __all__ = [
     "all_gather_rows",
+    "all_reduce_max",
     "all_reduce_sum",
     "broadcast_from_first",
     "group_active",
@@ -61,6 +62,14 @@ def all_reduce_sum(*tensors: torch.Tensor) -> None:
 
     for tensor in tensors:
         _in_place(tensor, lambda t: dist.all_reduce(t, op=dist.ReduceOp.SUM))
+
+
+def all_reduce_max(*tensors: torch.Tensor) -> None:
+    """The element-wise maximum of each tensor over the process group, in place."""
+    import torch.distributed as dist
+
+    for tensor in tensors:
+        _in_place(tensor, lambda t: dist.all_reduce(t, op=dist.ReduceOp.MAX))
 
 
 def broadcast_from_first(*tensors: torch.Tensor) -> None:

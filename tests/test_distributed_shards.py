@@ -3,8 +3,9 @@ the single-process answer on the concatenated data, for the binned calibration e
 and quantile bins, top-label and classwise), Brier, NLL, AUROC, AURC, temperature scaling,
 isotonic and histogram-binning fits, vector / matrix / Dirichlet / structured matrix scaling
 with their cross-validated penalties (Newton, and L-BFGS for a large map), the folds by
-sequence, and risk control over samples and sequences (binomial and betting p-values; to 1e-9
-relative, counts, folds and thresholds exactly). A step that does not combine shards yet
+sequence, risk control over samples and sequences (binomial and betting p-values), and the
+self-speculation plan with a calibrated stop threshold (to 1e-9 relative, counts, folds and
+thresholds exactly). A step that does not combine shards yet
 refuses inside the group."""
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from exitwise.calibrate import (
     VectorScaling,
 )
 from exitwise.calibrate._folds import fold_ids
+from exitwise.generation import AcceptanceCalibration, plan_self_speculation
 from exitwise.policies import risk_controlled_threshold, tune_for_accuracy
 
 SHARDS = {2: [3, 1200], 4: [500, 3, 400, 300]}  # 1,203 samples in all
@@ -46,6 +48,12 @@ def _groups(world: int) -> torch.Tensor:
     """Sequence ids of every row: 5 rows each within a shard, numbered apart per shard (so
     unique across shards, and whole within one, as collect writes them)."""
     return torch.cat([1000 * r + torch.arange(size) // 5 for r, size in enumerate(SHARDS[world])])
+
+
+def _positions(groups: torch.Tensor) -> torch.Tensor:
+    """Each token's position in its sequence (rows of a sequence are consecutive)."""
+    start = torch.searchsorted(groups, groups)  # groups are sorted within a shard
+    return torch.arange(len(groups)) - start
 
 
 def _wide(out: ExitOutputs) -> ExitOutputs:
@@ -95,7 +103,18 @@ def _results(
     }
     for name, (cal, data) in affine.items():
         values[name] = cal.fit(data).coefficients_
-    tokens = ExitOutputs(logits, labels, groups=groups)
+    tokens = ExitOutputs(logits, labels, groups=groups, positions=_positions(groups))
+    calibration = AcceptanceCalibration.fit(tokens)
+    for name, plan in (
+        ("plan", plan_self_speculation(tokens, 3)),
+        (
+            "plan_adaptive",
+            plan_self_speculation(tokens, 3, thresholds=[0.3], calibration=calibration),
+        ),
+    ):
+        keys = ("draft_exit", "draft_length", "tokens", "verifications", "draft_steps", "speed_up")
+        values[name] = torch.tensor([[float(row[k]) for k in keys] for row in plan.rows])
+    values["plan_threshold"] = torch.tensor([calibration.confidence_threshold(0.3, 0)])
     for name, data, p_value in (
         ("risk_binomial", out, "binomial"),
         ("risk_wsr", out, "wsr"),

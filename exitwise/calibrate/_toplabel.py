@@ -139,6 +139,9 @@ class TopLabelCalibrator(Calibrator, abstract=True):
         low, high = (float(v) for v in torch.aminmax(conf))
         if not (low >= 0.0 and high <= 1.0):  # NaN fails both
             raise ValueError(f"Expected `confidence` in [0, 1], got [{low:.4g}, {high:.4g}].")
+        if group_active():  # every rank's pairs, in rank order
+            pairs = all_gather_rows(torch.stack([conf, hits], dim=-1))
+            conf, hits = pairs[..., 0], pairs[..., 1]
         c, h = conf.cpu().numpy(), hits.cpu().numpy()
         self.num_exits_, self.num_classes_ = int(conf.shape[1]), None
         self.exit_maps_ = [self._fit_exit(c[:, e], h[:, e]) for e in range(c.shape[1])]

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from exitwise._checks import check_choice, check_int
-from exitwise._distributed import refuse_in_group
+from exitwise._distributed import all_reduce_max, all_reduce_sum, group_active, sample_mean
 from exitwise.data import ExitOutputs
 from exitwise.generation.sequences import by_sequence, sequence_order
 from exitwise.generation.speculation_costs import SpeculationCosts
@@ -247,7 +247,6 @@ def plan_self_speculation(
     >>> len(plan.rows), plan.best["speed_up"] > 0
     (16, True)
     """
-    refuse_in_group("plan_self_speculation")
     max_draft = check_int(max_draft, "max_draft", minimum=1)
     check_choice(verification, "verification", ("remaining", "full"))
     check_choice(schedule, "schedule", SCHEDULES)
@@ -274,7 +273,14 @@ def plan_self_speculation(
     flat = alpha[order].cpu().numpy()
     confidence = draft_confidence(outputs)[order].cpu().numpy()
     lengths = lengths_t.cpu().numpy()
-    longest = int(lengths.max())
+    # in a process group (sequences whole within a rank): every rank's sequences, whose
+    # walks are independent, so their counts add up
+    distributed = group_active()
+    flags = [int(lengths.max()), int(not np.isin(flat, (0.0, 1.0)).all())]
+    shared = torch.tensor(flags, device=alpha.device)  # (NCCL carries CUDA tensors only)
+    if distributed:
+        all_reduce_max(shared)
+    longest = int(shared[0])
     if max_draft > longest:
         warnings.warn(
             f"max_draft={max_draft} is longer than the longest sequence ({longest} tokens): "
@@ -283,19 +289,22 @@ def plan_self_speculation(
             stacklevel=2,
         )
         max_draft = longest
-    greedy = bool(np.isin(flat, (0.0, 1.0)).all())
+    greedy = not bool(shared[1])
     if schedule != "constant" and not greedy:
         raise ValueError(f"schedule={schedule!r} is simulated for greedy decoding only.")
     num_drafts = outputs.num_exits - 1
     stops = _stop_thresholds(thresholds, calibration, num_drafts)
-    mean_alpha = alpha.mean(dim=0).cpu()
+    mean_alpha = sample_mean(alpha).cpu()
     exit_costs = outputs.costs.to(torch.float64).cpu()
-    tokens = float(lengths.sum())
+    device = alpha.device if distributed else torch.device("cpu")
+    tokens = float(_summed(np.array([lengths.sum()], dtype=np.float64), device)[0])
     rows = []
     for k in range(1, max_draft + 1):
         for given, raw in stops:
             confident = (confidence >= raw[None, :]).astype(np.float64)
             verifs, drafts = _counts(flat, confident, lengths, k, greedy, schedule)
+            if distributed:
+                verifs, drafts = _summed(verifs, device), _summed(drafts, device)
             for d in range(num_drafts):
                 rows.append(
                     _row(
@@ -323,6 +332,15 @@ def plan_self_speculation(
     )
     best = max(rows, key=_score)
     return SpeculationPlan(rows, best, mode, verification, schedule, costs)
+
+
+def _summed(values: np.ndarray, device: torch.device) -> np.ndarray:
+    """``values`` summed over the ranks of an active process group (float64), reduced on
+    ``device``."""
+    out = torch.as_tensor(np.asarray(values, dtype=np.float64)).to(device)
+    if group_active():
+        all_reduce_sum(out)
+    return out.cpu().numpy()
 
 
 def _counts(flat, confident, lengths, k, greedy, schedule) -> tuple[np.ndarray, np.ndarray]:
