@@ -27,15 +27,16 @@ Logs are JSON lines, one request per line::
 
     {"exit": 1, "confidence": 0.97, "prediction": 3, "full_prediction": 3, "label": 3}
 
-(``full_prediction`` on shadow requests only, ``label`` when known); ``exitwise monitor LOG
---policy policy.json`` checks a log against a certified policy file.
+(``full_prediction`` on shadow requests only, ``label`` when known, ``time`` in seconds to
+merge the logs of several servers or ranks); ``exitwise monitor LOG [LOG ...] --policy
+policy.json`` checks logs against a certified policy file (:mod:`exitwise.monitor_logs`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +44,10 @@ import numpy as np
 
 from exitwise._checks import check_choice, check_int, check_open_unit
 from exitwise._deprecation import MISSING, confidence_or_failure_probability
+from exitwise.monitor_logs import merge_logs, read_log, write_log
 from exitwise.policies.p_values import BettingState, continue_capital
 
-__all__ = ["RiskMonitor", "check_log", "read_log", "write_log"]
-
-_FIELDS = ("exit", "confidence", "prediction", "full_prediction", "label")
+__all__ = ["RiskMonitor", "check_log", "merge_logs", "read_log", "write_log"]
 
 
 class RiskMonitor:
@@ -348,19 +348,6 @@ def _first_true(mask: np.ndarray) -> np.ndarray:
     return np.argmax(mask, axis=0)
 
 
-def _check_field(value: Any, name: str, where: str) -> None:
-    """A log field of the right JSON type: integers for exits, predictions and labels (not
-    ``1.5``, not ``true``), a number for the confidence."""
-    if name == "confidence":
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        expected = "a number in [0, 1]"
-    else:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        expected = "an integer"
-    if not ok:
-        raise ValueError(f"{where}: expected `{name}` to be {expected}, got {value!r}.")
-
-
 def _column(values: Any, name: str, n: int, kind: type) -> np.ndarray:
     if values is None:
         return np.full(n, -1 if kind is int else np.nan)
@@ -379,55 +366,8 @@ def _column(values: Any, name: str, n: int, kind: type) -> np.ndarray:
     return a
 
 
-def write_log(path: str | Path, records: dict[str, Any]) -> None:
-    """Write requests (a dict of equal-length columns named as in the module docstring) as
-    JSON lines; -1/NaN/None entries of ``full_prediction`` and ``label`` are left out."""
-    cols = {k: np.asarray(records[k]) for k in _FIELDS if records.get(k) is not None}
-    n = len(cols["exit"])
-    with Path(path).open("w") as f:
-        for i in range(n):
-            row = {}
-            for k, v in cols.items():
-                value = v[i].item()
-                if k in ("full_prediction", "label") and (
-                    value is None or value != value or value < 0
-                ):
-                    continue
-                row[k] = int(value) if k != "confidence" else float(value)
-            f.write(json.dumps(row) + "\n")
-
-
-def read_log(path: str | Path) -> dict[str, np.ndarray]:
-    """Read a JSON-lines request log into columns (-1 where ``full_prediction``/``label`` is
-    absent); errors name the line."""
-    rows: dict[str, list[Any]] = {k: [] for k in _FIELDS}
-    with Path(path).open() as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}, line {number}: not JSON ({err}).") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}, line {number}: expected an object per line.")
-            missing = [k for k in ("exit", "confidence", "prediction") if k not in record]
-            if missing:
-                raise ValueError(f"{path}, line {number}: missing {', '.join(missing)}.")
-            for k in _FIELDS:
-                value = record.get(k, -1)
-                _check_field(value, k, f"{path}, line {number}")
-                rows[k].append(value)
-    if not rows["exit"]:
-        raise ValueError(f"{path} holds no requests.")
-    return {
-        k: np.asarray(v, dtype=np.float64 if k == "confidence" else np.int64)
-        for k, v in rows.items()
-    }
-
-
 def check_log(
-    path: str | Path,
+    path: str | Path | Sequence[str | Path],
     policy: Any,
     *,
     confidence: float = 0.95,
@@ -435,8 +375,11 @@ def check_log(
     window: int = 2000,
     alpha: Any = MISSING,
 ) -> RiskMonitor:
-    """Replay a request log through a :class:`RiskMonitor` built from a certified policy."""
-    log = read_log(path)
+    """Replay a request log through a :class:`RiskMonitor` built from a certified policy;
+    several logs (one per server or rank) are merged in the order their requests were served
+    (:func:`~exitwise.monitor_logs.merge_logs`)."""
+    several = not isinstance(path, (str, Path))
+    log = merge_logs(path) if several else read_log(path)
     confidence = confidence_or_failure_probability(confidence, alpha, "alpha")
     monitor = RiskMonitor.from_policy(policy, confidence=confidence, risk=risk, window=window)
     monitor.update(

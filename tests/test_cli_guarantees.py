@@ -10,7 +10,7 @@ import pytest
 from exitwise import ExitOutputs
 from exitwise.cli import main
 from exitwise.datasets import load_default
-from exitwise.monitor import write_log
+from exitwise.monitor import read_log, write_log
 from exitwise.policies import evaluate, load_policy
 from exitwise.signals import compute_signal
 
@@ -68,6 +68,15 @@ def test_certify_writes_the_guarantee_and_monitor_checks_logs(tmp_path, capsys):
     served_log(tmp_path / "ok.jsonl", policy, test, 1.0, rng)
     assert main(["monitor", str(tmp_path / "ok.jsonl"), "--policy", str(policy_file)]) == 0
     assert "no alarm" in capsys.readouterr().out
+    # the same traffic served by two ranks (alternate requests, timed): merged, the same verdict
+    log = read_log(tmp_path / "ok.jsonl")
+    log["time"] = np.arange(len(log["exit"]), dtype=np.float64)
+    for rank in (0, 1):
+        write_log(tmp_path / f"rank{rank}.jsonl", {k: v[rank::2] for k, v in log.items()})
+    ranks = [str(tmp_path / f"rank{rank}.jsonl") for rank in (0, 1)]
+    assert main(["monitor", *ranks, "--policy", str(policy_file), "--json"]) == 0
+    merged = json.loads(capsys.readouterr().out)
+    assert merged["requests"] == len(log["exit"]) and not merged["alarm"]
     # drift: the heads became overconfident (logits x 2, e.g. after quantisation), so the
     # same thresholds let more requests leave early; disagreement rises to about 11 %
     drifted = ExitOutputs(test.logits * 2, labels=test.labels, costs=test.costs)

@@ -176,11 +176,16 @@ def add_certify(sub: Any) -> None:
 
 def add_monitor(sub: Any) -> None:
     help_text = (
-        "check a request log (JSON lines) against a certified policy; exit status 1 on an "
+        "check request logs (JSON lines) against a certified policy; exit status 1 on an "
         "alarm (risk or exit-rate drift), 3 when no request has a reference answer"
     )
     p = sub.add_parser("monitor", help=help_text, description=help_text)
-    p.add_argument("log", help="JSON lines: exit, confidence, prediction[, full_prediction, label]")
+    p.add_argument(
+        "log",
+        nargs="+",
+        help="JSON lines: exit, confidence, prediction[, full_prediction, label, time]; several "
+        "logs (one per server or rank) are merged by time",
+    )
     p.add_argument("--policy", required=True, help="policy file from `exitwise certify --out`")
     from exitwise.cli._common import DeprecatedFlag, confidence_option
 
