@@ -21,6 +21,7 @@ __all__ = [
     "all_reduce_max",
     "all_reduce_sum",
     "broadcast_from_first",
+    "first_rank",
     "group_active",
     "refuse_in_group",
     "sample_mean",
@@ -54,6 +55,21 @@ def group_active(distributed: bool | None = None) -> bool:
     if distributed and not active:
         raise ValueError("`distributed=True` needs an initialised torch.distributed process group.")
     return active and distributed is not False
+
+
+def first_rank() -> bool:
+    """Whether this process is rank 0 of an active group, or runs alone.
+
+    Examples
+    --------
+    >>> first_rank()
+    True
+    """
+    if not group_active():
+        return True
+    import torch.distributed as dist
+
+    return dist.get_rank() == 0
 
 
 def all_reduce_sum(*tensors: torch.Tensor) -> None:

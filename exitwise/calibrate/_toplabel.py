@@ -19,6 +19,8 @@ gathered in rank order; in ``"one_vs_rest"`` mode the logits themselves.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -57,6 +59,16 @@ def apply_top_label(logits: torch.Tensor, new_confidence) -> torch.Tensor:
     return torch.where(is_top, q.log().unsqueeze(-1), out)
 
 
+def _every_rank(conf: Any, hit: Any, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Top-label pairs ``[N, E]`` (tensors or arrays) as float64 numpy arrays: in a process
+    group of several processes, every rank's pairs in rank order, gathered on ``device`` (NCCL
+    carries CUDA tensors only)."""
+    pairs = torch.stack([torch.as_tensor(a).to(torch.float64).cpu() for a in (conf, hit)], -1)
+    if group_active():
+        pairs = all_gather_rows(pairs.to(device)).cpu()
+    return pairs[..., 0].numpy(), pairs[..., 1].numpy()
+
+
 def interpolate(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
     """``np.interp`` in torch: piecewise-linear through ``(xp, fp)``, constant outside."""
     xp = xp.to(device=x.device, dtype=torch.float64)
@@ -92,9 +104,8 @@ class TopLabelCalibrator(Calibrator, abstract=True):
         return mode
 
     def _fit(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        distributed = group_active()  # each rank's shard: fit on all of them, on every rank
         if self._mode() == "one_vs_rest":
-            if distributed:  # every class's probabilities: gathered whole (N x E x C)
+            if group_active():  # every class's probabilities, every rank's: gathered whole
                 logits, labels = all_gather_rows(logits), all_gather_rows(labels)
             probs = torch.softmax(logits.to(torch.float64), dim=-1).cpu().numpy()
             onehot = np.eye(logits.shape[2])[labels.cpu().numpy()]
@@ -107,11 +118,10 @@ class TopLabelCalibrator(Calibrator, abstract=True):
                     {f"{key}_class{c}": v for c, m in enumerate(per_class) for key, v in m.items()}
                 )
             return
-        conf, hit = top_label_pairs(logits, labels)
-        if distributed:  # the (confidence, hit) pairs of every rank, in rank order
-            pairs = torch.from_numpy(np.stack([conf, hit], axis=-1)).to(logits.device)
-            pairs = all_gather_rows(pairs).cpu()  # (NCCL carries CUDA tensors only)
-            conf, hit = pairs[..., 0].numpy(), pairs[..., 1].numpy()
+        self._fit_maps(*_every_rank(*top_label_pairs(logits, labels), logits.device))
+
+    def _fit_maps(self, conf: np.ndarray, hit: np.ndarray) -> None:
+        """One map per exit from top-label pairs ``[N, E]``."""
         self.exit_maps_ = [self._fit_exit(conf[:, e], hit[:, e]) for e in range(conf.shape[1])]
 
     def fit_pairs(self, confidence: torch.Tensor, hit: torch.Tensor) -> TopLabelCalibrator:
@@ -131,20 +141,22 @@ class TopLabelCalibrator(Calibrator, abstract=True):
         check_choice(self._mode(), "mode", ("top_label",))
         conf = torch.as_tensor(confidence).to(torch.float64)
         hits = torch.as_tensor(hit).to(torch.float64)
-        if conf.ndim != 2 or hits.shape != conf.shape or conf.shape[0] < self._min_samples:
+        if conf.ndim != 2 or hits.shape != conf.shape:
             raise ValueError(
-                f"Expected `confidence` and `hit` of one shape [N, E] with N >= "
-                f"{self._min_samples}, got {tuple(conf.shape)} and {tuple(hits.shape)}."
+                f"Expected `confidence` and `hit` of one shape [N, E], got {tuple(conf.shape)} "
+                f"and {tuple(hits.shape)}."
             )
         low, high = (float(v) for v in torch.aminmax(conf))
         if not (low >= 0.0 and high <= 1.0):  # NaN fails both
             raise ValueError(f"Expected `confidence` in [0, 1], got [{low:.4g}, {high:.4g}].")
-        if group_active():  # every rank's pairs, in rank order
-            pairs = all_gather_rows(torch.stack([conf, hits], dim=-1))
-            conf, hits = pairs[..., 0], pairs[..., 1]
-        c, h = conf.cpu().numpy(), hits.cpu().numpy()
+        c, h = _every_rank(conf, hits, conf.device)
+        if c.shape[0] < self._min_samples:  # every rank's pairs count, as in fit
+            raise ValueError(
+                f"Expected at least {self._min_samples} pairs to fit {type(self).__name__}, "
+                f"got {c.shape[0]}."
+            )
         self.num_exits_, self.num_classes_ = int(conf.shape[1]), None
-        self.exit_maps_ = [self._fit_exit(c[:, e], h[:, e]) for e in range(c.shape[1])]
+        self._fit_maps(c, h)
         return self
 
     def _class_state(self, e: int, c: int) -> dict[str, torch.Tensor]:

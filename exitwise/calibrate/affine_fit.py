@@ -38,7 +38,12 @@ import torch
 
 from exitwise._checks import check_choice
 from exitwise._chunks import rows_per_chunk
-from exitwise._distributed import all_reduce_sum, broadcast_from_first, group_active
+from exitwise._distributed import (
+    all_reduce_sum,
+    broadcast_from_first,
+    first_rank,
+    group_active,
+)
 
 __all__ = ["AffineFit", "affine_logits", "affine_nll", "affine_objective", "fit_affine"]
 
@@ -262,7 +267,7 @@ def fit_affine(
     if c * a > _NEWTON_MAX_PARAMS:
         # in a process group each rank's objective is its rows' share of the NLL, and the
         # penalty counts on the first rank only: _lbfgs sums the values and the gradients
-        first = not group_active() or torch.distributed.get_rank() == 0
+        first = first_rank()
 
         def share(t: torch.Tensor) -> torch.Tensor:
             f = _derivatives(x, labels, t, structure, 0)[0]
@@ -331,7 +336,7 @@ def _lbfgs(theta: torch.Tensor, loss_fn, max_iter: int, tol: float) -> tuple[tor
     decisions (line search, stopping) are made once and the ranks cannot fall out of step.
     """
     distributed = group_active()
-    leader = not distributed or torch.distributed.get_rank() == 0
+    leader = first_rank()
     point = theta.clone()
 
     def evaluate(at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

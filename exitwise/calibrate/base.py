@@ -15,7 +15,7 @@ import torch
 
 from exitwise._checks import as_tensor, batched_logits, check_finite, check_labels
 from exitwise._chunks import CHUNK_BYTES, rows_per_chunk
-from exitwise._distributed import group_active, shard_offset
+from exitwise._distributed import shard_offset
 from exitwise.calibrate._estimator import FittedEstimator, load_estimator
 from exitwise.data import ExitOutputs, require_class_columns
 
@@ -99,9 +99,8 @@ class Calibrator(FittedEstimator, abstract=True):
         logits, y, _, _ = _as_batched(outputs, labels, need_labels=True)
         if y is None:  # pragma: no cover - _as_batched raises first
             raise ValueError("Fitting needs labels.")
-        n = logits.shape[0]
-        if group_active():  # a shard of a process group: the samples of every rank count
-            n = shard_offset(n, logits.device)[1]
+        # a shard of a process group: the samples of every rank count
+        n = shard_offset(logits.shape[0], logits.device)[1]
         if n < self._min_samples:
             raise ValueError(
                 f"Expected at least {self._min_samples} samples to fit "

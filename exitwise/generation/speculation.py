@@ -276,11 +276,11 @@ def plan_self_speculation(
     # in a process group (sequences whole within a rank): every rank's sequences, whose
     # walks are independent, so their counts add up
     distributed = group_active()
-    flags = [int(lengths.max()), int(not np.isin(flat, (0.0, 1.0)).all())]
-    shared = torch.tensor(flags, device=alpha.device)  # (NCCL carries CUDA tensors only)
-    if distributed:
+    longest, graded = int(lengths.max()), int(not np.isin(flat, (0.0, 1.0)).all())
+    if distributed:  # on the outputs' device: NCCL carries CUDA tensors only
+        shared = torch.tensor([longest, graded], device=alpha.device)
         all_reduce_max(shared)
-    longest = int(shared[0])
+        longest, graded = (int(v) for v in shared)
     if max_draft > longest:
         warnings.warn(
             f"max_draft={max_draft} is longer than the longest sequence ({longest} tokens): "
@@ -289,22 +289,23 @@ def plan_self_speculation(
             stacklevel=2,
         )
         max_draft = longest
-    greedy = not bool(shared[1])
+    greedy = not graded
     if schedule != "constant" and not greedy:
         raise ValueError(f"schedule={schedule!r} is simulated for greedy decoding only.")
     num_drafts = outputs.num_exits - 1
     stops = _stop_thresholds(thresholds, calibration, num_drafts)
     mean_alpha = sample_mean(alpha).cpu()
     exit_costs = outputs.costs.to(torch.float64).cpu()
-    device = alpha.device if distributed else torch.device("cpu")
-    tokens = float(_summed(np.array([lengths.sum()], dtype=np.float64), device)[0])
+    tokens = float(lengths.sum())
+    if distributed:
+        tokens = float(_summed(np.array([tokens]), alpha.device)[0])
     rows = []
     for k in range(1, max_draft + 1):
         for given, raw in stops:
             confident = (confidence >= raw[None, :]).astype(np.float64)
             verifs, drafts = _counts(flat, confident, lengths, k, greedy, schedule)
             if distributed:
-                verifs, drafts = _summed(verifs, device), _summed(drafts, device)
+                verifs, drafts = _summed(verifs, alpha.device), _summed(drafts, alpha.device)
             for d in range(num_drafts):
                 rows.append(
                     _row(
@@ -335,11 +336,10 @@ def plan_self_speculation(
 
 
 def _summed(values: np.ndarray, device: torch.device) -> np.ndarray:
-    """``values`` summed over the ranks of an active process group (float64), reduced on
+    """``values`` summed over the ranks of the process group (float64), reduced on
     ``device``."""
     out = torch.as_tensor(np.asarray(values, dtype=np.float64)).to(device)
-    if group_active():
-        all_reduce_sum(out)
+    all_reduce_sum(out)
     return out.cpu().numpy()
 
 
