@@ -14,6 +14,9 @@ Gloo carries CPU tensors, NCCL CUDA tensors; the tensors are reduced where they 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 __all__ = [
@@ -23,7 +26,7 @@ __all__ = [
     "broadcast_from_first",
     "first_rank",
     "group_active",
-    "refuse_in_group",
+    "local_only",
     "sample_mean",
     "shard_offset",
 ]
@@ -40,9 +43,32 @@ def _in_place(tensor: torch.Tensor, collective) -> None:
         tensor.copy_(buffer)
 
 
+_LOCAL = {"depth": 0}  # of the process, not a thread: chunks run in worker threads too
+
+
+@contextmanager
+def local_only() -> Iterator[None]:
+    """Inside, :func:`group_active` is False in this process: for a step that has gathered
+    every rank's data (the scores and outcome tables a threshold search needs) and now runs
+    the one-process code on it, on every rank alike, without combining anything again.
+
+    Examples
+    --------
+    >>> with local_only():
+    ...     group_active()
+    False
+    """
+    _LOCAL["depth"] += 1
+    try:
+        yield
+    finally:
+        _LOCAL["depth"] -= 1
+
+
 def group_active(distributed: bool | None = None) -> bool:
     """Whether to combine over the process group: ``None`` when one of more than one process
-    is initialised, ``True`` (which needs one) or ``False`` (never).
+    is initialised (and not inside :func:`local_only`), ``True`` (which needs one) or
+    ``False`` (never).
 
     Examples
     --------
@@ -54,7 +80,7 @@ def group_active(distributed: bool | None = None) -> bool:
     active = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     if distributed and not active:
         raise ValueError("`distributed=True` needs an initialised torch.distributed process group.")
-    return active and distributed is not False
+    return active and distributed is not False and not _LOCAL["depth"]
 
 
 def first_rank() -> bool:
@@ -155,20 +181,3 @@ def shard_offset(n: int, device: torch.device) -> tuple[int, int]:
     sizes = all_gather_rows(torch.tensor([n], dtype=torch.int64, device=device))
     rank = dist.get_rank()
     return int(sizes[:rank].sum()), int(sizes.sum())
-
-
-def refuse_in_group(what: str) -> None:
-    """Raise a ``ValueError`` when ``what`` (a step that does not yet combine shards) is
-    called in an active group, where each rank would silently get its own shard's answer.
-
-    Examples
-    --------
-    >>> refuse_in_group("tune")  # outside a group: nothing to refuse
-    """
-    if group_active():
-        raise ValueError(
-            f"{what} does not combine shards across a torch.distributed group yet: each rank "
-            "would get the answer on its own shard only. Call it outside the group (on one "
-            "process, with all the data), or see the guide 'Beyond one machine' for the steps "
-            "that do combine shards."
-        )

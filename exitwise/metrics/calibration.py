@@ -270,9 +270,14 @@ def brier_score(probs: Any, labels: Any, *, input: Input = "probs") -> torch.Ten
     tensor(0.2900, dtype=torch.float64)
     """
     p, y, squeeze = probabilities(probs, labels, input)
+    return finish(sample_mean(brier_per_sample(p, y)), squeeze)  # over every rank's samples
+
+
+def brier_per_sample(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Each sample's Brier term ``sum_c (p_c - [y = c])^2`` (float64), of checked
+    probabilities ``[N, E, C]`` and labels ``[N]``: ``[N, E]``."""
     sq = p.square().sum(dim=-1, dtype=torch.float64)
-    per_sample = sq - 2.0 * _at_label(p, y).to(torch.float64) + 1.0
-    return finish(sample_mean(per_sample), squeeze)  # over every rank's samples
+    return sq - 2.0 * _at_label(p, y).to(torch.float64) + 1.0
 
 
 def negative_log_likelihood(probs: Any, labels: Any, *, input: Input = "probs") -> torch.Tensor:

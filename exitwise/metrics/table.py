@@ -8,15 +8,11 @@ from typing import Any
 
 import torch
 
-from exitwise._distributed import refuse_in_group
+from exitwise._distributed import all_gather_rows, group_active, local_only
 from exitwise.data import ExitOutputs, require_class_columns
+from exitwise.metrics.binning import calibration_error_from_confidence
 from exitwise.metrics.bootstrap import bootstrap
-from exitwise.metrics.calibration import (
-    brier_score,
-    expected_calibration_error,
-    negative_log_likelihood,
-)
-from exitwise.metrics.exits import per_exit_accuracy
+from exitwise.metrics.calibration import brier_per_sample
 from exitwise.metrics.selective import auroc
 
 __all__ = ["INTERVAL_METHOD", "TABLE_METRICS", "per_exit_metrics"]
@@ -33,18 +29,30 @@ TABLE_METRICS = (
 INTERVAL_METHOD = "basic"
 
 
-def _stacked(logits: torch.Tensor, labels: torch.Tensor, n_bins: int) -> torch.Tensor:
-    """``[5, E]``: accuracy, top-label ECE, NLL, Brier score and the AUROC of max-probability
-    against correctness, from logits."""
+def _per_sample(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``[N, E, 4]`` per sample and exit: the top log-probability, the hit (0/1), the label's
+    log-probability and the Brier term: everything the table needs, ``4 x 8`` bytes a row
+    and exit whatever the number of classes."""
     log_probs = torch.log_softmax(logits.to(torch.float64), dim=-1)
     top, pred = log_probs.max(dim=-1)
-    correct = pred == labels[:, None]
+    at_label = log_probs.gather(-1, labels[:, None, None].expand(-1, logits.shape[1], 1))
+    brier = brier_per_sample(log_probs.exp(), labels)
+    hit = (pred == labels[:, None]).to(torch.float64)
+    return torch.stack([top, hit, at_label[..., 0], brier], dim=-1)
+
+
+def _stacked(samples: torch.Tensor, n_bins: int) -> torch.Tensor:
+    """``[5, E]``: accuracy, top-label ECE, NLL, Brier score and the AUROC of max-probability
+    (its log: the same order, without ties from rounding near 1) against correctness, from
+    :func:`_per_sample`'s ``[N, E, 4]``."""
+    top, hit, at_label, brier = samples.unbind(dim=-1)
+    correct = hit == 1.0
     return torch.stack(
         [
-            per_exit_accuracy(logits, labels),
-            expected_calibration_error(logits, labels, n_bins, input="logits"),
-            negative_log_likelihood(logits, labels, input="logits"),
-            brier_score(logits, labels, input="logits"),
+            hit.mean(dim=0),
+            calibration_error_from_confidence(top.exp(), correct, n_bins),
+            -at_label.mean(dim=0),
+            brier.mean(dim=0),
             auroc(top, correct).to(torch.float64),
         ]
     ).to(torch.float64)
@@ -69,6 +77,11 @@ def per_exit_metrics(
     ``{metric}_excludes_estimate``: True where the interval lies beside the
     estimate, as it can for ECE, whose plug-in value is biased upwards (say so when printing).
 
+    In an initialised ``torch.distributed`` group of several processes each rank passes its
+    shard and every rank gets the table of all of them: the per-sample values behind it
+    (``[N, E, 4]`` float64, not the logits) are gathered in rank order, and the bootstrap
+    resamples them alike on every rank.
+
     Examples
     --------
     >>> from exitwise.datasets import load_default
@@ -77,27 +90,30 @@ def per_exit_metrics(
     ['accuracy', 'accuracy_excludes_estimate', 'accuracy_high', 'accuracy_low', 'auroc',
      'auroc_excludes_estimate']
     """
-    refuse_in_group("per_exit_metrics (its bootstrap intervals)")
     if outputs.labels is None:
         raise ValueError("`outputs` needs labels for the per-exit metrics.")
     require_class_columns(outputs, "The per-exit metrics table (ECE, Brier)")
-    logits, labels = outputs.logits, outputs.labels
-    values = _stacked(logits, labels, n_bins)
+    samples = _per_sample(outputs.logits, outputs.labels)
+    groups = outputs.groups
+    if group_active():  # every rank's per-sample values (not logits), then the table alike
+        samples = all_gather_rows(samples)
+        groups = None if groups is None else all_gather_rows(groups)
+    with local_only():
+        values = _stacked(samples, n_bins)
+        intervals = None
+        if n_resamples > 0:
+            intervals = bootstrap(
+                _stacked,
+                samples,
+                n_resamples=n_resamples,
+                confidence=confidence,
+                seed=seed,
+                method=INTERVAL_METHOD,
+                bounds=(0.0, math.inf),
+                groups=groups,
+                n_bins=n_bins,
+            )
     relative = outputs.costs / outputs.costs[-1]
-    intervals = None
-    if n_resamples > 0:
-        intervals = bootstrap(
-            _stacked,
-            logits,
-            labels,
-            n_resamples=n_resamples,
-            confidence=confidence,
-            seed=seed,
-            method=INTERVAL_METHOD,
-            bounds=(0.0, math.inf),
-            groups=outputs.groups,
-            n_bins=n_bins,
-        )
     rows = []
     for e, name in enumerate(outputs.exit_names):
         row: dict[str, Any] = {"exit": e, "exit_name": name, "relative_cost": float(relative[e])}

@@ -19,12 +19,13 @@ from exitwise.policies.inputs import check_percentiles
 from exitwise.policies.kernels import (
     DEFAULT_MEMORY_BUDGET,
     ThresholdEvaluation,
+    _all_reduce,
     _finish,
     _full_cost_sum,
     _reduce_exits,
 )
 from exitwise.policies.recall import recalled_outcome
-from exitwise.policies.scores import outputs_of, scores_for
+from exitwise.policies.scores import scores_for
 from exitwise.policies.threshold import ThresholdPolicy
 
 __all__ = ["evaluate", "evaluate_policy"]
@@ -37,6 +38,7 @@ def evaluate(
     reference: Literal["labels", "final"] = "labels",
     percentiles: Sequence[float] | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    distributed: bool | None = None,
     quantiles: Any = MISSING,
 ) -> ThresholdEvaluation:
     """Evaluate one policy or a list of policies on :class:`~exitwise.ExitOutputs` or
@@ -73,8 +75,7 @@ def evaluate(
     data = outputs
     correct = data.correct(reference)
     costs = data.costs
-    outputs = outputs_of(data)
-    e = outputs.num_exits
+    e = data.num_exits
     qs = check_percentiles(percentiles, quantiles)
     simple = [
         type(p) is ThresholdPolicy
@@ -92,7 +93,7 @@ def evaluate(
             thresholds,
             percentiles=[100.0 * q for q in qs],
             memory_budget=memory_budget,
-            distributed=False,
+            distributed=distributed,
         )
     exits = torch.stack([p.exit_indices(data) for p in items])
     answers = torch.stack([p.answer_indices(data) for p in items])
@@ -101,7 +102,8 @@ def evaluate(
     for i, policy in enumerate(items):
         if isinstance(policy, ThresholdPolicy):
             thresholds[i] = policy.threshold_vector(e, exits.device)
-    full = _full_cost_sum(costs, outputs.num_samples, exits.device)
+    full = _full_cost_sum(costs, data.num_samples, exits.device)
+    _all_reduce(totals, full, distributed)
     return _finish(totals, thresholds, costs, qs, True, full)
 
 
@@ -128,7 +130,7 @@ def evaluate_policy(
     (0.8811, True, True)
     """
     if reference is None:
-        reference = "labels" if outputs_of(data).labels is not None else "final"
+        reference = "labels" if data.labels is not None else "final"
     main = evaluate(policy, data, reference=reference, percentiles=percentiles)
     agreement = None if reference == "final" else evaluate(policy, data, reference="final")
     return Evaluation.from_rows(

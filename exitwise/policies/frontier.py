@@ -7,11 +7,12 @@ from typing import Any, Literal
 
 import torch
 
-from exitwise._distributed import refuse_in_group
+from exitwise._distributed import group_active, local_only
 from exitwise.data import ExitOutputs
 from exitwise.policies.constraints import CostAtMost, resolve_relative
 from exitwise.policies.evaluate import evaluate_thresholds
 from exitwise.policies.evaluate_policies import evaluate_policy
+from exitwise.policies.gathered import gather_scores
 from exitwise.policies.results import PolicyResult
 from exitwise.policies.scores import ExitScores, as_scores
 from exitwise.policies.sweep import sweep_shared_threshold
@@ -33,7 +34,9 @@ def pareto_frontier(
     Exact for the shared-threshold family (every breakpoint of the sweep), plus the per-exit
     search's points at ``budgets`` (fractions of the final cost; default 10 between the
     first and last exits' costs). Returns ``mean_cost``, ``accuracy`` (sorted by cost),
-    ``thresholds`` ``[P, E]`` and ``per_exit`` (bool: from the per-exit search).
+    ``thresholds`` ``[P, E]`` and ``per_exit`` (bool: from the per-exit search). In a
+    ``torch.distributed`` group of several processes, of every rank's samples (their scores
+    gathered, as :func:`~exitwise.policies.tune`), the same on every rank.
 
     Examples
     --------
@@ -42,8 +45,11 @@ def pareto_frontier(
     >>> bool((front["accuracy"][1:] > front["accuracy"][:-1]).all())
     True
     """
-    refuse_in_group("pareto_frontier")
     data = as_scores(outputs, signal)
+    if group_active():  # every rank's breakpoints: gather the scores, then search alike
+        every = gather_scores(data)  # (a collective: before local_only)
+        with local_only():
+            return pareto_frontier(every, budgets=budgets, reference=reference)
     scores = data.scores.cpu()
     correct = data.correct(reference).cpu()
     costs = data.costs.cpu()
@@ -113,6 +119,12 @@ def geometric_budget_policy(
         raise TypeError("Expected a `budget`, e.g. 0.5 (half the full model's cost).")
     relative = resolve_relative(relative)
     data = as_scores(outputs, signal)
+    if group_active():  # the shares are of every rank's samples: gather the scores
+        every = gather_scores(data)  # (a collective: before local_only)
+        with local_only():
+            return geometric_budget_policy(
+                every, budget=budget, relative=relative, reference=reference
+            )
     costs = data.costs.cpu().to(torch.float64)
     e = costs.numel()
     limit = budget * float(costs[-1]) if relative else float(budget)
@@ -191,7 +203,6 @@ def held_out_frontier(
         correct,
         testing.costs,
         front["thresholds"].to(scores.device),
-        distributed=False,
     )
     shared = sweep_shared_threshold(
         tuning.scores, tuning.correct(reference), tuning.costs
@@ -201,7 +212,6 @@ def held_out_frontier(
         correct,
         testing.costs,
         shared[:, None].expand(-1, e).to(scores.device),
-        distributed=False,
     )
     return {
         "mean_cost": on_test.mean_cost,

@@ -43,11 +43,12 @@ from exitwise._deprecation import (
     moved_names,
     renamed_argument,
 )
-from exitwise._distributed import refuse_in_group
+from exitwise._distributed import group_active, local_only
 from exitwise.data import ExitOutputs
 from exitwise.policies.constraints import AccuracyAtLeast
 from exitwise.policies.evaluate import evaluate_thresholds
 from exitwise.policies.evaluate_policies import evaluate_policy
+from exitwise.policies.gathered import gather_scores
 from exitwise.policies.kernels import first_exit
 from exitwise.policies.losses import RISKS, ZERO_ONE_RISKS
 from exitwise.policies.p_values import (
@@ -241,6 +242,12 @@ def certify(
     progress : bool, optional
         A progress bar over the testing walk (default: when N * E >= 10^7).
 
+    In an initialised ``torch.distributed`` group of several processes each rank passes its
+    shard (sequences whole within a rank, ids unique across ranks) and every rank gets the
+    one-process answer on the concatenated shards: the scores and the risks' loss tables are
+    gathered to every rank (:func:`~exitwise.policies.gathered.gather_scores`), where the
+    split, the front and the testing walk run alike.
+
     Returns
     -------
     PolicyResult
@@ -255,7 +262,6 @@ def certify(
     >>> res.certified, res.evaluation.relative_cost <= 0.6, res.guarantee.p_values["cost"] <= 0.05
     (True, True, True)
     """
-    refuse_in_group("certify")
     limits = renamed_argument(
         MISSING if limits is None else limits, "limits", risks, "risks", stacklevel=3
     )
@@ -271,6 +277,25 @@ def certify(
     tuned_levels = check_int(tuned_levels, "tuned_levels", minimum=0)
     max_optimisation = check_int(max_optimisation, "max_optimisation", minimum=1)
     data = as_scores(outputs, signal)
+    if group_active():  # the split, the front and the walk read every rank's tables
+        every = gather_scores(data, losses=list(limits), recall=recall, nll_bound=nll_bound)
+        with local_only():
+            return certify(
+                every,
+                limits=limits,
+                confidence=confidence,
+                search=search,
+                split=split,
+                seed=seed,
+                num_candidates=num_candidates,
+                tuned_levels=tuned_levels,
+                p_value=p_value,
+                recall=recall,
+                nll_bound=nll_bound,
+                unit=unit,
+                max_optimisation=max_optimisation,
+                progress=progress,
+            )
     unit = resolve_unit(unit, data.groups)
     methods = {
         name: resolve_p_value(p_value, name in ZERO_ONE_RISKS and unit == "sample", name)

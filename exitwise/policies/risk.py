@@ -55,7 +55,7 @@ from exitwise._deprecation import (
     moved_names,
     renamed_argument,
 )
-from exitwise._distributed import all_gather_rows, all_reduce_sum, group_active
+from exitwise._distributed import all_gather_rows, all_reduce_sum, group_active, local_only
 from exitwise.data import ExitOutputs
 from exitwise.exceptions import VacuousGuaranteeWarning
 from exitwise.policies.evaluate_policies import evaluate_policy
@@ -126,7 +126,8 @@ def grid_statistics(
     e = scores.shape[1]
     at_last = torch.zeros(e, dtype=torch.float64, device=scores.device)
     at_last[-1] = 1.0  # the "cost" of a sample = whether it reaches the last exit
-    sweep = sweep_shared_threshold(scores, losses.to(scores.device), at_last)
+    with local_only():  # this rank's sweep: only its sums at the grid are combined, below
+        sweep = sweep_shared_threshold(scores, losses.to(scores.device), at_last)
     where = torch.searchsorted(sweep.thresholds, grid.to(sweep.thresholds.device), side="left")
     n = sweep.num_samples
     sums = sweep.mean_loss[where] * n

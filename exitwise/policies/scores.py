@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from exitwise._checks import as_tensor, check_choice, check_costs, check_finite, row_index
+from exitwise._distributed import sample_mean
 from exitwise.data import ExitOutputs
 from exitwise.policies.losses import RISKS, cost_losses, loss_table
 from exitwise.policies.positions import DecayedSignal
@@ -222,8 +223,11 @@ class ExitScores:
 
     @property
     def full_cost(self) -> float:
-        """Mean cost of running every sample to the last exit."""
-        return float(self.costs[..., -1].double().mean())
+        """Mean cost of running every sample to the last exit (of every rank's samples in an
+        active ``torch.distributed`` group)."""
+        if self.costs.ndim == 1:
+            return float(self.costs[-1])
+        return float(sample_mean(self.costs[:, -1]))
 
     def __len__(self) -> int:
         return self.num_samples
@@ -250,8 +254,9 @@ class ExitScores:
         return self.correct("final")
 
     def final_accuracy(self, reference: Literal["labels", "final"] = "labels") -> float:
-        """The last exit's accuracy (1.0 against ``"final"``)."""
-        return float(self.correct(reference)[:, -1].double().mean())
+        """The last exit's accuracy (1.0 against ``"final"``; of every rank's samples in an
+        active ``torch.distributed`` group)."""
+        return float(sample_mean(self.correct(reference)[:, -1]))
 
     def accuracy_target(
         self, target: float, relative: bool, reference: Literal["labels", "final"] = "labels"

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from exitwise._distributed import all_gather_rows, group_active
 from exitwise.policies.inputs import check_outcome, check_scores, costs_for
 from exitwise.policies.kernels import first_exit
 
@@ -88,6 +89,8 @@ def sweep_shared_threshold(
     Returns
     -------
     SharedThresholdSweep
+        In an initialised ``torch.distributed`` group of several processes, of every rank's
+        rows (gathered in rank order: ``O(N E)`` memory on each rank), the same on every rank.
 
     Examples
     --------
@@ -106,6 +109,10 @@ def sweep_shared_threshold(
     n, e = int(s.shape[0]), int(s.shape[1])
     o = check_outcome(correct, (n, e), s.device)
     c = costs_for(costs, (n, e), s.device)
+    if group_active():  # every breakpoint of every rank: the rows, gathered in rank order
+        s, o = all_gather_rows(s.contiguous()), all_gather_rows(o.contiguous())
+        c = c if c.ndim == 1 else all_gather_rows(c.contiguous())
+        n = int(s.shape[0])
     device = s.device
     bool_outcome = o.dtype == torch.bool
     o_sum = o.to(torch.int8 if bool_outcome else torch.float64)

@@ -25,7 +25,7 @@ import torch
 
 from exitwise._checks import check_choice, check_costs, check_int, check_open_unit
 from exitwise._deprecation import MISSING, moved_names
-from exitwise._distributed import refuse_in_group
+from exitwise._distributed import all_reduce_max, group_active, local_only
 from exitwise.data import ExitOutputs
 from exitwise.policies.certified_tuning import certified_tuning
 from exitwise.policies.constraints import (
@@ -36,13 +36,14 @@ from exitwise.policies.constraints import (
     resolve_relative,
 )
 from exitwise.policies.evaluate_policies import evaluate_policy
+from exitwise.policies.gathered import gather_scores
 from exitwise.policies.inputs import percent_levels
 from exitwise.policies.recall import Recall, recalled_outcome
 from exitwise.policies.results import PolicyResult
 from exitwise.policies.scores import ExitScores, as_scores
 from exitwise.policies.search import search_thresholds
-from exitwise.policies.sweep import sweep_shared_threshold
 from exitwise.policies.threshold import ThresholdPolicy
+from exitwise.policies.tune_limits import infeasible_result, limits_of
 
 __all__ = [
     "AccuracyAtLeast",
@@ -58,58 +59,6 @@ __all__ = [
 
 # the old result type of the tuners, one release with a warning
 __getattr__ = moved_names(__name__, {"TunedPolicy": ("PolicyResult", lambda: PolicyResult)})
-
-
-def _infeasible(
-    scores: ExitScores,
-    correct: torch.Tensor,
-    constraints: list[Any],
-    reference: str,
-    limits: dict[str, float],
-    unit: str,
-) -> PolicyResult:
-    """No policy: the reason (the constraints, the data size) and the best the tuning data
-    allows (the highest accuracy of any shared threshold; the least mean cost, everyone
-    leaving at the first exit)."""
-    final = float(correct[:, -1].double().mean())
-    full = scores.full_cost
-    sweep = sweep_shared_threshold(scores.scores.cpu(), correct.cpu(), scores.costs.cpu())
-    best_acc = float(sweep.accuracy.max())
-    best = {
-        "accuracy": best_acc,
-        "relative_accuracy": best_acc / final if final > 0 else math.nan,
-        "relative_cost": float(scores.costs[..., 0].double().mean()) / full,
-    }
-    wanted = " and ".join(c.describe(final, full) for c in constraints)
-    what = "accuracy" if reference == "labels" else "agreement with the final exit"
-    reason = (
-        f"no policy meets {wanted} on the {scores.num_samples} tuning samples (best "
-        f"{what} {best_acc:.4f} = {best['relative_accuracy']:.4f} x the final exit's; least "
-        f"mean cost {best['relative_cost']:.4f} of the full model's)"
-    )
-    return PolicyResult(
-        None,
-        None,
-        reason=reason,
-        best_achievable=best,
-        limits=limits,
-        num_units=scores.num_samples,
-        unit=unit,
-    )
-
-
-def _limits_of(constraints: list[Any], final: float, full: float) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for c in constraints:
-        if isinstance(c, AccuracyAtLeast):
-            out["accuracy"] = c.bound(final, full)
-        elif isinstance(c, CostAtMost):
-            out["relative_cost"] = c._limit(full) / full
-        elif isinstance(c, CostQuantileAtMost):
-            out[f"p{100 * c.q:g}_cost"] = c._limit(full)
-        elif isinstance(c, RiskAtMost):
-            out[c.risk] = c.value
-    return out
 
 
 def tune(
@@ -156,6 +105,11 @@ def tune(
     progress : bool, optional
         Show a progress bar over the per-exit line searches (default: when N * E >= 10^7).
 
+    In an initialised ``torch.distributed`` group of several processes each rank passes its
+    shard and every rank gets the one-process answer on the concatenated shards (rank order):
+    the ``[N, E]`` scores and outcome tables, not the logits, are gathered to every rank
+    (:func:`~exitwise.policies.gathered.gather_scores`) and searched there alike.
+
     Returns
     -------
     PolicyResult
@@ -170,7 +124,6 @@ def tune(
     >>> tuned.feasible, tuned.evaluation.accuracy >= 0.87
     (True, True)
     """
-    refuse_in_group("tune")
     check_choice(objective, "objective", ("cost", "accuracy"))
     if constraints is None:
         raise TypeError("Expected `constraints`, e.g. [AccuracyAtLeast(0.99, relative=True)].")
@@ -178,6 +131,22 @@ def tune(
     rounds = check_int(rounds, "rounds", minimum=0)
     pct = percent_levels(percentiles, quantiles)
     data = as_scores(outputs, signal)
+    if group_active():  # the exact search reads every rank's scores: gather them, search alike
+        every = gather_scores(data)  # (a collective: before local_only)
+        with local_only():
+            return tune(
+                every,
+                None,
+                objective,
+                constraints,
+                per_exit=per_exit,
+                rounds=rounds,
+                percentiles=pct or None,
+                reference=reference,
+                recall=recall,
+                min_exit=min_exit,
+                progress=progress,
+            )
     scores = data.scores.cpu()
     correct = recalled_outcome(data.correct(reference).cpu(), scores, recall)
     costs = data.costs.cpu()
@@ -188,7 +157,7 @@ def tune(
     m = check_int(min_exit, "min_exit", minimum=0)
     if m >= scores.shape[1]:
         raise ValueError(f"Expected `min_exit` below the number of exits ({scores.shape[1]}).")
-    limits = _limits_of(constraints, float(correct[:, -1].double().mean()), data.full_cost)
+    limits = limits_of(constraints, float(correct[:, -1].double().mean()), data.full_cost)
     thresholds, shared_tau = search_thresholds(
         scores[:, m:],
         correct[:, m:],
@@ -200,7 +169,7 @@ def tune(
         progress,
     )
     if thresholds is None:
-        return _infeasible(data, correct, constraints, reference, limits, "sample")
+        return infeasible_result(data, correct, constraints, reference, limits, "sample")
     thresholds = torch.cat([torch.full((m,), math.inf, dtype=torch.float64), thresholds])
     policy = ThresholdPolicy(data.signal, thresholds.tolist(), recall=recall, min_exit=m)
     evaluation = evaluate_policy(
@@ -295,6 +264,14 @@ def tune_for_accuracy(
     )
 
 
+def _largest_full_cost(data: ExitScores) -> float:
+    """The largest cost of running a sample to the last exit (of every rank's samples)."""
+    top = data.costs[..., -1].max().to(torch.float64).reshape(1)
+    if group_active():
+        all_reduce_max(top)
+    return float(top)
+
+
 def tune_for_budget(
     outputs: ExitOutputs | ExitScores,
     signal: Any = None,
@@ -346,7 +323,7 @@ def tune_for_budget(
             progress=progress,
             quantiles=quantiles,
         )
-    share = budget if relative else budget / float(data.costs[..., -1].max())
+    share = budget if relative else budget / _largest_full_cost(data)
     return certified_tuning(
         data,
         confidence=confidence,
