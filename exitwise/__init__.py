@@ -9,7 +9,8 @@ torch.Size([3])
 """
 
 from exitwise import metrics
-from exitwise.data import ExitOutputs, load
+from exitwise.data import ExitOutputs
+from exitwise.data_shards import ShardedOutputs, load
 from exitwise.exceptions import ConvergenceWarning, InfeasibleTargetError, UndefinedMetricWarning
 
 __version__ = "0.1.0"
@@ -18,6 +19,7 @@ __all__ = [
     "ConvergenceWarning",
     "ExitOutputs",
     "InfeasibleTargetError",
+    "ShardedOutputs",
     "UndefinedMetricWarning",
     "__version__",
     "load",

@@ -23,6 +23,7 @@ __all__ = [
     "all_gather_rows",
     "all_reduce_max",
     "all_reduce_sum",
+    "barrier",
     "broadcast_from_first",
     "first_rank",
     "group_active",
@@ -112,6 +113,14 @@ def all_reduce_max(*tensors: torch.Tensor) -> None:
 
     for tensor in tensors:
         _in_place(tensor, lambda t: dist.all_reduce(t, op=dist.ReduceOp.MAX))
+
+
+def barrier() -> None:
+    """Wait for every rank of an active group (nothing outside one)."""
+    if group_active():
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def broadcast_from_first(*tensors: torch.Tensor) -> None:

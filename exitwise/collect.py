@@ -27,12 +27,13 @@ Per-exit costs: :func:`measure_costs` (in :mod:`exitwise.exit_costs`, re-exporte
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from exitwise._checks import check_choice
+from exitwise._checks import check_choice, check_int
 from exitwise._fixed_width import first_occurrences, kept_columns, reduce_fixed_width
 from exitwise._hooks import (
     _POOLS,
@@ -44,6 +45,7 @@ from exitwise._hooks import (
     mean_pool,
 )
 from exitwise.data import ExitOutputs
+from exitwise.data_shards import ShardedOutputs, ShardWriter, load
 from exitwise.exit_costs import measure_costs
 
 __all__ = ["cls_pool", "collect", "mean_pool", "measure_costs"]
@@ -121,7 +123,9 @@ def collect(
     exit_names: Sequence[str] | None = None,
     progress: bool = True,
     return_class_indices: bool = False,
-) -> ExitOutputs | tuple[ExitOutputs, torch.Tensor]:
+    out: str | Path | None = None,
+    shard_samples: int = 1_000_000,
+) -> ExitOutputs | ShardedOutputs | tuple[ExitOutputs, torch.Tensor]:
     """Run ``model`` over ``data`` and gather every exit's logits into an ExitOutputs.
 
     Parameters
@@ -166,10 +170,22 @@ def collect(
         A tqdm progress bar with samples/s.
     return_class_indices : bool, default=False
         With ``reduce``, also return the kept class ids ``[N, K]`` (``[N, K + E (+ 1)]``).
+    out : str or path, optional
+        A directory: write the outputs there as shard files of about ``shard_samples``
+        samples (whole batches; each rank its own files in a ``torch.distributed`` group,
+        every rank passing its part of the data) and an ``index.json``, holding at most one
+        shard in memory, and return :func:`exitwise.load` of it
+        (:class:`~exitwise.data_shards.ShardedOutputs`, this rank's part in a group). Sequence
+        ids are numbered as one in-memory ``collect`` over every rank's batches in rank order
+        would number them. Not with ``reduce="topk:K"`` (its width varies): use
+        ``"fixed:K"``.
+    shard_samples : int, default=1_000_000
+        Samples per shard file with ``out`` (a shard ends after the batch that reaches it).
 
     Returns
     -------
-    ExitOutputs (and the kept class ids with ``return_class_indices``)
+    ExitOutputs (and the kept class ids with ``return_class_indices``), or ShardedOutputs
+    with ``out``
 
     Examples
     --------
@@ -188,6 +204,17 @@ def collect(
     if isinstance(pool, str):
         check_choice(pool, "pool", tuple(_POOLS))
     device = torch.device(device) if device is not None else _model_device(model)
+    writer = None
+    if out is not None:
+        shard_samples = check_int(shard_samples, "shard_samples", minimum=1)
+        if reduction is not None and reduction[0] == "topk":
+            raise ValueError(
+                "`out` writes shards of one width: use reduce='fixed:K' (the same columns for "
+                "every sample), not 'topk:K' (its width depends on the data)."
+            )
+        if return_class_indices:
+            raise ValueError("`return_class_indices` is not available with `out`.")
+        writer = ShardWriter(out)
     gathered = _Gathered(reduction, torch.device(output_device))
     was_training = model.training
     model.eval()
@@ -202,16 +229,24 @@ def collect(
             gathered.add(logits, labels, tokens)
             if bar is not None:
                 bar.update(int(logits.shape[0]))
+            if writer is not None and gathered.num_samples >= shard_samples:
+                writer.write(gathered.outputs(costs, exit_names), gathered.sequences)
+                gathered = _Gathered(reduction, torch.device(output_device))
     finally:
         if bar is not None:
             bar.close()
         model.train(was_training)
-    out = gathered.outputs(costs, exit_names)
+    if writer is not None:
+        if gathered.num_samples:
+            writer.write(gathered.outputs(costs, exit_names), gathered.sequences)
+        writer.finish()  # every rank (a collective in a group)
+        return load(out)
+    outputs = gathered.outputs(costs, exit_names)
     if return_class_indices:
         if reduction is None:
             raise ValueError("`return_class_indices` needs `reduce='topk:K'` or 'fixed:K'.")
-        return out, torch.cat(gathered.kept)
-    return out
+        return outputs, torch.cat(gathered.kept)
+    return outputs
 
 
 def _batch_logits(
@@ -274,6 +309,7 @@ class _Gathered:
         self.groups: list[torch.Tensor] = []
         self.positions: list[torch.Tensor] = []
         self.sequences = 0  # sequences seen so far: the next batch's group offset
+        self.num_samples = 0
 
     def add(
         self,
@@ -299,6 +335,7 @@ class _Gathered:
             self.rest.append(rest.to(self.device))
             self.buckets = max(self.buckets, int(needed.max()))
         self.logits.append(logits.detach().to(self.device))
+        self.num_samples += int(logits.shape[0])
         if labels is not None:
             self.labels.append(labels.to(self.device))
 

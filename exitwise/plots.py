@@ -379,7 +379,8 @@ def risk_coverage_plot(scores: Any, signal: Any = None, *, ax: Any = None):
     ``scores`` are :class:`~exitwise.policies.ExitScores` (computed once; ``signal=None``),
     or ExitOutputs with a ``signal`` (computed here).
     """
-    from exitwise.policies.scores import ExitScores, as_scores
+    from exitwise.policies.entry import as_scores
+    from exitwise.policies.scores import ExitScores
 
     ax = _axes(ax)
     if not isinstance(scores, ExitScores):

@@ -3,6 +3,7 @@
 from exitwise._deprecation import moved_names
 from exitwise.policies.base import ExitPolicy, load_policy, policy_from_dict
 from exitwise.policies.batching import BatchingResult, simulate_batching
+from exitwise.policies.entry import as_scores
 from exitwise.policies.evaluate import (
     ThresholdEvaluation,
     evaluate_thresholds,
@@ -27,7 +28,7 @@ from exitwise.policies.recall import recall_indices, recalled_outcome
 from exitwise.policies.results import Evaluation, Guarantee, PolicyResult, TestingPath
 from exitwise.policies.risk import default_risk_grid, risk_controlled_threshold
 from exitwise.policies.runtime import ExitController
-from exitwise.policies.scores import ExitScores, PrecomputedScores, as_scores, resolve_signal
+from exitwise.policies.scores import ExitScores, PrecomputedScores, resolve_signal
 from exitwise.policies.sweep import SharedThresholdSweep, sweep_shared_threshold
 from exitwise.policies.threshold import (
     FixedExitPolicy,

@@ -10,11 +10,12 @@ import torch
 from exitwise._distributed import group_active, local_only
 from exitwise.data import ExitOutputs
 from exitwise.policies.constraints import CostAtMost, resolve_relative
+from exitwise.policies.entry import as_scores
 from exitwise.policies.evaluate import evaluate_thresholds
 from exitwise.policies.evaluate_policies import evaluate_policy
 from exitwise.policies.gathered import gather_scores
 from exitwise.policies.results import PolicyResult
-from exitwise.policies.scores import ExitScores, as_scores
+from exitwise.policies.scores import ExitScores
 from exitwise.policies.sweep import sweep_shared_threshold
 from exitwise.policies.threshold import ThresholdPolicy
 from exitwise.policies.tune import tune

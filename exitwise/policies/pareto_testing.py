@@ -46,6 +46,7 @@ from exitwise._deprecation import (
 from exitwise._distributed import group_active, local_only
 from exitwise.data import ExitOutputs
 from exitwise.policies.constraints import AccuracyAtLeast
+from exitwise.policies.entry import as_scores
 from exitwise.policies.evaluate import evaluate_thresholds
 from exitwise.policies.evaluate_policies import evaluate_policy
 from exitwise.policies.gathered import gather_scores
@@ -59,7 +60,7 @@ from exitwise.policies.p_values import (
 from exitwise.policies.recall import Recall
 from exitwise.policies.results import Guarantee, PolicyResult, TestingPath
 from exitwise.policies.risk import default_risk_grid, resolve_unit
-from exitwise.policies.scores import ExitScores, as_scores
+from exitwise.policies.scores import ExitScores
 from exitwise.policies.sequence_risk import sequence_losses
 from exitwise.policies.threshold import ThresholdPolicy
 from exitwise.signals import get_signal

@@ -58,6 +58,7 @@ from exitwise._deprecation import (
 from exitwise._distributed import all_gather_rows, all_reduce_sum, group_active, local_only
 from exitwise.data import ExitOutputs
 from exitwise.exceptions import VacuousGuaranteeWarning
+from exitwise.policies.entry import as_scores
 from exitwise.policies.evaluate_policies import evaluate_policy
 from exitwise.policies.kernels import first_exit
 from exitwise.policies.losses import RISKS, ZERO_ONE_RISKS
@@ -70,7 +71,7 @@ from exitwise.policies.p_values import (
 from exitwise.policies.positions import DecayedSignal
 from exitwise.policies.recall import Recall
 from exitwise.policies.results import Guarantee, PolicyResult, TestingPath
-from exitwise.policies.scores import ExitScores, as_scores, signal_label
+from exitwise.policies.scores import ExitScores, signal_label
 from exitwise.policies.sequence_risk import SEQUENCE_LOSSES, sequence_risk_path
 from exitwise.policies.sweep import sweep_shared_threshold
 from exitwise.policies.threshold import ThresholdPolicy

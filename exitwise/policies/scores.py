@@ -31,7 +31,7 @@ from exitwise.policies.losses import RISKS, cost_losses, loss_table
 from exitwise.policies.positions import DecayedSignal
 from exitwise.signals import compute_signal, get_signal
 
-__all__ = ["ExitScores", "PrecomputedScores", "as_scores", "resolve_signal", "signal_label"]
+__all__ = ["ExitScores", "PrecomputedScores", "resolve_signal", "signal_label"]
 
 
 class PrecomputedScores:
@@ -329,37 +329,6 @@ class ExitScores:
             self.scores.to(device),
             None if self.costs is self.outputs.costs else self.costs.to(device),
         )
-
-
-def as_scores(data: Any, signal: Any = None, *, argument: str = "outputs") -> ExitScores:
-    """``data`` as :class:`ExitScores`: ``ExitScores`` as they are, ``ExitOutputs`` with
-    ``signal`` computed once.
-
-    Examples
-    --------
-    >>> from exitwise.datasets import load_default
-    >>> s = as_scores(load_default()[:10], "margin")
-    >>> as_scores(s) is s, as_scores(s, "margin") is s
-    (True, True)
-    """
-    if isinstance(data, ExitScores):
-        if signal is not None and not same_signal(resolve_signal(signal), data.signal):
-            raise ValueError(
-                f"These ExitScores hold the signal {signal_label(data.signal)!r}, not "
-                f"{signal_label(resolve_signal(signal))!r}; pass signal=None or build ExitScores "
-                "with that signal."
-            )
-        return data
-    if isinstance(data, ExitOutputs):
-        if signal is None:
-            raise TypeError(
-                f"`{argument}` is ExitOutputs: pass a `signal` (e.g. 'max_probability'), or "
-                "ExitScores that hold one."
-            )
-        return ExitScores(data, signal)
-    raise TypeError(
-        f"Expected `{argument}` to be ExitOutputs or ExitScores, got {type(data).__name__}."
-    )
 
 
 def same_signal(a: Any, b: Any) -> bool:

@@ -35,12 +35,13 @@ from exitwise.policies.constraints import (
     RiskAtMost,
     resolve_relative,
 )
+from exitwise.policies.entry import as_scores
 from exitwise.policies.evaluate_policies import evaluate_policy
 from exitwise.policies.gathered import gather_scores
 from exitwise.policies.inputs import percent_levels
 from exitwise.policies.recall import Recall, recalled_outcome
 from exitwise.policies.results import PolicyResult
-from exitwise.policies.scores import ExitScores, as_scores
+from exitwise.policies.scores import ExitScores
 from exitwise.policies.search import search_thresholds
 from exitwise.policies.threshold import ThresholdPolicy
 from exitwise.policies.tune_limits import infeasible_result, limits_of

@@ -1,0 +1,359 @@
+"""Exit outputs too large for one process: a directory of shard files read a chunk at a time.
+
+``collect(..., out="dir/")`` writes every ``shard_samples`` samples of every rank as one
+``.safetensors`` file (the :class:`~exitwise.ExitOutputs` file format, with sequence ids
+local to the file) and, at the end, ``dir/index.json``: the files in rank order, each with
+its number of samples and the offset of its sequence ids. :func:`load` of the directory
+returns :class:`ShardedOutputs`, which reads the files lazily:
+
+- ``chunks(rows)`` yields :class:`~exitwise.ExitOutputs` of at most ``rows`` samples, read
+  as row slices of the files (``safetensors``' ``get_slice``), so peak memory is one chunk
+  however many samples there are; the sequence ids are global (file offset added), the same
+  as one in-memory ``collect`` over the same batches;
+- ``split(fraction, seed)`` is the in-memory split (by sequence for tokens, stratified by
+  label otherwise) of all the selected samples, reading only labels or sequence ids;
+- inside an initialised ``torch.distributed`` group of R processes, each rank's
+  ``ShardedOutputs`` covers a contiguous run of the files (the i-th of R runs of about equal
+  file counts, in index order), so the ranks' parts concatenate, in rank order, to the whole:
+  the rule of every exitwise step that combines shards.
+
+Memory: ``chunks`` holds one chunk (``rows x E x C`` values) and the file's small arrays
+(labels, ids: 8 bytes a sample) at a time; ``split`` holds 8 bytes a sample of all files.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from exitwise._checks import check_int, check_open_unit
+from exitwise._distributed import barrier, first_rank, group_active
+from exitwise.data import ExitOutputs
+from exitwise.data import load as load_file
+from exitwise.data_split import sequence_split, stratified_split
+
+__all__ = ["INDEX", "ShardWriter", "ShardedOutputs", "load"]
+
+INDEX = "index.json"
+SHARDS_FORMAT = "exitwise.ExitShards/1"
+
+
+def _rank_world() -> tuple[int, int]:
+    if not group_active():
+        return 0, 1
+    import torch.distributed as dist
+
+    return dist.get_rank(), dist.get_world_size()
+
+
+class ShardWriter:
+    """Writes one rank's shards of :class:`~exitwise.ExitOutputs` into ``directory`` and, on
+    :meth:`finish` (every rank alike, a collective in a group), the index.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     w = ShardWriter(d)
+    ...     w.write(ExitOutputs(torch.randn(4, 2, 3), torch.tensor([0, 1, 2, 0])), 0)
+    ...     w.finish()
+    ...     load(d).num_samples
+    4
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.rank, self.world = _rank_world()
+        self.files: list[dict[str, Any]] = []
+        self.meta: dict[str, Any] | None = None
+
+    def write(self, outputs: ExitOutputs, num_sequences: int) -> None:
+        """Write ``outputs`` as the next shard (its ``groups`` local: ``0..num_sequences-1``,
+        the sequences the batches held, empty ones included)."""
+        meta = {
+            "num_exits": outputs.num_exits,
+            "num_columns": outputs.num_classes,
+            "rest_columns": outputs.rest_columns,
+            "exit_names": outputs.exit_names,
+            "costs": outputs.costs.tolist(),
+            "labels": outputs.labels is not None,
+            "tokens": outputs.groups is not None,
+        }
+        if self.meta is not None and meta != self.meta:
+            raise ValueError(
+                "Every shard must hold the same exits, columns, costs and kinds of arrays; "
+                f"this one has {meta}, the first had {self.meta}."
+            )
+        self.meta = meta
+        name = f"rank{self.rank:05d}-{len(self.files):05d}.safetensors"
+        outputs.save(self.directory / name)
+        entry = {"file": name, "num_samples": outputs.num_samples}
+        self.files.append({**entry, "num_sequences": int(num_sequences)})
+
+    def finish(self) -> None:
+        """Write ``index.json`` (rank 0, after every rank's part; a collective in a group)."""
+        part = self.directory / f"index-rank{self.rank:05d}.json"
+        part.write_text(json.dumps({"meta": self.meta, "files": self.files}))
+        barrier()
+        if first_rank():
+            meta, files = None, []
+            for r in range(self.world):
+                path = self.directory / f"index-rank{r:05d}.json"
+                got = json.loads(path.read_text())
+                path.unlink()
+                if got["meta"] is not None:
+                    if meta is not None and got["meta"] != meta:
+                        raise ValueError(f"Rank {r} wrote other exits or columns than rank 0.")
+                    meta = got["meta"]
+                files.extend(got["files"])
+            if meta is None:
+                raise ValueError("`data` yielded no batches on any rank.")
+            offset = 0
+            for entry in files:
+                entry["group_offset"] = offset
+                offset += entry.pop("num_sequences")
+            index = {"format": SHARDS_FORMAT, **meta, "shards": files}
+            (self.directory / INDEX).write_text(json.dumps(index, indent=1))
+        barrier()
+
+
+def _read_index(directory: Path) -> dict[str, Any]:
+    path = directory / INDEX
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"'{directory}' has no {INDEX}: not a directory written by collect(..., out=...)."
+        )
+    try:
+        index = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"'{path}' is not valid JSON: {err}") from None
+    if not isinstance(index, dict) or index.get("format") != SHARDS_FORMAT:
+        raise ValueError(f"'{path}' is not an exitwise shard index (format {SHARDS_FORMAT}).")
+    return index
+
+
+class ShardedOutputs:
+    """Exit outputs in the shard files of a directory, read a chunk at a time (see the
+    module docstring). Built by :func:`load`; in a ``torch.distributed`` group, this rank's
+    part.
+
+    Attributes
+    ----------
+    directory : pathlib.Path
+    num_samples : int
+        Samples of this part (of this rank, of the selected rows).
+    num_exits, num_classes, rest_columns : int
+    exit_names : list of str
+    costs : torch.Tensor
+        Cumulative per-exit costs ``[E]``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> out = ExitOutputs(torch.randn(6, 2, 3), torch.tensor([0, 1, 2, 0, 1, 2]))
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     w = ShardWriter(d)
+    ...     w.write(out[:4], 0); w.write(out[4:], 0); w.finish()
+    ...     data = load(d)
+    ...     sizes = [c.num_samples for c in data.chunks(rows=3)]
+    ...     same = torch.equal(data.to_outputs().logits, out.logits)
+    >>> data.num_samples, sizes, same
+    (6, [3, 1, 2], True)
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        part: list[int] | None = None,
+        selected: dict[int, torch.Tensor] | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        index = _read_index(self.directory)
+        self._index = index
+        self._shards = index["shards"]
+        self._part = list(range(len(self._shards))) if part is None else part
+        self._selected = selected  # shard -> sorted rows; None: every row
+        self.num_exits = int(index["num_exits"])
+        self.num_classes = int(index["num_columns"])
+        self.rest_columns = int(index["rest_columns"])
+        self.exit_names = [str(x) for x in index["exit_names"]]
+        self.costs = torch.tensor(index["costs"], dtype=torch.float64)
+
+    # ------------------------------------------------------------------ rows
+    def _rows(self, shard: int) -> torch.Tensor | None:
+        return None if self._selected is None else self._selected[shard]
+
+    def _count(self, shard: int) -> int:
+        rows = self._rows(shard)
+        return int(self._shards[shard]["num_samples"]) if rows is None else int(rows.numel())
+
+    @property
+    def num_samples(self) -> int:
+        return sum(self._count(s) for s in self._part)
+
+    @property
+    def total_samples(self) -> int:
+        """Selected samples of every rank (all files)."""
+        return sum(self._count(s) for s in range(len(self._shards)))
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self._index["labels"])
+
+    @property
+    def tokens(self) -> bool:
+        """Whether the samples are tokens of sequences (``groups`` and ``positions``)."""
+        return bool(self._index["tokens"])
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __repr__(self) -> str:
+        return (
+            f"ShardedOutputs('{self.directory}', num_samples={self.num_samples}, "
+            f"num_exits={self.num_exits}, num_classes={self.num_classes}, "
+            f"files={len(self._part)} of {len(self._shards)})"
+        )
+
+    # ------------------------------------------------------------------ reading
+    def _open(self, shard: int):
+        from safetensors import safe_open
+
+        path = self.directory / self._shards[shard]["file"]
+        if not path.is_file():
+            raise FileNotFoundError(f"Shard '{path}' named in {INDEX} is missing.")
+        return safe_open(str(path), framework="pt")
+
+    def _column(self, name: str, shards: list[int]) -> torch.Tensor:
+        """The selected rows of a small per-sample array (``labels``, ``groups``) over
+        ``shards``, sequence ids made global."""
+        parts = []
+        for s in shards:
+            with self._open(s) as fh:
+                values = fh.get_tensor(name)
+            if name == "groups":
+                values = values + int(self._shards[s]["group_offset"])
+            rows = self._rows(s)
+            parts.append(values if rows is None else values[rows])
+        return torch.cat(parts)
+
+    def chunks(self, rows: int = 65_536) -> Iterator[ExitOutputs]:
+        """This part's samples as :class:`~exitwise.ExitOutputs` of at most ``rows`` samples
+        each, in file order (only the rows of a chunk are read from its file)."""
+        rows = check_int(rows, "rows", minimum=1)
+        for s in self._part:
+            selected = self._rows(s)
+            n = int(self._shards[s]["num_samples"])
+            with self._open(s) as fh:
+                keys = set(fh.keys())
+                small = {
+                    k: fh.get_tensor(k) for k in ("labels", "groups", "positions") if k in keys
+                }
+                logits = fh.get_slice("logits")
+                if "groups" in small:
+                    small["groups"] = small["groups"] + int(self._shards[s]["group_offset"])
+                for start in range(0, n, rows):  # windows of the file: one read each
+                    end = min(n, start + rows)
+                    if selected is None:
+                        take = torch.arange(start, end)
+                    else:
+                        take = selected[(selected >= start) & (selected < end)]
+                        if take.numel() == 0:
+                            continue
+                    lo, hi = int(take[0]), int(take[-1]) + 1
+                    block = logits[lo:hi]
+                    yield ExitOutputs(
+                        block if selected is None else block[take - lo],
+                        costs=self.costs,
+                        exit_names=self.exit_names,
+                        rest_columns=self.rest_columns,
+                        **{k: v[take] for k, v in small.items()},
+                    )
+
+    def to_outputs(self) -> ExitOutputs:
+        """This part in memory, as one :class:`~exitwise.ExitOutputs`."""
+        parts = list(self.chunks(rows=1 << 62))
+        if not parts:
+            raise ValueError(f"{self!r} holds no samples.")
+        if len(parts) == 1:
+            return parts[0]
+        cat = {
+            k: (None if getattr(parts[0], k) is None else torch.cat([getattr(p, k) for p in parts]))
+            for k in ("logits", "labels", "groups", "positions")
+        }
+        return ExitOutputs(
+            cat.pop("logits"),
+            costs=self.costs,
+            exit_names=self.exit_names,
+            rest_columns=self.rest_columns,
+            **cat,
+        )
+
+    # ------------------------------------------------------------------ splits and parts
+    def split_indices(self, fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indices into the selected samples of every file (all ranks) of both parts: the
+        split :meth:`ExitOutputs.split_indices` makes of them in memory."""
+        fraction = check_open_unit(fraction, "fraction")
+        every = list(range(len(self._shards)))
+        if self.tokens:
+            return sequence_split(self._column("groups", every), fraction, seed)
+        labels = self._column("labels", every) if self.labelled else None
+        return stratified_split(self.total_samples, labels, self.num_classes, fraction, seed)
+
+    def _select(self, positions: torch.Tensor) -> ShardedOutputs:
+        """The samples at ``positions`` (sorted, into the selected samples of every file)."""
+        selected, start = {}, 0
+        for s in range(len(self._shards)):
+            count = self._count(s)
+            inside = positions[(positions >= start) & (positions < start + count)] - start
+            rows = self._rows(s)
+            selected[s] = inside if rows is None else rows[inside]
+            start += count
+        return ShardedOutputs(self.directory, part=self._part, selected=selected)
+
+    def split(self, fraction: float, seed: int = 0) -> tuple[ShardedOutputs, ShardedOutputs]:
+        """Both parts of :meth:`split_indices` (each this rank's rows of them in a group)."""
+        first, rest = self.split_indices(fraction, seed)
+        return self._select(first), self._select(rest)
+
+    def for_rank(self, rank: int, world: int) -> ShardedOutputs:
+        """The part of rank ``rank`` of ``world``: the ``rank``-th of ``world`` contiguous
+        runs of the files, of about equal counts (each rank at least one file)."""
+        files = len(self._shards)
+        if not 0 <= rank < world:
+            raise ValueError(f"Expected 0 <= rank < world, got rank {rank} of {world}.")
+        if files < world:
+            raise ValueError(
+                f"'{self.directory}' has {files} shard files, fewer than the {world} ranks: "
+                "collect with a smaller `shard_samples`, or run fewer ranks."
+            )
+        part = list(range(rank * files // world, (rank + 1) * files // world))
+        return ShardedOutputs(self.directory, part=part, selected=self._selected)
+
+
+def load(path: str | Path) -> ExitOutputs | ShardedOutputs:
+    """A file of :class:`~exitwise.ExitOutputs` (``.safetensors``/``.npz``, validated, no
+    pickle) in memory, or a directory written by ``collect(..., out=...)`` as
+    :class:`ShardedOutputs` (in an initialised ``torch.distributed`` group: this rank's part).
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> out = ExitOutputs(torch.randn(5, 2, 3), labels=torch.tensor([0, 1, 2, 0, 1]))
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     out.save(os.path.join(d, "x.npz"))
+    ...     back = load(os.path.join(d, "x.npz"))
+    >>> torch.equal(back.logits, out.logits)
+    True
+    """
+    if not Path(path).is_dir():
+        return load_file(path)
+    data = ShardedOutputs(path)
+    rank, world = _rank_world()
+    return data if world == 1 else data.for_rank(rank, world)
