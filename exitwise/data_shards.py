@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from exitwise._checks import check_int, check_open_unit
@@ -120,6 +121,66 @@ class ShardWriter:
             index = {"format": SHARDS_FORMAT, **meta, "shards": files}
             (self.directory / INDEX).write_text(json.dumps(index, indent=1))
         barrier()
+
+
+_DTYPES = {
+    "F64": (np.float64, torch.float64),
+    "F32": (np.float32, torch.float32),
+    "F16": (np.float16, torch.float16),
+    "BF16": (np.uint16, torch.bfloat16),  # numpy has no bfloat16: read the bits
+    "I64": (np.int64, torch.int64),
+    "I32": (np.int32, torch.int32),
+}
+
+
+class _ShardFile:
+    """Rows of the arrays of one ``.safetensors`` file, read through a read-only memory map
+    of just those bytes: a shared, clean file mapping the OS can drop, and a copy of the rows
+    asked for (nothing else of the file is held).
+
+    The format: 8 bytes (little-endian) of header length, a JSON header naming each array's
+    dtype, shape and byte range after the header, then the bytes.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            with open(path, "rb") as fh:
+                size = int(np.frombuffer(fh.read(8), dtype="<u8")[0])
+                header = json.loads(fh.read(size))
+        except (ValueError, IndexError, UnicodeDecodeError) as err:
+            raise ValueError(f"'{path}' is not a readable safetensors file: {err}") from None
+        header.pop("__metadata__", None)
+        self.start = 8 + size
+        self.arrays = header
+        self.names = set(header)
+
+    def rows(self, name: str, lo: int = 0, hi: int | None = None) -> torch.Tensor:
+        """Rows ``lo:hi`` of array ``name`` (all rows by default), as a fresh tensor."""
+        entry = self.arrays[name]
+        if entry["dtype"] not in _DTYPES:
+            raise ValueError(
+                f"'{self.path}': array {name!r} has unsupported dtype {entry['dtype']}."
+            )
+        np_dtype, torch_dtype = _DTYPES[entry["dtype"]]
+        shape = [int(x) for x in entry["shape"]]
+        begin, end = (int(x) for x in entry["data_offsets"])
+        hi = shape[0] if hi is None else hi
+        row = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(np_dtype).itemsize
+        if end - begin != shape[0] * row:
+            raise ValueError(f"'{self.path}': array {name!r} has {end - begin} bytes, not {shape}.")
+        if hi <= lo:
+            return torch.empty([0, *shape[1:]], dtype=torch_dtype)
+        view = np.memmap(
+            self.path,
+            dtype=np_dtype,
+            mode="r",
+            offset=self.start + begin + lo * row,
+            shape=(hi - lo, *shape[1:]),
+        )
+        values = torch.from_numpy(np.array(view))  # the copy; the map goes with ``view``
+        del view
+        return values.view(torch_dtype) if torch_dtype == torch.bfloat16 else values
 
 
 def _read_index(directory: Path) -> dict[str, Any]:
@@ -222,21 +283,18 @@ class ShardedOutputs:
         )
 
     # ------------------------------------------------------------------ reading
-    def _open(self, shard: int):
-        from safetensors import safe_open
-
+    def _file(self, shard: int) -> _ShardFile:
         path = self.directory / self._shards[shard]["file"]
         if not path.is_file():
             raise FileNotFoundError(f"Shard '{path}' named in {INDEX} is missing.")
-        return safe_open(str(path), framework="pt")
+        return _ShardFile(path)
 
     def _column(self, name: str, shards: list[int]) -> torch.Tensor:
         """The selected rows of a small per-sample array (``labels``, ``groups``) over
         ``shards``, sequence ids made global."""
         parts = []
         for s in shards:
-            with self._open(s) as fh:
-                values = fh.get_tensor(name)
+            values = self._file(s).rows(name)
             if name == "groups":
                 values = values + int(self._shards[s]["group_offset"])
             rows = self._rows(s)
@@ -250,31 +308,27 @@ class ShardedOutputs:
         for s in self._part:
             selected = self._rows(s)
             n = int(self._shards[s]["num_samples"])
-            with self._open(s) as fh:
-                keys = set(fh.keys())
-                small = {
-                    k: fh.get_tensor(k) for k in ("labels", "groups", "positions") if k in keys
-                }
-                logits = fh.get_slice("logits")
-                if "groups" in small:
-                    small["groups"] = small["groups"] + int(self._shards[s]["group_offset"])
-                for start in range(0, n, rows):  # windows of the file: one read each
-                    end = min(n, start + rows)
-                    if selected is None:
-                        take = torch.arange(start, end)
-                    else:
-                        take = selected[(selected >= start) & (selected < end)]
-                        if take.numel() == 0:
-                            continue
-                    lo, hi = int(take[0]), int(take[-1]) + 1
-                    block = logits[lo:hi]
-                    yield ExitOutputs(
-                        block if selected is None else block[take - lo],
-                        costs=self.costs,
-                        exit_names=self.exit_names,
-                        rest_columns=self.rest_columns,
-                        **{k: v[take] for k, v in small.items()},
-                    )
+            fh = self._file(s)
+            small = {k: fh.rows(k) for k in ("labels", "groups", "positions") if k in fh.names}
+            if "groups" in small:
+                small["groups"] = small["groups"] + int(self._shards[s]["group_offset"])
+            for start in range(0, n, rows):  # windows of the file: one read each
+                end = min(n, start + rows)
+                if selected is None:
+                    take = torch.arange(start, end)
+                else:
+                    take = selected[(selected >= start) & (selected < end)]
+                    if take.numel() == 0:
+                        continue
+                lo, hi = int(take[0]), int(take[-1]) + 1
+                block = fh.rows("logits", lo, hi)
+                yield ExitOutputs(
+                    block if selected is None else block[take - lo],
+                    costs=self.costs,
+                    exit_names=self.exit_names,
+                    rest_columns=self.rest_columns,
+                    **{k: v[take] for k, v in small.items()},
+                )
 
     def to_outputs(self) -> ExitOutputs:
         """This part in memory, as one :class:`~exitwise.ExitOutputs`."""

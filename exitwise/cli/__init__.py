@@ -4,7 +4,10 @@ serve-plan, plan-speculation, info.
 One module per command group (``report``, ``calibrate``, ``tuning``, ``guarantees``,
 ``serving``, ``generation``, ``info``) and what they share in ``_common`` (the one meaning of
 every shared flag). Nothing outside the CLI imports this package. Every command reads an
-ExitOutputs file (``.safetensors`` or ``.npz``); ``report`` and ``info`` default to the
+ExitOutputs file (``.safetensors`` or ``.npz``) or a sharded directory
+(``collect(..., out=dir)``): ``torchrun --nproc-per-node=R -m exitwise calibrate|tune|
+evaluate|certify dir/`` runs the command on R processes, each reading its part of the files,
+and rank 0 prints the one-process answer; ``report`` and ``info`` default to the
 bundled Fashion-MNIST exits. Errors print one line and exit with status 2; ``--json`` prints
 machine-readable output.
 """
@@ -45,13 +48,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``exitwise`` console script."""
+    from exitwise.cli._common import process_group
+
     args = _parser().parse_args(argv)
-    try:
-        args.run(args)
-    except (ValueError, TypeError, FileNotFoundError, OSError, KeyError) as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"exitwise {args.command}: error: {message}", file=sys.stderr)
-        return 2
+    with process_group():  # under torchrun: every rank its part of a sharded directory
+        try:
+            args.run(args)
+        except (ValueError, TypeError, FileNotFoundError, OSError, KeyError) as err:
+            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            print(f"exitwise {args.command}: error: {message}", file=sys.stderr)
+            return 2
     return 0
 
 

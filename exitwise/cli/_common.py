@@ -14,17 +14,25 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "ShardedInput",
     "command",
     "fingerprint",
+    "first_rank",
     "held_out_options",
     "held_out_part",
+    "in_memory",
     "load",
     "load_calibrated",
     "print_payload",
+    "process_group",
     "reference",
     "risk_pair",
     "signal_option",
@@ -45,33 +53,98 @@ def warn(message: str) -> None:
     print(f"exitwise: warning: {message}", file=sys.stderr)
 
 
-def load(path: str | None):
-    """An ExitOutputs file, or the bundled Fashion-MNIST exits without one."""
+@contextmanager
+def process_group() -> Iterator[None]:
+    """Started by ``torchrun`` (``WORLD_SIZE`` > 1): a gloo process group around the command
+    (the CLI reads files onto the CPU), so each rank reads its part of a sharded directory
+    and every step combines the parts; nothing otherwise."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield
+        return
+    import torch.distributed as dist
+
+    started = not dist.is_initialized()
+    if started:
+        dist.init_process_group("gloo")
+    try:
+        yield
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def first_rank() -> bool:
+    """Whether this process prints and writes files (rank 0 under ``torchrun``)."""
+    from exitwise._distributed import first_rank as first
+
+    return first()
+
+
+class ShardedInput:
+    """A sharded directory for the commands: this rank's part, split as one process splits
+    the whole, each part read into memory (and calibrated) on its rank."""
+
+    def __init__(self, data: Any, calibrator: Any = None) -> None:
+        self.data, self.calibrator = data, calibrator
+
+    def _ready(self, part: Any):
+        out = part.to_outputs()
+        return out if self.calibrator is None else self.calibrator.transform(out)
+
+    def split(self, fraction: float, seed: int = 0) -> tuple[Any, Any]:
+        first, rest = self.data.split(fraction, seed)
+        return self._ready(first), self._ready(rest)
+
+    def whole(self):
+        return self._ready(self.data)
+
+    @property
+    def labelled(self) -> bool:
+        return self.data.labelled
+
+
+def in_memory(out: Any):
+    """ExitOutputs as they are; this rank's whole part of a sharded directory."""
+    return out.whole() if isinstance(out, ShardedInput) else out
+
+
+def load(path: str | None, calibrator: Any = None):
+    """An ExitOutputs file, a sharded directory (``collect(..., out=dir)``) or the bundled
+    Fashion-MNIST exits without a path; transformed by ``calibrator`` when given."""
     if path is None:
         from exitwise.datasets import load_default
 
-        return load_default()
-    from exitwise.data import load as load_file
+        out = load_default()
+    else:
+        from exitwise import ExitOutputs
+        from exitwise.data_shards import load as load_any
 
-    return load_file(path)
+        out = load_any(path)
+        if not isinstance(out, ExitOutputs):
+            return ShardedInput(out, calibrator)
+    return out if calibrator is None else calibrator.transform(out)
 
 
 def load_calibrated(args: argparse.Namespace):
     """The file's outputs, transformed by ``--calibrator`` when one is given."""
-    out = load(args.file)
+    calibrator = None
     if args.calibrator:
         from exitwise.calibrate import load_calibrator
 
-        out = load_calibrator(args.calibrator).transform(out)
-    return out
+        calibrator = load_calibrator(args.calibrator)
+    return load(args.file, calibrator)
 
 
 def reference(out: Any) -> str:
     """Score against labels when there are any, else against the final exit."""
+    if isinstance(out, ShardedInput):
+        return "labels" if out.labelled else "final"
     return "labels" if out.labels is not None else "final"
 
 
 def print_payload(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
+    if not first_rank():  # under torchrun every rank has the answer: rank 0 prints it
+        return
     if args.json:
         print(json.dumps(payload, indent=2, default=float))
     else:
@@ -137,13 +210,19 @@ def confidence_option(
 
 
 def fingerprint(path: str | None, outputs: Any) -> str:
-    """sha256 of the data file (of the bundled logits without a file)."""
+    """sha256 of the data file (of the bundled logits without a file; of the index and every
+    shard file, in index order, for a sharded directory)."""
     digest = hashlib.sha256()
     if path is None:
         digest.update(outputs.logits.cpu().numpy().tobytes())
-    else:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
+        return "sha256:" + digest.hexdigest()
+    files = [Path(path)]
+    if files[0].is_dir():
+        index = json.loads((files[0] / "index.json").read_text())
+        files = [files[0] / "index.json"] + [files[0] / s["file"] for s in index["shards"]]
+    for name in files:
+        with open(name, "rb") as f:
+            for block in iter(lambda f=f: f.read(1 << 20), b""):
                 digest.update(block)
     return "sha256:" + digest.hexdigest()
 
@@ -166,7 +245,9 @@ def command(
     """A subcommand with the options every command shares."""
     p = sub.add_parser(name, help=help_text, description=help_text)
     if file_required:
-        p.add_argument("file", help="ExitOutputs file (.safetensors or .npz)")
+        p.add_argument(
+            "file", help="ExitOutputs file (.safetensors or .npz) or a sharded directory"
+        )
     else:
         p.add_argument(
             "file",
@@ -201,7 +282,7 @@ def held_out_part(out: Any, context: dict[str, Any], args: argparse.Namespace) -
     """The part of ``out`` a policy was not tuned or certified on (its file's split and seed
     unless ``--split``/``--seed`` say otherwise; every sample with ``--all``), and its name."""
     if args.all:
-        return out, "all samples"
+        return in_memory(out), "all samples"
     split = context.get("split", 0.5) if args.split is None else args.split
     seed = context.get("seed", 0) if args.seed is None else args.seed
     split = 0.5 if split is None else split

@@ -12,7 +12,7 @@ __all__ = ["add_calibrate"]
 
 def _calibrate(args: argparse.Namespace) -> None:
     from exitwise.calibrate import AUTO_METHODS, PerExitCalibration, calibrate, compare_calibrators
-    from exitwise.cli._common import load, print_payload
+    from exitwise.cli._common import first_rank, in_memory, load, print_payload
 
     out = load(args.file)
     cal, test = out.split(args.split, seed=args.seed)
@@ -23,9 +23,9 @@ def _calibrate(args: argparse.Namespace) -> None:
             cal, test, AUTO_METHODS if auto else [args.method], score=args.score, seed=args.seed
         )
         method = PerExitCalibration(list(table.best)) if auto else args.method
-        calibrator = calibrate(out if args.fit_all else cal, method)
+        calibrator = calibrate(in_memory(out) if args.fit_all else cal, method)
     notes = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
-    if args.out:
+    if args.out and first_rank():
         calibrator.save(args.out)
     text = table.to_text()
     if auto:

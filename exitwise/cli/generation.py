@@ -44,7 +44,7 @@ def _plan(args: argparse.Namespace, out, by_batch: dict[int, Any]):
 
 
 def _plan_speculation(args: argparse.Namespace) -> None:
-    from exitwise.cli._common import load, print_payload
+    from exitwise.cli._common import in_memory, load, print_payload
 
     by_batch = _costs(args.latency)
     if args.format in ("vllm", "trtllm") and not by_batch:
@@ -53,7 +53,7 @@ def _plan_speculation(args: argparse.Namespace) -> None:
             "batch sizes to schedule (measure_speculation_costs(..., loop='forward', "
             "batch_size=B).save(...))"
         )
-    plan = _plan(args, load(args.file), by_batch)
+    plan = _plan(args, in_memory(load(args.file)), by_batch)
     if args.format == "hf":
         from exitwise.generation import hf_settings
 

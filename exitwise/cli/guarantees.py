@@ -11,7 +11,16 @@ __all__ = ["add_certify", "add_monitor"]
 
 
 def _certify(args: argparse.Namespace) -> None:
-    from exitwise.cli._common import fingerprint, load_calibrated, print_payload, tune_context
+    import torch
+
+    from exitwise._distributed import all_reduce_sum, group_active, sample_mean
+    from exitwise.cli._common import (
+        fingerprint,
+        first_rank,
+        load_calibrated,
+        print_payload,
+        tune_context,
+    )
     from exitwise.policies import ExitScores, certify
 
     out = load_calibrated(args)
@@ -32,7 +41,10 @@ def _certify(args: argparse.Namespace) -> None:
         recall=args.recall,
     )
     payload = res.summary()
-    payload["calibration_samples"] = cal.num_samples
+    n_cal = torch.tensor([float(cal.num_samples)])
+    if group_active():
+        all_reduce_sum(n_cal)
+    payload["calibration_samples"] = int(n_cal)
     if res.path is not None:
         payload.update(
             tested_candidates=res.path.num_tested, front_size=int(res.path.thresholds.shape[0])
@@ -46,16 +58,19 @@ def _certify(args: argparse.Namespace) -> None:
     held = {}
     for name in limits:
         table = test_s.losses(name, recall=args.recall)
-        held[name] = float(table.gather(1, exits[:, None]).mean())
-    rates = policy.exit_indices(cal_s).bincount(minlength=cal.num_exits) / cal.num_samples
+        held[name] = float(sample_mean(table.gather(1, exits[:, None])[:, 0]))  # every rank's
+    counts = policy.exit_indices(cal_s).bincount(minlength=cal.num_exits).double()
+    if group_active():
+        all_reduce_sum(counts)
+    rates = counts / n_cal
     record = guarantee.to_dict()
     record.update(
         exit_rates=rates.tolist(),
-        data_fingerprint=fingerprint(args.file, out),
+        data_fingerprint=fingerprint(args.file, out) if first_rank() else "",
         relative_cost=res.evaluation.relative_cost,
     )
     payload.update(guarantee=record, held_out=held)
-    if args.out:
+    if args.out and first_rank():
         context = {**tune_context(args), "guarantee": record}
         policy.save(args.out, context=context)
     lines = [f"policy: {policy!r}"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from exitwise.cli._common import command, load, print_payload
+from exitwise.cli._common import command, in_memory, load, print_payload
 
 __all__ = ["add_info"]
 
@@ -16,7 +16,7 @@ def _info(args: argparse.Namespace) -> None:
 
     from exitwise import metrics
 
-    out = load(args.file)
+    out = in_memory(load(args.file))
     payload: dict[str, Any] = {
         "num_samples": out.num_samples,
         "num_exits": out.num_exits,

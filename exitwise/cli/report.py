@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from exitwise.cli._common import (
     RELATIVE_HELP,
     TARGET_HELP,
     command,
+    in_memory,
     load,
     print_payload,
     signal_option,
@@ -28,7 +30,12 @@ def _latency_model(path: str | None):
 def _report(args: argparse.Namespace) -> None:
     from exitwise.report import build_report, summary_table
 
-    out = load(args.file)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(
+            "report runs on one process (its figures read every sample's logits): run it "
+            "without torchrun; a sharded directory is read into memory there"
+        )
+    out = in_memory(load(args.file))
     summary = build_report(
         out,
         args.out,

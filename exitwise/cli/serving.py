@@ -14,7 +14,7 @@ def _ms(value: float) -> str:
 
 
 def _serve_plan(args: argparse.Namespace) -> None:
-    from exitwise.cli._common import held_out_part, load_calibrated, print_payload
+    from exitwise.cli._common import held_out_part, in_memory, load_calibrated, print_payload
     from exitwise.policies import load_policy
     from exitwise.serving import (
         SCHEDULERS,
@@ -25,7 +25,7 @@ def _serve_plan(args: argparse.Namespace) -> None:
         simulate_serving,
     )
 
-    out = load_calibrated(args)
+    out = in_memory(load_calibrated(args))
     policy = load_policy(args.policy)
     latency = LatencyModel.load(args.latency)
     if latency.num_segments != out.num_exits:

@@ -15,6 +15,7 @@ from exitwise.cli._common import (
     TARGET_HELP,
     command,
     confidence_option,
+    first_rank,
     held_out_options,
     held_out_part,
     load_calibrated,
@@ -93,6 +94,7 @@ def _claim(result: Any) -> str:
 
 def _held_out(result: Any, test: Any) -> tuple[dict[str, Any], str]:
     """The policy on the held-out part (its evaluation, and each certified risk)."""
+    from exitwise._distributed import sample_mean
     from exitwise.policies import ExitScores, evaluate_policy
 
     test = ExitScores(test, result.policy.signal)  # the signal once, for every figure below
@@ -108,7 +110,8 @@ def _held_out(result: Any, test: Any) -> tuple[dict[str, Any], str]:
         risks = {}
         for name in result.guarantee.limits:
             if name in ("error", "disagreement", "nll_excess", "cost"):
-                risks[name] = float(test.losses(name).gather(1, exits[:, None]).mean())
+                held = test.losses(name).gather(1, exits[:, None])[:, 0]
+                risks[name] = float(sample_mean(held))  # every rank's samples
         payload["risks"] = risks
         text += "".join(f"\ntest: {k} {v:.4f}" for k, v in risks.items())
     return payload, text
@@ -127,7 +130,8 @@ def _tune(args: argparse.Namespace) -> None:
         context = tune_context(args)
         if result.guarantee is not None:
             context["guarantee"] = result.guarantee.to_dict()
-        result.policy.save(args.out, context=context)
+        if first_rank():
+            result.policy.save(args.out, context=context)
     ev = result.evaluation
     tuned = (
         f"tune: accuracy {ev.accuracy if ev.accuracy is not None else float('nan'):.4f}, "
