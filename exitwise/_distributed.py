@@ -14,8 +14,9 @@ Gloo carries CPU tensors, NCCL CUDA tensors; the tensors are reduced where they 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -25,9 +26,12 @@ __all__ = [
     "all_reduce_sum",
     "barrier",
     "broadcast_from_first",
+    "broadcast_object",
     "first_rank",
+    "gather_rows_to_first",
     "group_active",
     "local_only",
+    "on_first_rank",
     "sample_mean",
     "shard_offset",
 ]
@@ -64,6 +68,36 @@ def local_only() -> Iterator[None]:
         yield
     finally:
         _LOCAL["depth"] -= 1
+
+
+def on_first_rank(compute: Callable[[], Any]) -> Any:
+    """``compute()`` on rank 0 of an active group (inside :func:`local_only`: its data is
+    already every rank's), its result broadcast to every rank; alone, ``compute()``. An error
+    on rank 0 is raised on every rank (the others would otherwise wait for a result forever).
+
+    Examples
+    --------
+    >>> on_first_rank(lambda: 6 * 7)
+    42
+    """
+    if not group_active():
+        return compute()
+    outcome: tuple[str, Any, Any] | None = None
+    failure: BaseException | None = None
+    if first_rank():
+        with local_only():
+            try:
+                outcome = ("result", compute(), None)
+            except Exception as err:  # every rank must leave the broadcast below
+                failure = err
+                outcome = ("error", type(err).__name__, str(err))
+    outcome = broadcast_object(outcome)
+    if failure is not None:
+        raise failure
+    kind, value, message = outcome
+    if kind == "error":
+        raise (TypeError if value == "TypeError" else ValueError)(f"on rank 0: {value}: {message}")
+    return value
 
 
 def group_active(distributed: bool | None = None) -> bool:
@@ -123,6 +157,26 @@ def barrier() -> None:
         dist.barrier()
 
 
+def broadcast_object(value: Any) -> Any:
+    """Rank 0's ``value`` (a picklable Python object: a result, an error message) on every
+    rank of an active group; ``value`` itself outside one. Any backend.
+
+    It travels pickled between the processes of the group only (never through a file).
+
+    Examples
+    --------
+    >>> broadcast_object("done")
+    'done'
+    """
+    if not group_active():
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def broadcast_from_first(*tensors: torch.Tensor) -> None:
     """Overwrite each tensor with rank 0's, in place, when the group is active.
 
@@ -154,6 +208,25 @@ def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     padded[: tensor.shape[0]] = tensor
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded.contiguous())
+    return torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)])
+
+
+def gather_rows_to_first(tensor: torch.Tensor) -> torch.Tensor | None:
+    """Every rank's ``tensor`` concatenated along dim 0 in rank order on rank 0 (``None`` on
+    the other ranks, which hold nothing more than their own rows)."""
+    import torch.distributed as dist
+
+    world, rank = dist.get_world_size(), dist.get_rank()
+    rows = torch.tensor([tensor.shape[0]], dtype=torch.int64, device=tensor.device)
+    sizes = [torch.zeros_like(rows) for _ in range(world)]
+    dist.all_gather(sizes, rows)
+    counts = [int(s) for s in sizes]
+    padded = tensor.new_zeros((max(counts), *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    parts = [torch.empty_like(padded) for _ in range(world)] if rank == 0 else None
+    dist.gather(padded.contiguous(), parts, dst=0)
+    if parts is None:
+        return None
     return torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)])
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from exitwise._checks import check_int, check_open_unit
-from exitwise._distributed import barrier, first_rank, group_active
+from exitwise._distributed import barrier, broadcast_object, first_rank, group_active
 from exitwise.data import ExitOutputs
 from exitwise.data import load as load_file
 from exitwise.data_split import sequence_split, stratified_split
@@ -97,30 +97,43 @@ class ShardWriter:
         self.files.append({**entry, "num_sequences": int(num_sequences)})
 
     def finish(self) -> None:
-        """Write ``index.json`` (rank 0, after every rank's part; a collective in a group)."""
+        """Write ``index.json`` (rank 0, after every rank's part; a collective in a group:
+        a problem rank 0 finds is raised on every rank)."""
         part = self.directory / f"index-rank{self.rank:05d}.json"
         part.write_text(json.dumps({"meta": self.meta, "files": self.files}))
         barrier()
+        problem = ""
         if first_rank():
-            meta, files = None, []
-            for r in range(self.world):
-                path = self.directory / f"index-rank{r:05d}.json"
-                got = json.loads(path.read_text())
-                path.unlink()
-                if got["meta"] is not None:
-                    if meta is not None and got["meta"] != meta:
-                        raise ValueError(f"Rank {r} wrote other exits or columns than rank 0.")
-                    meta = got["meta"]
-                files.extend(got["files"])
-            if meta is None:
-                raise ValueError("`data` yielded no batches on any rank.")
-            offset = 0
-            for entry in files:
-                entry["group_offset"] = offset
-                offset += entry.pop("num_sequences")
-            index = {"format": SHARDS_FORMAT, **meta, "shards": files}
-            (self.directory / INDEX).write_text(json.dumps(index, indent=1))
-        barrier()
+            try:
+                self._write_index()
+            except ValueError as err:
+                problem = str(err)
+        problem = broadcast_object(problem)
+        if problem:
+            raise ValueError(problem)
+
+    def _write_index(self) -> None:
+        meta, files = None, []
+        for r in range(self.world):
+            path = self.directory / f"index-rank{r:05d}.json"
+            got = json.loads(path.read_text())
+            path.unlink()
+            if got["meta"] is not None:
+                if meta is not None and got["meta"] != meta:
+                    raise ValueError(
+                        f"Rank {r} wrote other exits, columns or costs ({got['meta']}) than the "
+                        f"ranks before it ({meta}): pass the same `costs` on every rank."
+                    )
+                meta = got["meta"]
+            files.extend(got["files"])
+        if meta is None:
+            raise ValueError("`data` yielded no batches on any rank.")
+        offset = 0
+        for entry in files:
+            entry["group_offset"] = offset
+            offset += entry.pop("num_sequences")
+        index = {"format": SHARDS_FORMAT, **meta, "shards": files}
+        (self.directory / INDEX).write_text(json.dumps(index, indent=1))
 
 
 _DTYPES = {

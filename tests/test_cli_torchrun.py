@@ -1,6 +1,7 @@
 """``torchrun --nproc-per-node=2 -m exitwise`` on a sharded directory prints the one-process
 answer: calibrate (its table and calibrator), tune (with that calibrator), evaluate and
-certify, compared as JSON (numbers to 1e-9 relative, everything else exactly)."""
+certify, compared as JSON (numbers to 1e-9 relative, everything else exactly); report (rank 0
+writes it from every file) writes the same summary."""
 
 from __future__ import annotations
 
@@ -85,6 +86,9 @@ def test_torchrun_commands_print_the_one_process_answer(directory):
                 ranks,
             ),
         }
+        runs[ranks]["report"] = _run(
+            ["report", "d", "--out", f"{tag}-report", "--resamples", "20"], directory, ranks
+        )
         runs[ranks]["evaluate"] = _run(
             ["evaluate", "d", "--policy", f"{tag}-policy.json", "--calibrator", f"{tag}-cal.json"],
             directory,
@@ -92,7 +96,7 @@ def test_torchrun_commands_print_the_one_process_answer(directory):
         )
     for command, want in runs[1].items():
         got = runs[2][command]
-        if command == "calibrate":
+        if command in ("calibrate", "report"):
             want, got = dict(want, out=None), dict(got, out=None)
         _same(got, want, command)
     one, two = (load_calibrator(directory / f"r{r}-cal.json") for r in (1, 2))

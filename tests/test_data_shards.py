@@ -137,6 +137,9 @@ def _worker(rank: int, world: int, init_file: str, directory: str) -> None:
         mine = batches[:1] if rank == 0 else batches[1:]  # uneven parts, in rank order
         part = _collect(mine, out=directory, shard_samples=20)
         assert part.num_samples == (12 if rank == 0 else 55)  # this rank's files only
+        # a problem rank 0 finds in the index is raised on every rank, not left waiting
+        with pytest.raises(ValueError, match="pass the same `costs` on every rank"):
+            _collect(mine, out=f"{directory}-costs", costs=[1.0, 2.0 + rank])
     finally:
         dist.destroy_process_group()
 

@@ -1,12 +1,12 @@
-"""2 and 4 gloo processes on CPU, uneven shards (one rank with 3 samples): every rank gets
-the single-process answer on the concatenated data, for the binned calibration errors (uniform
-and quantile bins, top-label and classwise), Brier, NLL, AUROC, AURC, temperature scaling,
-isotonic and histogram-binning fits, vector / matrix / Dirichlet / structured matrix scaling
-with their cross-validated penalties (Newton, and L-BFGS for a large map), the folds by
-sequence, risk control over samples and sequences (binomial and betting p-values), and the
-self-speculation plan with a calibrated stop threshold and the per-exit table with its
-bootstrap over sequences (to 1e-9 relative, counts, folds and thresholds exactly). The
-threshold searches are in ``tests/policies/test_distributed_policies.py``."""
+"""2 and 4 gloo processes on CPU (NCCL on CUDA where there is a GPU per rank), uneven shards (one
+rank with 3 samples): every rank gets the single-process answer on the concatenated data, for
+the binned calibration errors (uniform and quantile bins, top-label and classwise), Brier, NLL,
+AUROC, AURC, temperature scaling, isotonic and histogram-binning fits, vector / matrix /
+Dirichlet / structured matrix scaling with their cross-validated penalties (Newton, and L-BFGS
+for a large map), the folds by sequence, risk control over samples and sequences (binomial and
+betting p-values), and the self-speculation plan with a calibrated stop threshold and the
+per-exit table with its bootstrap over sequences (to 1e-9 relative, counts, folds and thresholds
+exactly). The threshold searches are in ``tests/policies/test_distributed_policies.py``."""
 
 from __future__ import annotations
 
@@ -129,26 +129,35 @@ def _results(
     values["table"] = torch.tensor(
         [[v for v in row.values() if not isinstance(v, str)] for row in table]
     )
-    return {k: v.double().numpy() for k, v in values.items()}
+    return {k: v.double().cpu().numpy() for k, v in values.items()}
 
 
-def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+def _worker(rank: int, world: int, init_file: str, out_dir: str, backend: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    init = f"file://{init_file}"
+    dist.init_process_group(backend, init_method=init, rank=rank, world_size=world)
+    device = torch.device("cpu")
+    if backend == "nccl":  # NCCL carries CUDA tensors: each rank its own GPU
+        device = torch.device("cuda", rank)
+        torch.cuda.set_device(device)
     try:
-        logits, labels = _data()
+        logits, labels = (t.to(device) for t in _data())
         sizes = SHARDS[world]
         start = sum(sizes[:rank])
         rows = slice(start, start + sizes[rank])
-        groups = _groups(world)[rows]
+        groups = _groups(world)[rows].to(device)
         np.savez(f"{out_dir}/rank{rank}.npz", **_results(logits[rows], labels[rows], groups))
     finally:
         dist.destroy_process_group()
 
 
+@pytest.mark.parametrize("backend", ["gloo", "nccl"])
 @pytest.mark.parametrize("world", [2, 4])
-def test_every_rank_gets_the_single_process_answer(tmp_path, world):
-    mp.spawn(_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world, join=True)
+def test_every_rank_gets_the_single_process_answer(tmp_path, world, backend):
+    if backend == "nccl" and torch.cuda.device_count() < world:
+        pytest.skip(f"NCCL needs a GPU per rank: {world} GPUs")
+    args = (world, str(tmp_path / "init"), str(tmp_path), backend)
+    mp.spawn(_worker, args=args, nprocs=world, join=True)
     single = _results(*_data(), _groups(world))
     sizes = SHARDS[world]
     for rank in range(world):

@@ -7,9 +7,9 @@ every shared flag). Nothing outside the CLI imports this package. Every command 
 ExitOutputs file (``.safetensors`` or ``.npz``) or a sharded directory
 (``collect(..., out=dir)``): ``torchrun --nproc-per-node=R -m exitwise calibrate|tune|
 evaluate|certify dir/`` runs the command on R processes, each reading its part of the files,
-and rank 0 prints the one-process answer; ``report`` and ``info`` default to the
-bundled Fashion-MNIST exits. Errors print one line and exit with status 2; ``--json`` prints
-machine-readable output.
+and rank 0 prints the one-process answer (``report``: rank 0 writes it from every file);
+``report`` and ``info`` default to the bundled Fashion-MNIST exits. Errors print one line and
+exit with status 2; ``--json`` prints machine-readable output.
 """
 
 from __future__ import annotations

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 from exitwise.cli._common import (
@@ -28,15 +27,23 @@ def _latency_model(path: str | None):
 
 
 def _report(args: argparse.Namespace) -> None:
-    from exitwise.report import build_report, summary_table
+    from exitwise._distributed import first_rank, local_only
+    from exitwise.report import summary_table
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError(
-            "report runs on one process (its figures read every sample's logits): run it "
-            "without torchrun; a sharded directory is read into memory there"
-        )
-    out = in_memory(load(args.file))
-    summary = build_report(
+    if not first_rank():  # under torchrun rank 0 writes the one report; the others are done
+        return
+    with local_only():  # the report reads every sample's logits: all of them, on rank 0
+        summary = _summary(args)
+    print_payload(
+        args, summary, summary_table(summary) + f"\n\nreport written to {args.out}/report.html"
+    )
+
+
+def _summary(args: argparse.Namespace) -> dict[str, Any]:
+    from exitwise.report import build_report
+
+    out = in_memory(load(args.file))  # inside local_only: every file, not this rank's part
+    return build_report(
         out,
         args.out,
         calibrators=args.calibrators,
@@ -46,9 +53,6 @@ def _report(args: argparse.Namespace) -> None:
         n_resamples=args.resamples,
         seed=args.seed,
         latency=_latency_model(args.latency),
-    )
-    print_payload(
-        args, summary, summary_table(summary) + f"\n\nreport written to {args.out}/report.html"
     )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from exitwise._distributed import all_gather_rows, group_active, local_only
+from exitwise._distributed import gather_rows_to_first, group_active, on_first_rank
 from exitwise.data import ExitOutputs, require_class_columns
 from exitwise.metrics.binning import calibration_error_from_confidence
 from exitwise.metrics.bootstrap import bootstrap
@@ -79,8 +79,8 @@ def per_exit_metrics(
 
     In an initialised ``torch.distributed`` group of several processes each rank passes its
     shard and every rank gets the table of all of them: the per-sample values behind it
-    (``[N, E, 4]`` float64, not the logits) are gathered in rank order, and the bootstrap
-    resamples them alike on every rank.
+    (``[N, E, 4]`` float64, not the logits) are gathered in rank order on rank 0, which
+    computes the table and its bootstrap and hands them to every rank.
 
     Examples
     --------
@@ -95,11 +95,11 @@ def per_exit_metrics(
     require_class_columns(outputs, "The per-exit metrics table (ECE, Brier)")
     samples = _per_sample(outputs.logits, outputs.labels)
     groups = outputs.groups
-    if group_active():  # every rank's per-sample values (not logits), then the table alike
-        samples = all_gather_rows(samples)
-        groups = None if groups is None else all_gather_rows(groups)
-    with local_only():
-        values = _stacked(samples, n_bins)
+    if group_active():  # every rank's per-sample values (not logits) on rank 0, which computes
+        samples = gather_rows_to_first(samples)
+        groups = None if groups is None else gather_rows_to_first(groups)
+
+    def table() -> tuple[torch.Tensor, Any]:
         intervals = None
         if n_resamples > 0:
             intervals = bootstrap(
@@ -113,6 +113,9 @@ def per_exit_metrics(
                 groups=groups,
                 n_bins=n_bins,
             )
+        return _stacked(samples, n_bins), intervals
+
+    values, intervals = on_first_rank(table)  # every rank gets rank 0's table
     relative = outputs.costs / outputs.costs[-1]
     rows = []
     for e, name in enumerate(outputs.exit_names):

@@ -29,6 +29,7 @@ from exitwise.policies.results import Evaluation, Guarantee, PolicyResult, Testi
 from exitwise.policies.risk import default_risk_grid, risk_controlled_threshold
 from exitwise.policies.runtime import ExitController
 from exitwise.policies.scores import ExitScores, PrecomputedScores, resolve_signal
+from exitwise.policies.streamed import stream_scores
 from exitwise.policies.sweep import SharedThresholdSweep, sweep_shared_threshold
 from exitwise.policies.threshold import (
     FixedExitPolicy,
@@ -91,6 +92,7 @@ __all__ = [
     "resolve_signal",
     "risk_controlled_threshold",
     "simulate_batching",
+    "stream_scores",
     "sweep_shared_threshold",
     "tune",
     "tune_for_accuracy",

@@ -7,13 +7,13 @@ from typing import Any, Literal
 
 import torch
 
-from exitwise._distributed import group_active, local_only
+from exitwise._distributed import group_active
 from exitwise.data import ExitOutputs
 from exitwise.policies.constraints import CostAtMost, resolve_relative
 from exitwise.policies.entry import as_scores
 from exitwise.policies.evaluate import evaluate_thresholds
 from exitwise.policies.evaluate_policies import evaluate_policy
-from exitwise.policies.gathered import gather_scores
+from exitwise.policies.gathered import search_on_first_rank
 from exitwise.policies.results import PolicyResult
 from exitwise.policies.scores import ExitScores
 from exitwise.policies.sweep import sweep_shared_threshold
@@ -37,7 +37,7 @@ def pareto_frontier(
     first and last exits' costs). Returns ``mean_cost``, ``accuracy`` (sorted by cost),
     ``thresholds`` ``[P, E]`` and ``per_exit`` (bool: from the per-exit search). In a
     ``torch.distributed`` group of several processes, of every rank's samples (their scores
-    gathered, as :func:`~exitwise.policies.tune`), the same on every rank.
+    searched on rank 0, as :func:`~exitwise.policies.tune`), the same on every rank.
 
     Examples
     --------
@@ -47,10 +47,10 @@ def pareto_frontier(
     True
     """
     data = as_scores(outputs, signal)
-    if group_active():  # every rank's breakpoints: gather the scores, then search alike
-        every = gather_scores(data)  # (a collective: before local_only)
-        with local_only():
-            return pareto_frontier(every, budgets=budgets, reference=reference)
+    if group_active():  # every rank's breakpoints: rank 0 searches every rank's scores
+        return search_on_first_rank(
+            lambda every: pareto_frontier(every, budgets=budgets, reference=reference), data
+        )
     scores = data.scores.cpu()
     correct = data.correct(reference).cpu()
     costs = data.costs.cpu()
@@ -120,12 +120,13 @@ def geometric_budget_policy(
         raise TypeError("Expected a `budget`, e.g. 0.5 (half the full model's cost).")
     relative = resolve_relative(relative)
     data = as_scores(outputs, signal)
-    if group_active():  # the shares are of every rank's samples: gather the scores
-        every = gather_scores(data)  # (a collective: before local_only)
-        with local_only():
-            return geometric_budget_policy(
+    if group_active():  # the shares are of every rank's samples: rank 0 picks the thresholds
+        return search_on_first_rank(
+            lambda every: geometric_budget_policy(
                 every, budget=budget, relative=relative, reference=reference
-            )
+            ),
+            data,
+        )
     costs = data.costs.cpu().to(torch.float64)
     e = costs.numel()
     limit = budget * float(costs[-1]) if relative else float(budget)

@@ -43,13 +43,13 @@ from exitwise._deprecation import (
     moved_names,
     renamed_argument,
 )
-from exitwise._distributed import group_active, local_only
+from exitwise._distributed import group_active
 from exitwise.data import ExitOutputs
 from exitwise.policies.constraints import AccuracyAtLeast
 from exitwise.policies.entry import as_scores
 from exitwise.policies.evaluate import evaluate_thresholds
 from exitwise.policies.evaluate_policies import evaluate_policy
-from exitwise.policies.gathered import gather_scores
+from exitwise.policies.gathered import search_on_first_rank
 from exitwise.policies.kernels import first_exit
 from exitwise.policies.losses import RISKS, ZERO_ONE_RISKS
 from exitwise.policies.p_values import (
@@ -246,8 +246,8 @@ def certify(
     In an initialised ``torch.distributed`` group of several processes each rank passes its
     shard (sequences whole within a rank, ids unique across ranks) and every rank gets the
     one-process answer on the concatenated shards: the scores and the risks' loss tables are
-    gathered to every rank (:func:`~exitwise.policies.gathered.gather_scores`), where the
-    split, the front and the testing walk run alike.
+    gathered on rank 0 (:func:`~exitwise.policies.gathered.search_on_first_rank`), which runs
+    the split, the front and the testing walk and hands every rank the result.
 
     Returns
     -------
@@ -278,10 +278,9 @@ def certify(
     tuned_levels = check_int(tuned_levels, "tuned_levels", minimum=0)
     max_optimisation = check_int(max_optimisation, "max_optimisation", minimum=1)
     data = as_scores(outputs, signal)
-    if group_active():  # the split, the front and the walk read every rank's tables
-        every = gather_scores(data, losses=list(limits), recall=recall, nll_bound=nll_bound)
-        with local_only():
-            return certify(
+    if group_active():  # the split, the front and the walk read every rank's tables: rank 0's
+        return search_on_first_rank(
+            lambda every: certify(
                 every,
                 limits=limits,
                 confidence=confidence,
@@ -296,7 +295,12 @@ def certify(
                 unit=unit,
                 max_optimisation=max_optimisation,
                 progress=progress,
-            )
+            ),
+            data,
+            losses=list(limits),
+            recall=recall,
+            nll_bound=nll_bound,
+        )
     unit = resolve_unit(unit, data.groups)
     methods = {
         name: resolve_p_value(p_value, name in ZERO_ONE_RISKS and unit == "sample", name)

@@ -25,7 +25,7 @@ import torch
 
 from exitwise._checks import check_choice, check_costs, check_int, check_open_unit
 from exitwise._deprecation import MISSING, moved_names
-from exitwise._distributed import all_reduce_max, group_active, local_only
+from exitwise._distributed import all_reduce_max, group_active
 from exitwise.data import ExitOutputs
 from exitwise.policies.certified_tuning import certified_tuning
 from exitwise.policies.constraints import (
@@ -37,7 +37,7 @@ from exitwise.policies.constraints import (
 )
 from exitwise.policies.entry import as_scores
 from exitwise.policies.evaluate_policies import evaluate_policy
-from exitwise.policies.gathered import gather_scores
+from exitwise.policies.gathered import search_on_first_rank
 from exitwise.policies.inputs import percent_levels
 from exitwise.policies.recall import Recall, recalled_outcome
 from exitwise.policies.results import PolicyResult
@@ -108,8 +108,9 @@ def tune(
 
     In an initialised ``torch.distributed`` group of several processes each rank passes its
     shard and every rank gets the one-process answer on the concatenated shards (rank order):
-    the ``[N, E]`` scores and outcome tables, not the logits, are gathered to every rank
-    (:func:`~exitwise.policies.gathered.gather_scores`) and searched there alike.
+    the ``[N, E]`` scores and outcome tables, not the logits, are gathered on rank 0, which
+    searches them and hands every rank the result
+    (:func:`~exitwise.policies.gathered.search_on_first_rank`).
 
     Returns
     -------
@@ -132,10 +133,9 @@ def tune(
     rounds = check_int(rounds, "rounds", minimum=0)
     pct = percent_levels(percentiles, quantiles)
     data = as_scores(outputs, signal)
-    if group_active():  # the exact search reads every rank's scores: gather them, search alike
-        every = gather_scores(data)  # (a collective: before local_only)
-        with local_only():
-            return tune(
+    if group_active():  # the exact search reads every rank's scores: rank 0 runs it on them
+        return search_on_first_rank(
+            lambda every: tune(
                 every,
                 None,
                 objective,
@@ -147,7 +147,9 @@ def tune(
                 recall=recall,
                 min_exit=min_exit,
                 progress=progress,
-            )
+            ),
+            data,
+        )
     scores = data.scores.cpu()
     correct = recalled_outcome(data.correct(reference).cpu(), scores, recall)
     costs = data.costs.cpu()

@@ -1,9 +1,10 @@
-"""The threshold searches on shards: 2 and 4 gloo processes on CPU, uneven shards (one rank
-with 3 samples), sequences whole within a rank. Every rank gets the single-process answer on
-the concatenated data: the same thresholds (exactly) and the same evaluations (to 1e-9
-relative) for the exact shared-threshold sweep, ``tune`` and the SLA tuners (also with
-``confidence``), the frontiers, MSDNet's budgeted baseline and ``certify`` over samples and
-sequences."""
+"""The threshold searches on shards: 2 and 4 gloo processes on CPU (NCCL on CUDA where there is a
+GPU per rank), uneven shards (one rank with 3 samples), sequences whole within a rank. Every
+rank gets the single-process answer on the concatenated data: the same thresholds (exactly) and
+the same evaluations (to 1e-9 relative) for the exact shared-threshold sweep, ``tune`` and the
+SLA tuners (also with ``confidence``), the frontiers, MSDNet's budgeted baseline and ``certify``
+over samples and sequences; rank 0 runs the searches, and an error there is raised on every
+rank."""
 
 from __future__ import annotations
 
@@ -94,28 +95,40 @@ def _results(
             tuned_levels=2,
         )
         values[name] = [*_row(res), res.path.num_tested, res.path.num_passed, res.num_units]
-    return {k: torch.as_tensor(v, dtype=torch.float64).numpy() for k, v in values.items()}
+    return {k: torch.as_tensor(v, dtype=torch.float64).cpu().numpy() for k, v in values.items()}
 
 
-def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+def _worker(rank: int, world: int, init_file: str, out_dir: str, backend: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    init = f"file://{init_file}"
+    dist.init_process_group(backend, init_method=init, rank=rank, world_size=world)
+    device = torch.device("cpu")
+    if backend == "nccl":  # NCCL carries CUDA tensors: each rank its own GPU
+        device = torch.device("cuda", rank)
+        torch.cuda.set_device(device)
     try:
-        logits, labels = _data()
+        logits, labels = (t.to(device) for t in _data())
         sizes = SHARDS[world]
         start = sum(sizes[:rank])
         rows = slice(start, start + sizes[rank])
-        groups = _groups(world)[rows]
-        tuning = _tuning_rows(world)[rows]
+        groups = _groups(world)[rows].to(device)
+        tuning = _tuning_rows(world)[rows].to(device)
         results = _results(logits[rows], labels[rows], groups, tuning)
         np.savez(f"{out_dir}/rank{rank}.npz", **results)
+        # an error in rank 0's search reaches every rank (none is left waiting for a result)
+        with pytest.raises(ValueError, match="leave both parts non-empty"):
+            certify(ExitOutputs(logits[rows], labels[rows]), "margin", {"cost": 0.5}, split=0.9999)
     finally:
         dist.destroy_process_group()
 
 
+@pytest.mark.parametrize("backend", ["gloo", "nccl"])
 @pytest.mark.parametrize("world", [2, 4])
-def test_every_rank_gets_the_single_process_policy(tmp_path, world):
-    mp.spawn(_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world, join=True)
+def test_every_rank_gets_the_single_process_policy(tmp_path, world, backend):
+    if backend == "nccl" and torch.cuda.device_count() < world:
+        pytest.skip(f"NCCL needs a GPU per rank: {world} GPUs")
+    args = (world, str(tmp_path / "init"), str(tmp_path), backend)
+    mp.spawn(_worker, args=args, nprocs=world, join=True)
     single = _results(*_data(), _groups(world), _tuning_rows(world))
     assert not np.isnan(single["tune_cost"]).any() and not np.isnan(single["certify"]).any()
     for rank in range(world):
