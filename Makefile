@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/fixed_width.py
 	$(PY) benchmarks/contention.py
 	$(PY) benchmarks/certify.py
+	$(PY) benchmarks/sharded_pipeline.py
 
 docs: $(STAMP)
 	$(PY) -m pip install -q -e ".[docs]"

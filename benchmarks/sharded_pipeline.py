@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -142,6 +143,14 @@ def main() -> None:
         worker(args.dir, args.worker, args.repeats)
         return
     directory = Path(args.dir or tempfile.mkdtemp(prefix="exitwise-shards-"))
+    try:
+        run(args, directory)
+    finally:
+        if args.dir is None:  # a directory of our own: gigabytes, gone with the run
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, directory: Path) -> None:
     if not (directory / INDEX).is_file():
         t = time.perf_counter()
         write_directory(directory, args.tokens, args.exits, args.shard)
