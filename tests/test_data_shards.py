@@ -14,6 +14,7 @@ from torch import nn
 
 from exitwise import ExitOutputs, ShardedOutputs, load
 from exitwise.collect import collect
+from exitwise.data_shards import ShardWriter
 
 ARRAYS = ("logits", "labels", "groups", "positions")
 
@@ -150,3 +151,13 @@ def test_ranks_collect_their_parts_into_one_directory(tmp_path):
     whole = _collect(_batches())
     _assert_same(load(d).to_outputs(), whole)  # sequence ids as one collect numbers them
     assert not list(d.glob("index-rank*"))
+
+
+def test_bfloat16_and_float16_logits_read_back_bit_for_bit(tmp_path):
+    for dtype in (torch.bfloat16, torch.float16):
+        out = ExitOutputs(torch.randn(7, 2, 3).to(dtype), torch.tensor([0, 1, 2, 0, 1, 2, 0]))
+        writer = ShardWriter(tmp_path / str(dtype))
+        writer.write(out, 0)
+        writer.finish()
+        back = torch.cat([c.logits for c in load(tmp_path / str(dtype)).chunks(rows=3)])
+        assert back.dtype == dtype and torch.equal(back, out.logits)
