@@ -194,21 +194,33 @@ def broadcast_from_first(*tensors: torch.Tensor) -> None:
         _in_place(tensor, lambda t: dist.broadcast(t, src=0))
 
 
+def _padded_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """``tensor`` padded to the most rows any rank has (collectives need one shape), and
+    every rank's row count."""
+    import torch.distributed as dist
+
+    rows = torch.tensor([tensor.shape[0]], dtype=torch.int64, device=tensor.device)
+    sizes = [torch.zeros_like(rows) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, rows)
+    counts = [int(s) for s in sizes]
+    padded = tensor.new_zeros((max(counts), *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    return padded.contiguous(), counts
+
+
+def _unpadded(parts: list[torch.Tensor], counts: list[int]) -> torch.Tensor:
+    return torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)])
+
+
 def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     """Every rank's ``tensor`` concatenated along dim 0 in rank order (the ranks' row counts
     may differ; the other dims must agree), on every rank."""
     import torch.distributed as dist
 
-    world = dist.get_world_size()
-    rows = torch.tensor([tensor.shape[0]], dtype=torch.int64, device=tensor.device)
-    sizes = [torch.zeros_like(rows) for _ in range(world)]
-    dist.all_gather(sizes, rows)
-    counts = [int(s) for s in sizes]
-    padded = tensor.new_zeros((max(counts), *tensor.shape[1:]))
-    padded[: tensor.shape[0]] = tensor
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded.contiguous())
-    return torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)])
+    padded, counts = _padded_rows(tensor)
+    parts = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(parts, padded)
+    return _unpadded(parts, counts)
 
 
 def gather_rows_to_first(tensor: torch.Tensor) -> torch.Tensor | None:
@@ -216,18 +228,10 @@ def gather_rows_to_first(tensor: torch.Tensor) -> torch.Tensor | None:
     the other ranks, which hold nothing more than their own rows)."""
     import torch.distributed as dist
 
-    world, rank = dist.get_world_size(), dist.get_rank()
-    rows = torch.tensor([tensor.shape[0]], dtype=torch.int64, device=tensor.device)
-    sizes = [torch.zeros_like(rows) for _ in range(world)]
-    dist.all_gather(sizes, rows)
-    counts = [int(s) for s in sizes]
-    padded = tensor.new_zeros((max(counts), *tensor.shape[1:]))
-    padded[: tensor.shape[0]] = tensor
-    parts = [torch.empty_like(padded) for _ in range(world)] if rank == 0 else None
-    dist.gather(padded.contiguous(), parts, dst=0)
-    if parts is None:
-        return None
-    return torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)])
+    padded, counts = _padded_rows(tensor)
+    parts = [torch.empty_like(padded) for _ in counts] if dist.get_rank() == 0 else None
+    dist.gather(padded, parts, dst=0)
+    return None if parts is None else _unpadded(parts, counts)
 
 
 def sample_mean(values: torch.Tensor) -> torch.Tensor:

@@ -23,13 +23,12 @@ from exitwise._checks import (
     check_int,
     check_labels,
     check_ndim,
-    check_open_unit,
     check_sequences,
     compute_dtype,
     row_index,
 )
 from exitwise.data_files import read_arrays, write_arrays
-from exitwise.data_split import sequence_split, stratified_split
+from exitwise.data_split import split_indices
 
 __all__ = ["ExitOutputs", "load"]
 
@@ -364,13 +363,9 @@ class ExitOutputs:
         >>> [len(i) for i in out.split_indices(0.5, seed=1)]
         [2, 2]
         """
-        fraction = check_open_unit(fraction, "fraction")
-        if self._groups is not None:
-            first_idx, rest_idx = sequence_split(self._groups.cpu(), fraction, seed)
-        else:
-            first_idx, rest_idx = stratified_split(
-                self.num_samples, self._labels, self.num_classes, fraction, seed
-            )
+        first_idx, rest_idx = split_indices(
+            self.num_samples, self._labels, self.num_classes, self._groups, fraction, seed
+        )
         return first_idx.to(self.device), rest_idx.to(self.device)
 
     # ------------------------------------------------------------------ files

@@ -31,11 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from exitwise._checks import check_int, check_open_unit
+from exitwise._checks import check_int
 from exitwise._distributed import barrier, broadcast_object, first_rank, group_active
 from exitwise.data import ExitOutputs
 from exitwise.data import load as load_file
-from exitwise.data_split import sequence_split, stratified_split
+from exitwise.data_split import split_indices
 
 __all__ = ["INDEX", "ShardWriter", "ShardedOutputs", "load"]
 
@@ -366,12 +366,10 @@ class ShardedOutputs:
     def split_indices(self, fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Indices into the selected samples of every file (all ranks) of both parts: the
         split :meth:`ExitOutputs.split_indices` makes of them in memory."""
-        fraction = check_open_unit(fraction, "fraction")
         every = list(range(len(self._shards)))
-        if self.tokens:
-            return sequence_split(self._column("groups", every), fraction, seed)
-        labels = self._column("labels", every) if self.labelled else None
-        return stratified_split(self.total_samples, labels, self.num_classes, fraction, seed)
+        groups = self._column("groups", every) if self.tokens else None
+        labels = self._column("labels", every) if self.labelled and not self.tokens else None
+        return split_indices(self.total_samples, labels, self.num_classes, groups, fraction, seed)
 
     def _select(self, positions: torch.Tensor) -> ShardedOutputs:
         """The samples at ``positions`` (sorted, into the selected samples of every file)."""
@@ -411,13 +409,13 @@ def load(path: str | Path) -> ExitOutputs | ShardedOutputs:
 
     Examples
     --------
-    >>> import tempfile, os
-    >>> out = ExitOutputs(torch.randn(5, 2, 3), labels=torch.tensor([0, 1, 2, 0, 1]))
+    >>> import tempfile
     >>> with tempfile.TemporaryDirectory() as d:
-    ...     out.save(os.path.join(d, "x.npz"))
-    ...     back = load(os.path.join(d, "x.npz"))
-    >>> torch.equal(back.logits, out.logits)
-    True
+    ...     w = ShardWriter(d)
+    ...     w.write(ExitOutputs(torch.randn(5, 2, 3), torch.tensor([0, 1, 2, 0, 1])), 0)
+    ...     w.finish()
+    ...     type(load(d)).__name__, load(d).num_samples
+    ('ShardedOutputs', 5)
     """
     if not Path(path).is_dir():
         return load_file(path)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["sequence_split", "stratified_split"]
+from exitwise._checks import check_open_unit
+
+__all__ = ["sequence_split", "split_indices", "stratified_split"]
 
 
 def _first_count(fraction: float, total: int, what: str) -> int:
@@ -77,3 +79,27 @@ def sequence_split(
     first_group[torch.randperm(g, generator=gen)[:g_first]] = True
     in_first = first_group[inverse]
     return torch.nonzero(in_first).flatten(), torch.nonzero(~in_first).flatten()
+
+
+def split_indices(
+    n: int,
+    labels: torch.Tensor | None,
+    num_classes: int,
+    groups: torch.Tensor | None,
+    fraction: float,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split of every data type (in memory, tables, a sharded directory): whole
+    sequences with ``groups`` (:func:`sequence_split`), else stratified by label
+    (:func:`stratified_split`). Sorted CPU indices of both parts.
+
+    Examples
+    --------
+    >>> first, rest = split_indices(4, None, 2, None, 0.5, seed=1)
+    >>> len(first), len(rest)
+    (2, 2)
+    """
+    fraction = check_open_unit(fraction, "fraction")
+    if groups is not None:
+        return sequence_split(groups.cpu(), fraction, seed)
+    return stratified_split(n, labels, num_classes, fraction, seed)

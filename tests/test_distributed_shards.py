@@ -132,21 +132,32 @@ def _results(
     return {k: v.double().cpu().numpy() for k, v in values.items()}
 
 
-def _worker(rank: int, world: int, init_file: str, out_dir: str, backend: str) -> None:
+def start_rank(rank: int, world: int, init_file: str, backend: str) -> torch.device:
+    """Join the test's process group; the device its tensors live on (NCCL: a GPU a rank)."""
     torch.set_num_threads(1)
     init = f"file://{init_file}"
     dist.init_process_group(backend, init_method=init, rank=rank, world_size=world)
-    device = torch.device("cpu")
-    if backend == "nccl":  # NCCL carries CUDA tensors: each rank its own GPU
-        device = torch.device("cuda", rank)
-        torch.cuda.set_device(device)
+    if backend != "nccl":
+        return torch.device("cpu")
+    device = torch.device("cuda", rank)
+    torch.cuda.set_device(device)
+    return device
+
+
+def shard_of(rank: int, world: int, device: torch.device):
+    """This rank's logits, labels and sequence ids on ``device``, and its rows."""
+    logits, labels = _data()
+    sizes = SHARDS[world]
+    start = sum(sizes[:rank])
+    rows = slice(start, start + sizes[rank])
+    return logits[rows].to(device), labels[rows].to(device), _groups(world)[rows].to(device), rows
+
+
+def _worker(rank: int, world: int, init_file: str, out_dir: str, backend: str) -> None:
+    device = start_rank(rank, world, init_file, backend)
     try:
-        logits, labels = (t.to(device) for t in _data())
-        sizes = SHARDS[world]
-        start = sum(sizes[:rank])
-        rows = slice(start, start + sizes[rank])
-        groups = _groups(world)[rows].to(device)
-        np.savez(f"{out_dir}/rank{rank}.npz", **_results(logits[rows], labels[rows], groups))
+        logits, labels, groups, _ = shard_of(rank, world, device)
+        np.savez(f"{out_dir}/rank{rank}.npz", **_results(logits, labels, groups))
     finally:
         dist.destroy_process_group()
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from exitwise._checks import check_choice, check_costs, check_open_unit, row_index
-from exitwise.data_split import sequence_split, stratified_split
+from exitwise._checks import check_choice, check_costs, row_index
+from exitwise.data_split import split_indices
 from exitwise.policies.losses import RISKS, ZERO_ONE_RISKS, cost_losses
 from exitwise.policies.recall import recalled_outcome
 from exitwise.policies.scores import ExitScores
@@ -148,13 +148,9 @@ class TableScores(ExitScores):
         )
 
     def split_indices(self, fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        fraction = check_open_unit(fraction, "fraction")
-        if self._groups is not None:
-            first, rest = sequence_split(self._groups.cpu(), fraction, seed)
-        else:
-            first, rest = stratified_split(
-                self.num_samples, self._labels, self.num_classes, fraction, seed
-            )
+        first, rest = split_indices(
+            self.num_samples, self._labels, self.num_classes, self._groups, fraction, seed
+        )
         return first.to(self.device), rest.to(self.device)
 
     def to(self, device: str | torch.device) -> TableScores:

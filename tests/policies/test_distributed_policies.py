@@ -29,7 +29,7 @@ from exitwise.policies import (
     tune_for_budget,
     tune_for_latency,
 )
-from tests.test_distributed_shards import SHARDS, _data, _groups
+from tests.test_distributed_shards import SHARDS, _data, _groups, shard_of, start_rank
 
 LATENCIES = [1.0, 2.5, 4.0]
 
@@ -99,25 +99,15 @@ def _results(
 
 
 def _worker(rank: int, world: int, init_file: str, out_dir: str, backend: str) -> None:
-    torch.set_num_threads(1)
-    init = f"file://{init_file}"
-    dist.init_process_group(backend, init_method=init, rank=rank, world_size=world)
-    device = torch.device("cpu")
-    if backend == "nccl":  # NCCL carries CUDA tensors: each rank its own GPU
-        device = torch.device("cuda", rank)
-        torch.cuda.set_device(device)
+    device = start_rank(rank, world, init_file, backend)
     try:
-        logits, labels = (t.to(device) for t in _data())
-        sizes = SHARDS[world]
-        start = sum(sizes[:rank])
-        rows = slice(start, start + sizes[rank])
-        groups = _groups(world)[rows].to(device)
+        logits, labels, groups, rows = shard_of(rank, world, device)
         tuning = _tuning_rows(world)[rows].to(device)
-        results = _results(logits[rows], labels[rows], groups, tuning)
+        results = _results(logits, labels, groups, tuning)
         np.savez(f"{out_dir}/rank{rank}.npz", **results)
         # an error in rank 0's search reaches every rank (none is left waiting for a result)
         with pytest.raises(ValueError, match="leave both parts non-empty"):
-            certify(ExitOutputs(logits[rows], labels[rows]), "margin", {"cost": 0.5}, split=0.9999)
+            certify(ExitOutputs(logits, labels), "margin", {"cost": 0.5}, split=0.9999)
     finally:
         dist.destroy_process_group()
 
