@@ -243,17 +243,19 @@ def certify(
     progress : bool, optional
         A progress bar over the testing walk (default: when N * E >= 10^7).
 
-    In an initialised ``torch.distributed`` group of several processes each rank passes its
-    shard (sequences whole within a rank, ids unique across ranks) and every rank gets the
-    one-process answer on the concatenated shards: the scores and the risks' loss tables are
-    gathered on rank 0 (:func:`~exitwise.policies.gathered.search_on_first_rank`), which runs
-    the split, the front and the testing walk and hands every rank the result.
-
     Returns
     -------
     PolicyResult
         With ``guarantee`` (procedure ``"pareto_testing"``) and ``path`` (the ordered front);
         or no policy with the reason and, per risk, the least p-value reached.
+
+    Notes
+    -----
+    In an initialised ``torch.distributed`` group of several processes each rank passes its
+    shard (sequences whole within a rank, ids unique across ranks) and every rank gets the
+    one-process answer on the concatenated shards: the scores and the risks' loss tables are
+    gathered on rank 0 (:func:`~exitwise.policies.gathered.search_on_first_rank`), which runs
+    the split, the front and the testing walk and hands every rank the result.
 
     Examples
     --------

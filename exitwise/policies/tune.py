@@ -106,17 +106,19 @@ def tune(
     progress : bool, optional
         Show a progress bar over the per-exit line searches (default: when N * E >= 10^7).
 
-    In an initialised ``torch.distributed`` group of several processes each rank passes its
-    shard and every rank gets the one-process answer on the concatenated shards (rank order):
-    the ``[N, E]`` scores and outcome tables, not the logits, are gathered on rank 0, which
-    searches them and hands every rank the result
-    (:func:`~exitwise.policies.gathered.search_on_first_rank`).
-
     Returns
     -------
     PolicyResult
         The policy and its evaluation on the tuning split; or no policy, with the reason and
         the best achievable values.
+
+    Notes
+    -----
+    In an initialised ``torch.distributed`` group of several processes each rank passes its
+    shard and every rank gets the one-process answer on the concatenated shards (rank order):
+    the ``[N, E]`` scores and outcome tables, not the logits, are gathered on rank 0, which
+    searches them and hands every rank the result
+    (:func:`~exitwise.policies.gathered.search_on_first_rank`).
 
     Examples
     --------
