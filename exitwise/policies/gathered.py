@@ -85,7 +85,17 @@ def gather_scores(
     labels, groups, positions = _gather(data.labels), _gather(data.groups), _gather(data.positions)
     if scores is None:  # not rank 0
         return None
-    return TableScores.from_tables(data, scores, costs, labels, groups, positions, tables)
+    return TableScores.from_tables(
+        scores,
+        costs,
+        tables,
+        signal=data.signal,
+        exit_names=data.exit_names,
+        num_classes=data.num_classes,
+        labels=labels,
+        groups=groups,
+        positions=positions,
+    )
 
 
 def search_on_first_rank(

@@ -198,6 +198,10 @@ class ExitScores:
         return self.outputs.num_exits
 
     @property
+    def num_classes(self) -> int:
+        return self.outputs.num_classes
+
+    @property
     def groups(self) -> torch.Tensor | None:
         return self.outputs.groups
 
@@ -347,8 +351,3 @@ def scores_for(data: Any, signal: SignalSpec) -> torch.Tensor:
             return data.scores
         return compute_signal(data.outputs, signal).to(torch.float64)
     return compute_signal(data, signal)
-
-
-def outputs_of(data: Any) -> ExitOutputs:
-    """The ExitOutputs behind ``data`` (itself, or the outputs of ExitScores)."""
-    return data.outputs if isinstance(data, ExitScores) else data

@@ -84,13 +84,12 @@ def stream_scores(
     rows = check_int(rows, "rows", minimum=1)
     keys = [("losses", r, recall, float(nll_bound)) for r in losses if r != "cost"]
     columns: dict[Any, list[Any]] = {}
-    first = None
+    num_classes = None  # of the chunks after the transform; nothing of a chunk is kept
     for chunk in data.chunks(rows):
         if transform is not None:
             chunk = transform(chunk)
         part = ExitScores(chunk, signal)
-        if first is None:
-            first = part
+        num_classes = chunk.num_classes
         tables = {
             "scores": part.scores,
             "labels": chunk.labels,
@@ -104,15 +103,19 @@ def stream_scores(
             tables[key] = part.losses(key[1], recall=recall, nll_bound=nll_bound)
         for key, value in tables.items():
             columns.setdefault(key, []).append(value)
-    if first is None:
+    if num_classes is None:
         raise ValueError(f"{data!r} holds no samples to score.")
-    arrays = {k: _cat(v) for k, v in columns.items()}
+    tables = {k: _cat(v) for k, v in columns.items()}
+    scores, labels = tables.pop("scores"), tables.pop("labels")
+    groups, positions = tables.pop("groups"), tables.pop("positions")
     return TableScores.from_tables(
-        first,
-        arrays.pop("scores"),
-        first.costs,
-        arrays.pop("labels"),
-        arrays.pop("groups"),
-        arrays.pop("positions"),
-        arrays,
+        scores,
+        data.costs.to(scores.device),
+        tables,
+        signal=signal,
+        exit_names=data.exit_names,
+        num_classes=num_classes,
+        labels=labels,
+        groups=groups,
+        positions=positions,
     )

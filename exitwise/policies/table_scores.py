@@ -34,8 +34,9 @@ class TableScores(ExitScores):
     >>> import torch
     >>> from exitwise.datasets import load_default
     >>> s = ExitScores(load_default()[:50], "margin")
-    >>> g = TableScores.from_tables(s, s.scores, s.costs, s.labels, None, None,
-    ...                                {("correct", "labels"): s.correct()})
+    >>> g = TableScores.from_tables(s.scores, s.costs, {("correct", "labels"): s.correct()},
+    ...                             signal=s.signal, exit_names=s.exit_names,
+    ...                             num_classes=s.num_classes, labels=s.labels)
     >>> g[:10].correct().shape, g.num_classes
     (torch.Size([10, 4]), 10)
     """
@@ -45,29 +46,41 @@ class TableScores(ExitScores):
     @classmethod
     def from_tables(
         cls,
-        like: ExitScores,
         scores: torch.Tensor,
         costs: torch.Tensor,
-        labels: torch.Tensor | None,
-        groups: torch.Tensor | None,
-        positions: torch.Tensor | None,
         tables: dict[Any, torch.Tensor],
+        *,
+        signal: Any,
+        exit_names: list[str],
+        num_classes: int,
+        labels: torch.Tensor | None = None,
+        groups: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> TableScores:
-        """Tables of ``like``'s signal, exit names and class count (no checks: internal)."""
+        """The tables (keyed as :class:`ExitScores` caches them) of ``signal`` (no checks:
+        internal)."""
         obj = cls.__new__(cls)
-        obj.signal = like.signal
+        obj.signal = signal
         obj.scores = scores
         obj.costs = costs
         obj._labels, obj._groups, obj._positions = labels, groups, positions
-        obj._exit_names = list(like.exit_names)
-        obj.num_classes = (
-            like.num_classes if isinstance(like, TableScores) else (like.outputs.num_classes)
-        )
+        obj._exit_names = list(exit_names)
+        obj._num_classes = num_classes
         obj._cache = dict(tables)
         return obj
 
     def _like(self, scores, costs, labels, groups, positions, tables) -> TableScores:
-        return TableScores.from_tables(self, scores, costs, labels, groups, positions, tables)
+        return TableScores.from_tables(
+            scores,
+            costs,
+            tables,
+            signal=self.signal,
+            exit_names=self._exit_names,
+            num_classes=self._num_classes,
+            labels=labels,
+            groups=groups,
+            positions=positions,
+        )
 
     @property
     def num_samples(self) -> int:
@@ -76,6 +89,10 @@ class TableScores(ExitScores):
     @property
     def num_exits(self) -> int:
         return int(self.scores.shape[1])
+
+    @property
+    def num_classes(self) -> int:
+        return self._num_classes
 
     @property
     def groups(self) -> torch.Tensor | None:
@@ -100,8 +117,9 @@ class TableScores(ExitScores):
     def _table(self, key: Any, what: str) -> torch.Tensor:
         if key not in self._cache:
             raise ValueError(
-                f"These gathered scores hold no {what} table: the step that gathered them did "
-                "not ask for it (an internal error; please report it)."
+                f"These TableScores hold no {what} table: they were built without it (the "
+                "logits are not at hand to compute it); stream_scores(..., losses=[...]) "
+                "builds extra loss tables."
             )
         return self._cache[key]
 
@@ -167,4 +185,4 @@ class TableScores(ExitScores):
         )
 
     def __repr__(self) -> str:
-        return "Gathered" + super().__repr__()
+        return super().__repr__().replace("ExitScores", "TableScores", 1)
