@@ -23,6 +23,7 @@ Memory: ``chunks`` holds one chunk (``rows x E x C`` values) and the file's smal
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,8 +94,9 @@ class ShardWriter:
         self.meta = meta
         name = f"rank{self.rank:05d}-{len(self.files):05d}.safetensors"
         outputs.save(self.directory / name)
-        entry = {"file": name, "num_samples": outputs.num_samples}
-        self.files.append({**entry, "num_sequences": int(num_sequences)})
+        self.files.append(
+            {"file": name, "num_samples": outputs.num_samples, "num_sequences": int(num_sequences)}
+        )
 
     def finish(self) -> None:
         """Write ``index.json`` (rank 0, after every rank's part; a collective in a group:
@@ -240,24 +242,29 @@ class ShardedOutputs:
     (6, [3, 1, 2], True)
     """
 
-    def __init__(
-        self,
-        directory: str | Path,
-        *,
-        part: list[int] | None = None,
-        selected: dict[int, torch.Tensor] | None = None,
-    ) -> None:
+    def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         index = _read_index(self.directory)
         self._index = index
         self._shards = index["shards"]
-        self._part = list(range(len(self._shards))) if part is None else part
-        self._selected = selected  # shard -> sorted rows; None: every row
+        self._part = list(range(len(self._shards)))  # the files of this part
+        self._selected: dict[int, torch.Tensor] | None = None  # file -> sorted rows; None: all
         self.num_exits = int(index["num_exits"])
         self.num_classes = int(index["num_columns"])
         self.rest_columns = int(index["rest_columns"])
         self.exit_names = [str(x) for x in index["exit_names"]]
         self.costs = torch.tensor(index["costs"], dtype=torch.float64)
+
+    def _view(self, part: list[int], selected: dict[int, torch.Tensor] | None) -> ShardedOutputs:
+        """The same directory (its index read once) with other files or rows."""
+        view = copy.copy(self)
+        view._part, view._selected = part, selected
+        return view
+
+    @property
+    def files(self) -> list[Path]:
+        """Every shard file (all ranks'), in index order."""
+        return [self.directory / s["file"] for s in self._shards]
 
     # ------------------------------------------------------------------ rows
     def _rows(self, shard: int) -> torch.Tensor | None:
@@ -297,7 +304,7 @@ class ShardedOutputs:
 
     # ------------------------------------------------------------------ reading
     def _file(self, shard: int) -> _ShardFile:
-        path = self.directory / self._shards[shard]["file"]
+        path = self.files[shard]
         if not path.is_file():
             raise FileNotFoundError(f"Shard '{path}' named in {INDEX} is missing.")
         return _ShardFile(path)
@@ -320,6 +327,8 @@ class ShardedOutputs:
         rows = check_int(rows, "rows", minimum=1)
         for s in self._part:
             selected = self._rows(s)
+            if selected is not None and selected.numel() == 0:
+                continue  # nothing of this file in the part: not even its labels are read
             n = int(self._shards[s]["num_samples"])
             fh = self._file(s)
             small = {k: fh.rows(k) for k in ("labels", "groups", "positions") if k in fh.names}
@@ -380,7 +389,7 @@ class ShardedOutputs:
             rows = self._rows(s)
             selected[s] = inside if rows is None else rows[inside]
             start += count
-        return ShardedOutputs(self.directory, part=self._part, selected=selected)
+        return self._view(self._part, selected)
 
     def split(self, fraction: float, seed: int = 0) -> tuple[ShardedOutputs, ShardedOutputs]:
         """Both parts of :meth:`split_indices` (each this rank's rows of them in a group)."""
@@ -399,7 +408,7 @@ class ShardedOutputs:
                 "collect with a smaller `shard_samples`, or run fewer ranks."
             )
         part = list(range(rank * files // world, (rank + 1) * files // world))
-        return ShardedOutputs(self.directory, part=part, selected=self._selected)
+        return self._view(part, self._selected)
 
 
 def load(path: str | Path) -> ExitOutputs | ShardedOutputs:

@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from exitwise._distributed import first_rank  # rank 0 prints and writes files under torchrun
+
 __all__ = [
     "ShardedInput",
     "command",
@@ -71,13 +73,6 @@ def process_group() -> Iterator[None]:
     finally:
         if started:
             dist.destroy_process_group()
-
-
-def first_rank() -> bool:
-    """Whether this process prints and writes files (rank 0 under ``torchrun``)."""
-    from exitwise._distributed import first_rank as first
-
-    return first()
 
 
 class ShardedInput:
@@ -218,8 +213,9 @@ def fingerprint(path: str | None, outputs: Any) -> str:
         return "sha256:" + digest.hexdigest()
     files = [Path(path)]
     if files[0].is_dir():
-        index = json.loads((files[0] / "index.json").read_text())
-        files = [files[0] / "index.json"] + [files[0] / s["file"] for s in index["shards"]]
+        from exitwise.data_shards import INDEX, ShardedOutputs
+
+        files = [files[0] / INDEX, *ShardedOutputs(path).files]
     for name in files:
         with open(name, "rb") as f:
             for block in iter(lambda f=f: f.read(1 << 20), b""):

@@ -11,9 +11,8 @@ __all__ = ["add_certify", "add_monitor"]
 
 
 def _certify(args: argparse.Namespace) -> None:
-    import torch
 
-    from exitwise._distributed import all_reduce_sum, group_active, sample_mean
+    from exitwise._distributed import all_reduce_sum, group_active, sample_mean, shard_offset
     from exitwise.cli._common import (
         fingerprint,
         first_rank,
@@ -41,10 +40,8 @@ def _certify(args: argparse.Namespace) -> None:
         recall=args.recall,
     )
     payload = res.summary()
-    n_cal = torch.tensor([float(cal.num_samples)])
-    if group_active():
-        all_reduce_sum(n_cal)
-    payload["calibration_samples"] = int(n_cal)
+    n_cal = shard_offset(cal.num_samples, cal.device)[1]  # every rank's
+    payload["calibration_samples"] = n_cal
     if res.path is not None:
         payload.update(
             tested_candidates=res.path.num_tested, front_size=int(res.path.thresholds.shape[0])

@@ -9,6 +9,7 @@ from exitwise.cli._common import (
     RELATIVE_HELP,
     TARGET_HELP,
     command,
+    first_rank,
     in_memory,
     load,
     print_payload,
@@ -27,7 +28,7 @@ def _latency_model(path: str | None):
 
 
 def _report(args: argparse.Namespace) -> None:
-    from exitwise._distributed import first_rank, local_only
+    from exitwise._distributed import local_only
     from exitwise.report import summary_table
 
     if not first_rank():  # under torchrun rank 0 writes the one report; the others are done
