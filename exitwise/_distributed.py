@@ -162,6 +162,10 @@ def broadcast_object(value: Any) -> Any:
     rank of an active group; ``value`` itself outside one. Any backend.
 
     It travels pickled between the processes of the group only (never through a file).
+    A broadcast returns on rank 0 as soon as its data is sent; when it is the last
+    collective of a script, rank 0 could tear the group down with the data still on its way
+    (a gloo run of the tests aborted on rank 0 once so). So every broadcast here ends with a
+    barrier: no rank leaves before all have the value.
 
     Examples
     --------
@@ -174,6 +178,7 @@ def broadcast_object(value: Any) -> Any:
 
     box = [value]
     dist.broadcast_object_list(box, src=0)
+    dist.barrier()  # rank 0 leaves once every rank has it (see the docstring)
     return box[0]
 
 
@@ -192,6 +197,7 @@ def broadcast_from_first(*tensors: torch.Tensor) -> None:
 
     for tensor in tensors:
         _in_place(tensor, lambda t: dist.broadcast(t, src=0))
+    dist.barrier()  # rank 0 leaves once every rank has them (see broadcast_object)
 
 
 def _padded_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
